@@ -1,0 +1,58 @@
+"""Shared fixtures: real Vizier problems and real (tiny) models; nothing is mocked."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+# Tests are sized for 2-core CI machines; keep torch from oversubscribing them.
+torch.set_num_threads(int(os.environ.get("OMNIPRED_TEST_THREADS", "2")))
+
+
+def smooth_2d(x0: float, x1: float) -> float:
+    """A smooth bowl with a tilt, values spanning roughly 1..60."""
+    return 1.0 + (x0 - 0.5) ** 2 + 2.0 * (x1 + 1.0) ** 2 + 0.5 * x0
+
+
+@pytest.fixture
+def problem_2d():
+    from vizier import pyvizier as vz
+
+    problem = vz.ProblemStatement()
+    problem.search_space.root.add_float_param("x0", -3.0, 3.0)
+    problem.search_space.root.add_float_param("x1", -3.0, 3.0)
+    problem.metric_information.append(vz.MetricInformation("loss", goal=vz.ObjectiveMetricGoal.MINIMIZE))
+    problem.metadata["description"] = "smooth test bowl"
+    return problem
+
+
+def make_trials(points, fn=smooth_2d, metric="loss", start_id=1):
+    from vizier import pyvizier as vz
+
+    trials = []
+    for i, (a, b) in enumerate(points):
+        t = vz.Trial(parameters={"x0": float(a), "x1": float(b)}, id=start_id + i)
+        t.complete(vz.Measurement(metrics={metric: fn(a, b)}))
+        trials.append(t)
+    return trials
+
+
+@pytest.fixture(scope="session")
+def tiny_regressor_factory():
+    """Builds fresh tiny from-scratch regressors; the BPE is trained once per session."""
+    from vizier_omnipred.regressor import OmniPredRegressor
+
+    base = OmniPredRegressor.from_scratch("tiny", seed=0)
+
+    def make(seed: int = 0) -> OmniPredRegressor:
+        return OmniPredRegressor.from_scratch("tiny", vocab=base.vocab, seed=seed)
+
+    return make
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

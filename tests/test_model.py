@@ -1,0 +1,80 @@
+"""Checkpoints: written atomically, and every kind of damage is named at load time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from vizier_omnipred.model import PRESETS, CheckpointError, count_parameters, get_preset, load_checkpoint
+from vizier_omnipred.regressor import OmniPredRegressor
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_regressor_factory):
+    reg = tiny_regressor_factory()
+    path = reg.save(tmp_path / "ckpt")
+    return path
+
+
+def test_presets_exist_and_unknown_is_clear():
+    assert {"tiny", "small", "base"} <= set(PRESETS)
+    with pytest.raises(ValueError, match="valid"):
+        get_preset("huge")
+
+
+def test_small_preset_size(tiny_regressor_factory):
+    from vizier_omnipred.model import build_model
+
+    n = count_parameters(build_model(PRESETS["small"], 1100))
+    assert 0.5e6 < n < 3e6  # "small" trains on a 2-core CPU
+
+
+@pytest.mark.parametrize("name", ["omnipred.json", "config.json", "model.safetensors", "tokenizer.json"])
+def test_missing_file_is_named(saved, name):
+    (saved / name).unlink()
+    with pytest.raises(CheckpointError, match=name):
+        load_checkpoint(saved)
+
+
+def test_truncated_weights_are_named(saved):
+    w = saved / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(saved)
+
+
+def test_corrupt_json_is_named(saved):
+    (saved / "omnipred.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="omnipred.json"):
+        load_checkpoint(saved)
+
+
+def test_other_codec_version_is_refused(saved):
+    meta = json.loads((saved / "omnipred.json").read_text())
+    meta["text_codec"]["version"] = 999
+    (saved / "omnipred.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="codec version 999"):
+        OmniPredRegressor.from_pretrained(saved)
+
+
+def test_swapped_tokenizer_is_refused(saved, tmp_path):
+    other = OmniPredRegressor.from_scratch("tiny", tokenizer_texts=["completely different text"] * 50)
+    other_path = other.save(tmp_path / "other")
+    shutil.copy(other_path / "tokenizer.json", saved / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        load_checkpoint(saved)
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+
+
+def test_save_over_existing_checkpoint_keeps_it_loadable(saved, tiny_regressor_factory):
+    reg = tiny_regressor_factory(seed=4)
+    reg.save(saved)
+    load_checkpoint(saved)
+    assert not any(p.name.startswith(".") for p in saved.parent.iterdir())

@@ -1,0 +1,253 @@
+"""The T5 encoder-decoder, its size presets, and checkpoints on disk.
+
+A checkpoint is a plain directory that `transformers` can read on its own
+(`config.json` + `model.safetensors` from `save_pretrained`) plus what turns text into
+ids and ids into numbers: `tokenizer.json` (the input BPE) and `omnipred.json` (codec
+versions and settings, the float tokenizer, the preset, and how the model was trained).
+Loading checks every piece against the others and against this code's codec versions,
+so a mismatched or damaged checkpoint fails at load time with the file named, not
+twenty trials later inside torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from vizier_omnipred.numbers import FloatTokenizer
+from vizier_omnipred.text import TEXT_CODEC_VERSION, TextCodec
+from vizier_omnipred.vocab import EOS_ID, PAD_ID, TOKENIZER_FILE, Vocabulary, tokenizer_fingerprint
+
+CHECKPOINT_FORMAT = "vizier-omnipred-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+META_FILE = "omnipred.json"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+REQUIRED_FILES = (META_FILE, CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
+# Tensors that save_pretrained leaves out because they alias `shared.weight`.
+_TIED_KEYS = frozenset({"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, damaged, or incompatible with this code."""
+
+
+@attrs.frozen
+class ModelPreset:
+    """Sizes of the T5 and the learning rate it is pretrained with.
+
+    `learning_rate` is the pretraining rate; fine-tuning a pretrained checkpoint uses a
+    tenth of it (OmniPred's fine-tuning recipe), training from scratch uses it as is.
+    """
+
+    name: str
+    d_model: int
+    num_layers: int
+    num_decoder_layers: int
+    num_heads: int
+    d_ff: int
+    d_kv: int
+    input_vocab_size: int
+    dropout: float = 0.0
+    learning_rate: float = 1e-3
+
+    @property
+    def description(self) -> str:
+        return (
+            f"{self.name}: d_model {self.d_model}, {self.num_layers}+{self.num_decoder_layers} layers, "
+            f"{self.num_heads} heads, d_ff {self.d_ff}, input vocab {self.input_vocab_size}"
+        )
+
+
+PRESETS: dict[str, ModelPreset] = {
+    # For tests: trains in seconds on one core.
+    "tiny": ModelPreset("tiny", d_model=64, num_layers=2, num_decoder_layers=1, num_heads=2,
+                        d_ff=128, d_kv=32, input_vocab_size=512, learning_rate=2e-3),
+    # The CPU default (~1M parameters): pretrains on a 2-core CPU within an hour.
+    "small": ModelPreset("small", d_model=128, num_layers=3, num_decoder_layers=1, num_heads=4,
+                         d_ff=512, d_kv=32, input_vocab_size=1024, learning_rate=1e-3),
+    # For a GPU: ~10M parameters.
+    "base": ModelPreset("base", d_model=256, num_layers=6, num_decoder_layers=2, num_heads=8,
+                        d_ff=1024, d_kv=32, input_vocab_size=2048, learning_rate=5e-4),
+}
+
+
+def get_preset(name_or_preset: str | ModelPreset) -> ModelPreset:
+    if isinstance(name_or_preset, ModelPreset):
+        return name_or_preset
+    try:
+        return PRESETS[name_or_preset]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name_or_preset!r}; valid: {sorted(PRESETS)}") from None
+
+
+def build_model(preset: ModelPreset, vocab_size: int) -> T5ForConditionalGeneration:
+    """A freshly initialised T5 (trained from scratch: no pretrained weights anywhere)."""
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=preset.d_model,
+        d_kv=preset.d_kv,
+        d_ff=preset.d_ff,
+        num_layers=preset.num_layers,
+        num_decoder_layers=preset.num_decoder_layers,
+        num_heads=preset.num_heads,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        dropout_rate=preset.dropout,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=PAD_ID,
+        tie_word_embeddings=True,
+        use_cache=True,
+    )
+    return T5ForConditionalGeneration(config)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@attrs.define
+class Checkpoint:
+    model: T5ForConditionalGeneration
+    vocab: Vocabulary
+    codec: TextCodec
+    preset: ModelPreset
+    training: dict[str, Any]
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    model: T5ForConditionalGeneration,
+    vocab: Vocabulary,
+    codec: TextCodec,
+    preset: ModelPreset,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Writes a checkpoint atomically: a crash or a full disk leaves any old one intact.
+
+    Files go to a temporary sibling directory which then replaces `directory`.
+    """
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        vocab.save(tmp)
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "text_codec": {"version": TEXT_CODEC_VERSION, "config": codec.to_config()},
+            "float_tokenizer": vocab.float_tokenizer.to_config(),
+            "vocab": {
+                "input_size": vocab.input_size,
+                "size": vocab.size,
+                "tokenizer_sha": tokenizer_fingerprint(vocab.input_tokenizer),
+            },
+            "preset": attrs.asdict(preset),
+            "training": training or {},
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        for name in (META_FILE, CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint file ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Checkpoint:
+    """Loads and cross-checks a checkpoint; every failure names the offending file."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: checkpoint directory does not exist")
+    for name in REQUIRED_FILES:
+        if not (root / name).is_file():
+            raise CheckpointError(f"{root / name}: missing checkpoint file")
+
+    meta = _read_json(root / META_FILE)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{root / META_FILE}: not a vizier-omnipred checkpoint")
+    if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{root / META_FILE}: checkpoint format version {meta.get('format_version')} "
+            f"but this code reads version {CHECKPOINT_FORMAT_VERSION}"
+        )
+    text_version = meta.get("text_codec", {}).get("version")
+    if text_version != TEXT_CODEC_VERSION:
+        raise CheckpointError(
+            f"{root / META_FILE}: trained with text codec version {text_version}, this code writes "
+            f"version {TEXT_CODEC_VERSION}; the model would read trials in a format it never saw. "
+            "Retrain or fine-tune a checkpoint built with this version."
+        )
+    try:
+        codec = TextCodec.from_config(meta["text_codec"]["config"])
+        float_tokenizer = FloatTokenizer.from_config(meta["float_tokenizer"])
+        preset = ModelPreset(**meta["preset"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{root / META_FILE}: invalid codec or preset settings ({e})") from e
+
+    try:
+        vocab = Vocabulary.load(root, float_tokenizer)
+    except Exception as e:  # tokenizers raises its own exception types
+        raise CheckpointError(f"{root / TOKENIZER_FILE}: cannot load input tokenizer ({e})") from e
+    expected = meta.get("vocab", {})
+    if tokenizer_fingerprint(vocab.input_tokenizer) != expected.get("tokenizer_sha"):
+        raise CheckpointError(f"{root / TOKENIZER_FILE}: tokenizer does not match the one the model was trained with")
+    if vocab.size != expected.get("size"):
+        raise CheckpointError(
+            f"{root / META_FILE}: vocabulary size {vocab.size} (tokenizer + float tokens) differs from "
+            f"the recorded {expected.get('size')}"
+        )
+
+    config = _read_json(root / CONFIG_FILE)
+    if config.get("vocab_size") != vocab.size:
+        raise CheckpointError(
+            f"{root / CONFIG_FILE}: model vocab_size {config.get('vocab_size')} does not match the "
+            f"tokenizers' {vocab.size}"
+        )
+    try:
+        model, info = T5ForConditionalGeneration.from_pretrained(
+            root, local_files_only=True, output_loading_info=True
+        )
+    except Exception as e:  # safetensors/transformers raise many types for damaged files
+        raise CheckpointError(f"{root / WEIGHTS_FILE}: cannot load model weights ({e})") from e
+    # transformers would silently initialise absent tensors at random: refuse instead.
+    missing = [k for k in info.get("missing_keys", ()) if k not in _TIED_KEYS]
+    if missing or info.get("mismatched_keys"):
+        raise CheckpointError(
+            f"{root / WEIGHTS_FILE}: weights do not match the model config "
+            f"(missing {missing[:5]}, mismatched {list(info.get('mismatched_keys', ()))[:5]})"
+        )
+    model.to(device)
+    model.eval()
+    return Checkpoint(model=model, vocab=vocab, codec=codec, preset=preset, training=meta.get("training", {}))

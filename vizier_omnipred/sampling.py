@@ -1,0 +1,198 @@
+"""Constrained sampling of y: many samples per input for the price of one encoder pass.
+
+A y sequence is only `1 + digits + 1` tokens, so the cost of sampling is dominated by the
+encoder and by cross-attention over the encoder output. The loop here therefore:
+
+1. runs the encoder once per input (never once per sample),
+2. runs the first decoder step once per input too (every sample of an input starts from
+   the same state), draws the S first tokens from it, and computes the cross-attention
+   keys/values once per input,
+3. only then repeats the decoder cache S times and decodes the remaining positions for
+   all N*S rows together with cached keys/values (one new token per step).
+
+Every step masks the logits to what the number grammar allows next (sign or
+`<INFEASIBLE>`, then digits, then an exponent; `<INFEASIBLE>` continues as itself), so
+every sample is a well-formed number or an explicit infeasible mark.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import torch
+from transformers import T5ForConditionalGeneration
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
+
+from vizier_omnipred.vocab import PAD_ID, Vocabulary
+
+
+@attrs.frozen(eq=False)
+class YSamples:
+    """S samples of y for each of N inputs, in the objective's own units.
+
+    `values[i, s]` is nan exactly where `infeasible[i, s]` is True: an infeasible sample is
+    reported as such, never turned into a number.
+    """
+
+    values: np.ndarray  # (N, S) float64
+    infeasible: np.ndarray  # (N, S) bool
+
+    @property
+    def num_inputs(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def num_samples(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def infeasible_probability(self) -> np.ndarray:
+        return self.infeasible.mean(axis=1)
+
+    def quantiles(self, qs) -> np.ndarray:
+        """(len(qs), N) quantiles over the feasible samples; nan where all are infeasible."""
+        qs = np.asarray(qs, dtype=float)
+        out = np.full((qs.size, self.num_inputs), np.nan)
+        for i in range(self.num_inputs):
+            row = self.values[i][~self.infeasible[i]]
+            if row.size:
+                out[:, i] = np.quantile(row, qs)
+        return out
+
+
+def pad_batch(sequences: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads id lists into (ids, attention_mask) tensors."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@attrs.frozen(eq=False)
+class GrammarMasks:
+    """Additive logit masks (0 or -inf) of the y grammar, on the model's device."""
+
+    first: torch.Tensor  # (V,)
+    rest: torch.Tensor  # (C, L, V): C first-token classes, position p >= 1
+    first_class: torch.Tensor  # (V,) long: class of an allowed first id, -1 otherwise
+
+    @classmethod
+    def build(cls, vocab: Vocabulary, device: torch.device) -> "GrammarMasks":
+        first, rest = vocab.allowed_y_masks()
+        first_class = torch.full((vocab.size,), -1, dtype=torch.long)
+        allowed_first = np.flatnonzero(first)
+        first_class[torch.as_tensor(allowed_first)] = torch.as_tensor(vocab.first_token_class(allowed_first))
+
+        def additive(m: np.ndarray) -> torch.Tensor:
+            t = torch.zeros(m.shape, dtype=torch.float32)
+            t[~torch.as_tensor(m)] = float("-inf")
+            return t.to(device)
+
+        return cls(first=additive(first), rest=additive(rest), first_class=first_class.to(device))
+
+
+def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Samples one index per row of (masked, temperature-scaled) logits."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
+    return torch.argmax(logits + gumbel, dim=-1)
+
+
+@torch.no_grad()
+def sample_y(
+    model: T5ForConditionalGeneration,
+    vocab: Vocabulary,
+    input_ids: list[list[int]],
+    num_samples: int,
+    *,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+    max_rows: int = 8192,
+    masks: GrammarMasks | None = None,
+) -> YSamples:
+    """Draws `num_samples` y values for each input id sequence.
+
+    `max_rows` bounds N*S per chunk: the repeated cross-attention cache holds
+    `rows x input_length x d_model` floats per layer, so inputs are processed in chunks
+    of `max_rows // num_samples`.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    device = torch.device(device)
+    if masks is None:
+        masks = GrammarMasks.build(vocab, device)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(seed))
+    was_training = model.training
+    model.eval()
+    length = vocab.float_tokenizer.length
+    chunk = max(1, max_rows // num_samples)
+    out = np.empty((len(input_ids), num_samples, length), dtype=np.int64)
+    try:
+        for start in range(0, len(input_ids), chunk):
+            ids, attention = pad_batch(input_ids[start : start + chunk], device)
+            out[start : start + ids.shape[0]] = _sample_chunk(
+                model, ids, attention, num_samples, temperature, generator, masks, length
+            ).cpu().numpy() - vocab.y_offset
+    finally:
+        model.train(was_training)
+    values, infeasible = vocab.float_tokenizer.decode_indices(out)
+    return YSamples(values=values, infeasible=infeasible)
+
+
+def _sample_chunk(
+    model: T5ForConditionalGeneration,
+    ids: torch.Tensor,
+    attention: torch.Tensor,
+    num_samples: int,
+    temperature: float,
+    generator: torch.Generator | None,
+    masks: GrammarMasks,
+    length: int,
+) -> torch.Tensor:
+    n = ids.shape[0]
+    encoded = model.get_encoder()(input_ids=ids, attention_mask=attention).last_hidden_state
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    start = torch.full((n, 1), PAD_ID, dtype=torch.long, device=ids.device)
+    step = model(
+        encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+        attention_mask=attention,
+        decoder_input_ids=start,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    logits = step.logits[:, -1].float() / temperature + masks.first
+    probs = torch.softmax(logits, dim=-1)
+    first = torch.multinomial(probs, num_samples, replacement=True, generator=generator)  # (n, S)
+    tokens = [first.reshape(-1)]
+
+    # From here on every row is one sample: repeat the per-input state S times.
+    cache = step.past_key_values
+    cache.batch_repeat_interleave(num_samples)
+    rows = n * num_samples
+    attention = attention.repeat_interleave(num_samples, dim=0)
+    # The cross-attention keys/values are cached; the decoder only reads the encoder
+    # output's shape from here on, so a stride-0 view avoids copying it S times.
+    encoded = encoded[:1, :1].expand(rows, encoded.shape[1], encoded.shape[2])
+    classes = masks.first_class[tokens[0]]
+    for position in range(1, length):
+        step = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+            attention_mask=attention,
+            decoder_input_ids=tokens[-1][:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = step.past_key_values
+        logits = step.logits[:, -1].float() / temperature + masks.rest[classes, position]
+        tokens.append(_gumbel_argmax(logits, generator))
+    return torch.stack(tokens, dim=1).reshape(n, num_samples, length)

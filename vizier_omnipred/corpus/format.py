@@ -1,0 +1,482 @@
+"""Study corpora on disk: JSON lines, one study per line, optionally gzip-compressed.
+
+Why this layout:
+
+- One study per line lets pretraining stream corpora far larger than memory, shard them by
+  line, and survive a truncated file: a cut-off last line costs one study, not the corpus.
+- Problem and trials go through Vizier's own proto converters and protobuf's canonical JSON
+  mapping, so conditional search spaces, metadata, infeasibility and NaN metric values come
+  back as Vizier has them, and anyone with Vizier (or only the `.proto` files) can read a
+  corpus without this package::
+
+      {"format": "vizier-omnipred-study", "version": 1, "name": "...",
+       "problem": <vizier.ProblemStatement as proto JSON>,
+       "trials": [<vizier.Trial as proto JSON>, ...],
+       "metric_ranges": {"val_acc": [0.0, 1.0]}}          # optional, see below
+
+  Read it back with ``json_format.ParseDict(d["problem"], pythia_service_pb2.ProblemStatement())``
+  and ``vizier.service.pyvizier.ProblemStatementConverter.from_proto`` (trials likewise with
+  ``study_pb2.Trial`` and ``TrialConverter``).
+- Two things Vizier 0.1.24's converters drop are repaired here: conditional parameters nested
+  more than one level deep (its converter copies a child before adding grandchildren), and the
+  metric `min_value`/`max_value`, which its MetricSpec proto has no field for and which is
+  therefore kept next to the problem in ``metric_ranges``. Lost as in Vizier's own datastore:
+  `Metric.std`, fractions of a second of `Measurement.elapsed_secs`, `Trial.related_links`.
+
+The corpus does not filter trials: infeasible trials and trials with NaN or missing metrics
+are stored as they are, and consumers decide what to do with them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal, TypeVar
+
+import attrs
+from google.protobuf import json_format
+from vizier import pyvizier as vz
+from vizier._src.service import pythia_service_pb2, study_pb2
+from vizier.service import pyvizier as svz
+
+FORMAT_NAME = "vizier-omnipred-study"
+FORMAT_VERSION = 1
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class CorpusError(Exception):
+    """A corpus or a source of studies cannot be read or written (names the file/line)."""
+
+
+class CorpusWarning(UserWarning):
+    """Something in a corpus was skipped (a corrupt or truncated line, an unreadable study)."""
+
+
+def _to_trials(trials: Iterable[vz.Trial]) -> tuple[vz.Trial, ...]:
+    return tuple(trials)
+
+
+@attrs.frozen
+class StudyRecord:
+    """One study: its problem and its completed trials, exactly as Vizier has them.
+
+    `name` identifies the study in a corpus (train/validation splits hash it), so sources
+    make it unique and stable: ``bbob-s0-000012-Rastrigin``, ``hpobench-car``,
+    ``owners/alice/studies/resnet-sweep``.
+    """
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    problem: vz.ProblemStatement = attrs.field(
+        validator=attrs.validators.instance_of(vz.ProblemStatement)
+    )
+    trials: tuple[vz.Trial, ...] = attrs.field(converter=_to_trials)
+
+    @name.validator
+    def _check_name(self, attribute: Any, value: str) -> None:
+        if not value:
+            raise ValueError("StudyRecord.name must be a non-empty string")
+
+
+# --------------------------------------------------------------------------------------
+# Record <-> JSON object
+
+
+def _param_proto(pc: vz.ParameterConfig) -> study_pb2.StudySpec.ParameterSpec:
+    """Vizier's ParameterConfigConverter.to_proto, with all conditional levels kept.
+
+    Vizier 0.1.24 copies each child spec into its parent before adding the child's own
+    children, so grandchildren vanish. Rebuilding each child that has children fixes it
+    at every depth; the order of children is the converter's own.
+    """
+    proto = svz.ParameterConfigConverter.to_proto(pc)
+    children = list(pc.child_parameter_configs)
+    if len(children) != len(proto.conditional_parameter_specs):
+        raise CorpusError(f"cannot serialise conditional children of parameter {pc.name!r}")
+    for spec, child in zip(proto.conditional_parameter_specs, children):
+        if spec.parameter_spec.parameter_id != child.name:
+            raise CorpusError(f"cannot serialise conditional children of parameter {pc.name!r}")
+        if child.child_parameter_configs:
+            spec.parameter_spec.CopyFrom(_param_proto(child))
+    return proto
+
+
+def _problem_to_proto(problem: vz.ProblemStatement) -> pythia_service_pb2.ProblemStatement:
+    proto = svz.ProblemStatementConverter.to_proto(problem)
+    del proto.search_space[:]
+    proto.search_space.extend(_param_proto(pc) for pc in problem.search_space.parameters)
+    return proto
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _metric_ranges(problem: vz.ProblemStatement) -> dict[str, list[float | None]]:
+    ranges = {}
+    for mi in problem.metric_information:
+        lo, hi = _finite_or_none(mi.min_value), _finite_or_none(mi.max_value)
+        if lo is not None or hi is not None:
+            ranges[mi.name] = [lo, hi]
+    return ranges
+
+
+def _apply_metric_ranges(
+    problem: vz.ProblemStatement, ranges: dict[str, Sequence[float | None]]
+) -> vz.ProblemStatement:
+    if not ranges:
+        return problem
+    metrics = []
+    for mi in problem.metric_information:
+        if mi.name in ranges:
+            lo, hi = ranges[mi.name]
+            mi = attrs.evolve(
+                mi,
+                min_value=-math.inf if lo is None else float(lo),
+                max_value=math.inf if hi is None else float(hi),
+            )
+        metrics.append(mi)
+    return vz.ProblemStatement(
+        search_space=problem.search_space,
+        metric_information=vz.MetricsConfig(metrics),
+        metadata=problem.metadata,
+    )
+
+
+def _message_to_dict(message: Any) -> dict[str, Any]:
+    # Field names as in the .proto files (snake_case): what a reader without protobuf sees.
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def record_to_json(record: StudyRecord) -> dict[str, Any]:
+    """The JSON object of one corpus line (see the module docstring)."""
+    obj: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "name": record.name,
+        "problem": _message_to_dict(_problem_to_proto(record.problem)),
+        "trials": [_message_to_dict(svz.TrialConverter.to_proto(t)) for t in record.trials],
+    }
+    ranges = _metric_ranges(record.problem)
+    if ranges:
+        obj["metric_ranges"] = ranges
+    return obj
+
+
+def _trial_from_json(obj: Any) -> vz.Trial:
+    trial = svz.TrialConverter.from_proto(json_format.ParseDict(obj, study_pb2.Trial()))
+    if not trial.description:
+        trial.description = None  # the proto cannot tell "" from unset; Vizier's default is None
+    return trial
+
+
+def record_from_json(obj: Any) -> StudyRecord:
+    """Inverse of `record_to_json`; raises CorpusError on anything that is not a study."""
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
+        raise CorpusError(f"not a {FORMAT_NAME!r} object")
+    version = obj.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise CorpusError(f"bad format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CorpusError(
+            f"format version {version} is newer than this reader ({FORMAT_VERSION})"
+        )
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        raise CorpusError("missing study name")
+    try:
+        problem_proto = json_format.ParseDict(
+            obj["problem"], pythia_service_pb2.ProblemStatement()
+        )
+        problem = svz.ProblemStatementConverter.from_proto(problem_proto)
+        problem = _apply_metric_ranges(problem, obj.get("metric_ranges") or {})
+        trials = tuple(_trial_from_json(t) for t in obj["trials"])
+    except CorpusError:
+        raise
+    except (KeyError, TypeError, ValueError, json_format.ParseError) as e:
+        raise CorpusError(f"study {name!r}: {type(e).__name__}: {e}") from e
+    return StudyRecord(name=name, problem=problem, trials=trials)
+
+
+# --------------------------------------------------------------------------------------
+# Statistics
+
+
+@attrs.define
+class CorpusStats:
+    """Counts over a corpus or a source; filled while streaming, so cheap to keep.
+
+    `nan_values` counts metric values that are NaN or infinite; `missing_values` counts
+    metrics of the problem that a feasible completed trial does not report at all.
+    `skipped_lines` are corrupt/truncated corpus lines; `skipped_studies` studies a source
+    could not convert; `empty_studies` studies left out because no trial was completed.
+    """
+
+    studies: int = 0
+    trials: int = 0
+    infeasible_trials: int = 0
+    nan_values: int = 0
+    missing_values: int = 0
+    skipped_lines: int = 0
+    skipped_studies: int = 0
+    empty_studies: int = 0
+
+    def add(self, record: StudyRecord) -> None:
+        self.studies += 1
+        names = [mi.name for mi in record.problem.metric_information]
+        for trial in record.trials:
+            self.trials += 1
+            if trial.infeasible:
+                self.infeasible_trials += 1
+                continue
+            metrics = trial.final_measurement.metrics if trial.final_measurement else {}
+            for name in names:
+                metric = metrics.get(name)
+                if metric is None:
+                    self.missing_values += 1
+                elif not math.isfinite(metric.value):
+                    self.nan_values += 1
+
+    def merge(self, other: CorpusStats) -> None:
+        for field in attrs.fields(CorpusStats):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+    def summary(self) -> str:
+        """One line for logs and the command line."""
+        text = (
+            f"{self.studies} studies, {self.trials} trials "
+            f"({self.infeasible_trials} infeasible, {self.nan_values} NaN/inf values, "
+            f"{self.missing_values} missing values)"
+        )
+        extra = [
+            f"{count} {label}"
+            for count, label in (
+                (self.empty_studies, "studies without completed trials left out"),
+                (self.skipped_studies, "unreadable studies skipped"),
+                (self.skipped_lines, "corrupt lines skipped"),
+            )
+            if count
+        ]
+        return text + ("; " + ", ".join(extra) if extra else "")
+
+
+def counted(records: Iterable[StudyRecord], stats: CorpusStats) -> Iterator[StudyRecord]:
+    """Passes `records` through, adding each to `stats` (for statistics while writing)."""
+    for record in records:
+        stats.add(record)
+        yield record
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _open_temp(directory: str, base: str) -> tuple[str, int]:
+    """A new file next to the target, created with the umask's permissions (not 0600)."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+    raise CorpusError(f"cannot create a temporary file in {directory}")
+
+
+def write_corpus(path: str | os.PathLike[str], records: Iterable[StudyRecord]) -> int:
+    """Writes `records` (streamed, any iterable) to `path`; returns the number of studies.
+
+    gzip-compressed when the name ends in `.gz`. Atomic: the lines go to a temporary file in
+    the same directory, which is fsynced and then renamed over `path`; if anything fails
+    midway (a full disk, an exception from the records generator) the temporary file is
+    removed and an existing `path` is left untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    if not os.path.isdir(directory):
+        raise CorpusError(f"{path}: directory {directory} does not exist")
+    tmp, fd = _open_temp(directory, base)
+    count = 0
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            if path.endswith(".gz"):
+                # mtime=0 and a fixed name: the same records give the same bytes.
+                out: Any = gzip.GzipFile(
+                    filename=base[:-3], mode="wb", fileobj=raw, mtime=0, compresslevel=6
+                )
+            else:
+                out = raw
+            try:
+                for record in records:
+                    if not isinstance(record, StudyRecord):
+                        raise TypeError(f"expected StudyRecord, got {type(record).__name__}")
+                    line = json.dumps(
+                        record_to_json(record),
+                        ensure_ascii=False,
+                        separators=(",", ":"),
+                        allow_nan=False,
+                    )
+                    out.write(line.encode("utf-8"))
+                    out.write(b"\n")
+                    count += 1
+            finally:
+                if out is not raw:
+                    out.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return count
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+
+OnError = Literal["skip", "raise"]
+
+
+def _open_binary(path: str) -> Any:
+    try:
+        raw = open(path, "rb")
+    except FileNotFoundError as e:
+        raise CorpusError(f"{path}: no such corpus file") from e
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot open: {e}") from e
+    magic = raw.read(2)
+    raw.seek(0)
+    # Sniff instead of trusting the extension: a renamed file still reads.
+    if magic == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    return raw
+
+
+def read_corpus(
+    path: str | os.PathLike[str],
+    *,
+    on_error: OnError = "skip",
+    stats: CorpusStats | None = None,
+) -> Iterator[StudyRecord]:
+    """Yields the studies of a corpus file one line at a time (never the whole file).
+
+    A corrupt line (cut off by a truncated write, invalid JSON, not a study) is skipped
+    with a `CorpusWarning` naming the file and line, and counted in `stats.skipped_lines`;
+    with ``on_error='raise'`` it raises `CorpusError` instead. A gzip stream that ends early
+    yields every complete line before the cut. Yielded records are also added to `stats`.
+    """
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    path = os.fspath(path)
+
+    def bad(lineno: int, reason: str) -> None:
+        message = f"{path}:{lineno}: {reason}"
+        if on_error == "raise":
+            raise CorpusError(message)
+        if stats is not None:
+            stats.skipped_lines += 1
+        warnings.warn(f"skipped corrupt corpus line: {message}", CorpusWarning, stacklevel=3)
+
+    f = _open_binary(path)
+    with f:
+        lineno = 0
+        lines = iter(f)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                break
+            except (EOFError, OSError, zlib.error) as e:
+                # Truncated or damaged compressed stream: what follows cannot be read.
+                bad(lineno + 1, f"compressed stream is truncated or corrupt ({e})")
+                break
+            lineno += 1
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                truncated = not raw.endswith(b"\n")
+                bad(lineno, ("line is cut off (truncated file)" if truncated else "invalid JSON")
+                    + f": {e}")
+                continue
+            try:
+                record = record_from_json(obj)
+            except CorpusError as e:
+                bad(lineno, str(e))
+                continue
+            if stats is not None:
+                stats.add(record)
+            yield record
+
+
+def summarize_corpus(path: str | os.PathLike[str]) -> CorpusStats:
+    """Counts studies, trials, infeasible trials, NaN/missing values and skipped lines."""
+    stats = CorpusStats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CorpusWarning)
+        for _ in read_corpus(path, stats=stats):
+            pass
+    return stats
+
+
+# --------------------------------------------------------------------------------------
+# Train / validation split
+
+T = TypeVar("T", StudyRecord, str)
+
+
+def _unit_hash(name: str, salt: str) -> float:
+    # sha256, not hash(): Python's str hash changes between processes (PYTHONHASHSEED).
+    digest = hashlib.sha256(f"{salt}\x00{name}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def in_validation_split(name: str, validation_fraction: float = 0.1, *, salt: str = "") -> bool:
+    """Whether study `name` is in the validation part; the same answer in every process."""
+    if not 0.0 <= validation_fraction <= 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1], got {validation_fraction}")
+    return _unit_hash(name, salt) < validation_fraction
+
+
+def split_train_validation(
+    records_or_names: Iterable[T], validation_fraction: float = 0.1, *, salt: str = ""
+) -> tuple[list[T], list[T]]:
+    """(train, validation), decided per study by a stable hash of its name.
+
+    Deterministic across runs and machines, and a study stays on its side when the corpus
+    grows; change `salt` for a different split. Accepts StudyRecords or names.
+    """
+    train: list[T] = []
+    validation: list[T] = []
+    for item in records_or_names:
+        name = item.name if isinstance(item, StudyRecord) else item
+        if not isinstance(name, str):
+            raise TypeError(f"expected StudyRecord or str, got {type(item).__name__}")
+        (validation if in_validation_split(name, validation_fraction, salt=salt) else train).append(
+            item
+        )
+    return train, validation

@@ -1,0 +1,449 @@
+"""OmniPred in the Vizier service: a policy factory that adds `OMNIPRED`, and a server.
+
+Vizier's server asks its policy factory for a new policy on *every* Suggest request, while
+the factory object itself lives as long as the server. So the expensive parts live here,
+in the factory:
+
+* the checkpoint is loaded once, lazily, on the first `OMNIPRED` request (a server that only
+  runs `RANDOM_SEARCH` never imports torch weights);
+* each study keeps its designer in RAM between requests. The designer's `dump()` is also
+  written to the study's metadata by `PartiallySerializableDesignerPolicy` (and fine-tuned
+  weights go to a per-study folder under `work_dir`), so the datastore stays the source of
+  truth: the RAM copy is reused only while the study's stored designer state is exactly
+  what that copy dumped last; otherwise (server restart, another server wrote the study,
+  cache eviction) the designer is restored from the metadata with `load()`.
+
+Using it from clients (the algorithm field of `StudySpec` is a free string in Vizier 0.1.24;
+`vz.StudyConfig.algorithm` accepts any `str` besides its `Algorithm` enum, and the server
+forwards it untouched to the policy factory)::
+
+    server = start_server('runs/study.db')        # serves OMNIPRED + Vizier's algorithms
+    config = vz.StudyConfig(search_space=..., metric_information=[...], algorithm='OMNIPRED')
+    study = clients.Study.from_study_config(config, owner='me', study_id='s1')
+    ...
+    server.stop()
+
+A server started with Vizier's own `DefaultPolicyFactory` rejects the name with
+"Algorithm OMNIPRED is not registered."
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import functools
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import threading
+import zlib
+from concurrent import futures
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import attr  # Vizier's server is an `attr.define` class; its subclass must be too.
+import attrs
+import grpc
+from vizier import pythia
+from vizier import pyvizier as vz
+from vizier._src.algorithms.policies import designer_policy as dp
+from vizier._src.service import constants as service_constants
+from vizier._src.service import custom_errors
+from vizier._src.service import policy_factory as vizier_policy_factory
+from vizier._src.service import pythia_service, stubs_util, vizier_service, vizier_service_pb2_grpc
+from vizier._src.service.vizier_server import DefaultVizierServer
+from vizier.service import clients
+
+from google.rpc import code_pb2, status_pb2
+
+if TYPE_CHECKING:  # torch-heavy; imported on the first OMNIPRED request only.
+    from vizier_omnipred.designer import OmniPredDesigner
+    from vizier_omnipred.regressor import OmniPredRegressor
+
+_log = logging.getLogger(__name__)
+
+ALGORITHM = "OMNIPRED"
+# Where PartiallySerializableDesignerPolicy keeps its state in the study metadata.
+_POLICY_NS = "designer_policy_v0"
+
+
+# ----- the policy ---------------------------------------------------------------------
+
+
+@attrs.define
+class _StudySlot:
+    """What the factory remembers about one study between Suggest requests."""
+
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    designer: Any = None  # the OmniPredDesigner that produced `fingerprint`
+    fingerprint: str | None = None  # of (problem without policy state, designer dump)
+
+
+def _metadata_fingerprint(md: vz.Metadata, *, skip: str | None = None) -> list[tuple[str, str, bytes | str]]:
+    """Items of `md` at and below its current namespace, relative and sorted.
+
+    Values are compared as stored: strings as is, protos by their serialized bytes, so
+    a dump compares equal to the same dump read back from the datastore. `skip` leaves
+    out one top-level sub-namespace.
+    """
+    base = tuple(md.current_ns())
+    items = []
+    for rel in md.subnamespaces():
+        if skip is not None and tuple(rel)[:1] == (skip,):
+            continue
+        for key, value in md.abs_ns(base + tuple(rel)).items():
+            items.append((rel.encode(), key, value if isinstance(value, str) else value.SerializeToString()))
+    return sorted(items)
+
+
+def _problem_fingerprint(problem: vz.ProblemStatement) -> list[Any]:
+    """The study as the designer sees it: search space, metrics, user metadata.
+
+    The policy's own namespace changes on every request and is left out; a user editing
+    the study's metadata (text the model reads) invalidates the RAM copy.
+    """
+    return [
+        repr(problem.search_space),
+        repr(list(problem.metric_information)),
+        _metadata_fingerprint(problem.metadata, skip=_POLICY_NS),
+    ]
+
+
+def _fingerprint(problem: vz.ProblemStatement, designer_md: vz.Metadata) -> str:
+    payload = repr((_problem_fingerprint(problem), _metadata_fingerprint(designer_md)))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class _CachedDesignerPolicy(dp.PartiallySerializableDesignerPolicy):
+    """`PartiallySerializableDesignerPolicy` that hands its designer back to the factory.
+
+    Vizier's policy restores the designer with `factory(problem)` + `load(metadata)` on
+    every request. Here `_restore_designer` first checks the study's slot: if the stored
+    designer state is the one the RAM designer dumped, that designer (with its fine-tuned
+    model already in memory) is used as is.
+    """
+
+    def __init__(self, problem: vz.ProblemStatement, supporter: pythia.PolicySupporter, designer_factory, *,
+                 slot: _StudySlot, seed: int | None):
+        super().__init__(problem, supporter, designer_factory, seed=seed, policy_name="OmniPredDesignerPolicy")
+        self._slot = slot
+        self._designer_md: vz.Metadata | None = None
+        self.reused_cached_designer = False
+
+    def _restore_designer(self, designer_metadata: vz.Metadata):
+        slot = self._slot
+        if slot.designer is not None and slot.fingerprint == _fingerprint(self._problem_statement, designer_metadata):
+            self.reused_cached_designer = True
+            return slot.designer
+        slot.designer, slot.fingerprint = None, None
+        _log.info("OMNIPRED: restoring the designer from the study's metadata")
+        return super()._restore_designer(designer_metadata)
+
+    def dump(self) -> vz.Metadata:
+        md = super().dump()
+        self._designer_md = md.ns(self._ns_designer)
+        return md
+
+    def suggest(self, request: pythia.SuggestRequest) -> pythia.SuggestDecision:
+        # The server already serialises Suggest per study; the slot lock also covers
+        # callers that drive the factory directly from several threads.
+        with self._slot.lock:
+            try:
+                decision = super().suggest(request)
+            except BaseException:
+                # The designer may be half-updated: never reuse it.
+                self._slot.designer, self._slot.fingerprint = None, None
+                raise
+            self._slot.designer = self.designer
+            self._slot.fingerprint = _fingerprint(self._problem_statement, self._designer_md)
+            return decision
+
+
+# ----- the factory --------------------------------------------------------------------
+
+
+def _study_dir_name(study_name: str) -> str:
+    """A folder name per study: readable, and unique even where sanitising collides."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", study_name).strip("_.")[:80] or "study"
+    return f"{safe}-{zlib.crc32(study_name.encode()):08x}"
+
+
+@attrs.define
+class OmniPredPolicyFactory(pythia.PolicyFactory):
+    """Vizier policy factory: `OMNIPRED` -> the OmniPred designer, other names -> Vizier's.
+
+    Args:
+      checkpoint: checkpoint directory; None means the package's shipped checkpoint (and,
+        until one ships, whatever the designer falls back to).
+      device: torch device for the model ('cpu', 'cuda').
+      work_dir: where each study's designer keeps its fine-tuned weights (one subfolder
+        per study). Set it for a server whose studies must survive a restart with their
+        fine-tuned state; None uses a temporary folder that lives as long as the process.
+      designer_kwargs: extra keyword arguments for `OmniPredDesigner` (acquisition,
+        num_samples, num_seed_trials, ...). A `regressor` here replaces the checkpoint.
+      seed: base seed; each study's designer gets a seed derived from it and the study name.
+      max_cached_studies: studies whose designers stay in RAM (least recently used go;
+        they are restored from metadata on their next request).
+      fallback: the factory for every other algorithm name.
+    """
+
+    checkpoint: str | os.PathLike[str] | None = None
+    device: str = "cpu"
+    work_dir: str | os.PathLike[str] | None = None
+    designer_kwargs: Mapping[str, Any] | None = None
+    seed: int = 0
+    max_cached_studies: int = 16
+    fallback: pythia.PolicyFactory = attrs.field(factory=vizier_policy_factory.DefaultPolicyFactory)
+
+    _regressor: Any = attrs.field(default=None, init=False)
+    _load_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _slots_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _slots: collections.OrderedDict = attrs.field(factory=collections.OrderedDict, init=False)
+    _tmp_dir: Any = attrs.field(default=None, init=False)
+
+    def __call__(
+        self,
+        problem_statement: vz.ProblemStatement,
+        algorithm: str,
+        policy_supporter: pythia.PolicySupporter,
+        study_name: str,
+    ) -> pythia.Policy:
+        if algorithm != ALGORITHM:
+            return self.fallback(problem_statement, algorithm, policy_supporter, study_name)
+        slot = self._slot(study_name)
+        designer_factory = functools.partial(self._make_designer, study_name)
+        return _CachedDesignerPolicy(
+            problem_statement,
+            policy_supporter,
+            designer_factory,
+            slot=slot,
+            seed=self._study_seed(study_name),
+        )
+
+    # -- what the policy calls -----------------------------------------------------------
+    def _make_designer(self, study_name: str, problem: vz.ProblemStatement, seed: int | None = None) -> "OmniPredDesigner":
+        """A designer factory in Vizier's convention: `factory(problem, seed=...)`.
+
+        Vizier calls it with a seed for a new study and without one when it restores a
+        designer from metadata (`load()` then overwrites the state, seed included).
+        """
+        from vizier_omnipred.designer import OmniPredDesigner
+
+        kwargs = dict(self.designer_kwargs or {})
+        kwargs.setdefault("device", self.device)
+        kwargs.setdefault("work_dir", str(self.study_work_dir(study_name)))
+        if kwargs.get("regressor") is None and "checkpoint" not in kwargs:
+            kwargs["regressor"] = self.regressor()
+        if kwargs.get("regressor") is None:
+            kwargs.pop("regressor", None)
+        return OmniPredDesigner(problem, seed=self._study_seed(study_name) if seed is None else seed, **kwargs)
+
+    # -- shared state ----------------------------------------------------------------------
+    def regressor(self) -> "OmniPredRegressor | None":
+        """The base model, loaded on first use and shared (designers deep-copy it).
+
+        None when no checkpoint is given and none ships with the package: the designer
+        then builds its own fallback model.
+        """
+        with self._load_lock:
+            if self._regressor is None:
+                from vizier_omnipred.regressor import SHIPPED_CHECKPOINT, OmniPredRegressor
+
+                path = self.checkpoint
+                if path is None and (SHIPPED_CHECKPOINT / "omnipred.json").exists():
+                    path = SHIPPED_CHECKPOINT
+                if path is None:
+                    _log.warning("OMNIPRED: no checkpoint given and none shipped in %s; the designer uses "
+                                 "its from-scratch fallback", SHIPPED_CHECKPOINT)
+                    return None
+                _log.info("OMNIPRED: loading checkpoint %s on %s", path, self.device)
+                self._regressor = OmniPredRegressor.from_pretrained(path, device=self.device)
+            return self._regressor
+
+    def study_work_dir(self, study_name: str) -> Path:
+        if self.work_dir is not None:
+            root = Path(self.work_dir)
+        else:
+            with self._load_lock:
+                if self._tmp_dir is None:
+                    self._tmp_dir = tempfile.TemporaryDirectory(prefix="omnipred-service-")
+                    _log.warning("OMNIPRED: no work_dir set; fine-tuned weights go to %s and are lost "
+                                 "when the process ends", self._tmp_dir.name)
+            root = Path(self._tmp_dir.name)
+        path = root / _study_dir_name(study_name)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _study_seed(self, study_name: str) -> int:
+        return zlib.crc32(f"{self.seed}:{study_name}".encode()) & 0x7FFFFFFF
+
+    def _slot(self, study_name: str) -> _StudySlot:
+        with self._slots_lock:
+            slot = self._slots.pop(study_name, None) or _StudySlot()
+            self._slots[study_name] = slot
+            while len(self._slots) > self.max_cached_studies:
+                self._slots.popitem(last=False)
+            return slot
+
+    def forget(self, study_name: str | None = None) -> None:
+        """Drops the RAM copy of one study's designer (all studies if None)."""
+        with self._slots_lock:
+            if study_name is None:
+                self._slots.clear()
+            else:
+                self._slots.pop(study_name, None)
+
+
+# ----- the server ---------------------------------------------------------------------
+
+
+class _GuardedVizierServicer(vizier_service.VizierServicer):
+    """A `VizierServicer` whose failed Suggest operations end as errors.
+
+    In Vizier 0.1.24 an in-process Pythia policy that raises leaves the study's suggestion
+    operation "not done" in the datastore; every later Suggest of that client then returns
+    that operation and the client polls it forever. Here the operation is closed with the
+    error, so the client raises `RuntimeError` with the designer's message and the next
+    Suggest starts afresh.
+    """
+
+    def SuggestTrials(self, request, context=None):  # noqa: N802 (gRPC name)
+        try:
+            return super().SuggestTrials(request, context)
+        except Exception as e:  # Pythia raises anything; the operation must not stay open.
+            try:
+                open_ops = self.datastore.list_suggestion_operations(
+                    request.parent, request.client_id, lambda op: not op.done
+                )
+            except custom_errors.NotFoundError:
+                open_ops = []
+            if not open_ops:
+                raise
+            _log.exception("Suggest for %s failed", request.parent)
+            for op in open_ops:
+                op.done = True
+                op.error.CopyFrom(status_pb2.Status(code=code_pb2.Code.INTERNAL, message=f"{type(e).__name__}: {e}"))
+                self.datastore.update_suggestion_operation(op)
+            return open_ops[-1]
+
+
+@attr.define
+class OmniPredVizierServer(DefaultVizierServer):
+    """Vizier's in-process server (Vizier + Pythia servicers), plus what it lacks:
+
+    * `stop()` / `with` support: the gRPC server stops and the SQL connection closes, so a
+      new server (as after a process restart) can open the same SQLite file;
+    * `port=0` binds a free port chosen by the OS (no pick-then-bind race);
+    * failed Suggest operations end as errors instead of hanging the client (see
+      `_GuardedVizierServicer`).
+    """
+
+    def __attrs_post_init__(self):
+        # Mirrors DefaultVizierServer.__attrs_post_init__, with the guarded servicer and
+        # the port the OS actually bound.
+        self._servicer = _GuardedVizierServicer(
+            database_url=self._database_url,
+            early_stop_recycle_period=self._early_stop_recycle_period,
+        )
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=30))
+        vizier_service_pb2_grpc.add_VizierServiceServicer_to_server(self._servicer, self._server)
+        bound = self._server.add_insecure_port(f"{self._host}:{self._port}")
+        if not bound:
+            raise RuntimeError(f"could not bind the Vizier server to {self._host}:{self._port}")
+        self._port = bound
+        self._server.start()
+        self.stub = stubs_util.create_vizier_server_stub(self.endpoint)
+        self._servicer.default_pythia_service = pythia_service.PythiaServicer(
+            self._servicer, policy_factory=self._policy_factory
+        )
+
+    @property
+    def policy_factory(self) -> pythia.PolicyFactory:
+        return self._policy_factory
+
+    @property
+    def database_url(self) -> str | None:
+        return self._database_url
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Stops serving and closes the database; idempotent."""
+        self._server.stop(grace).wait()
+        store = self._servicer.datastore
+        connection, engine = getattr(store, "_connection", None), getattr(store, "_engine", None)
+        if connection is not None:
+            connection.close()
+        if engine is not None:
+            engine.dispose()
+        if clients.environment_variables.server_endpoint == self.endpoint:
+            clients.environment_variables.server_endpoint = service_constants.NO_ENDPOINT
+
+    def __enter__(self) -> "OmniPredVizierServer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def database_url(database_path_or_url: str | os.PathLike[str] | None) -> str | None:
+    """'sqlite:///abs/path' for a file path (parent folders created); URLs pass through.
+
+    None means Vizier's in-RAM datastore (nothing persists).
+    """
+    if database_path_or_url is None:
+        return None
+    text = os.fspath(database_path_or_url)
+    if "://" in text:
+        return text
+    path = Path(text).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def default_work_dir(database_path_or_url: str | os.PathLike[str] | None) -> Path | None:
+    """Next to a SQLite file: '<file>.omnipred/' (so the study state and the fine-tuned
+    weights move together); None for other databases."""
+    url = database_url(database_path_or_url)
+    if url is None or not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return None
+    db = Path(url[len("sqlite:///"):])
+    return db.with_name(db.name + ".omnipred")
+
+
+def start_server(
+    database_path_or_url: str | os.PathLike[str] | None,
+    *,
+    policy_factory: pythia.PolicyFactory | None = None,
+    host: str = "localhost",
+    port: int = 0,
+    set_client_endpoint: bool = True,
+    early_stop_recycle_period: datetime.timedelta = datetime.timedelta(seconds=0.1),
+) -> OmniPredVizierServer:
+    """Starts an in-process Vizier server that knows `OMNIPRED`, on a SQL datastore.
+
+    Args:
+      database_path_or_url: a SQLite file path (created if missing), an SQLAlchemy URL,
+        or None for RAM only.
+      policy_factory: default `OmniPredPolicyFactory(work_dir=default_work_dir(db))`.
+      host: interface to bind; keep the loopback default unless the server must be
+        reachable from other machines (the gRPC port is unauthenticated, unencrypted).
+      port: 0 lets the OS choose a free port.
+      set_client_endpoint: point `vizier.service.clients` at this server, so
+        `clients.Study` talks to it (reset on `stop()`).
+
+    Use as `with start_server(path) as server: ...` or call `server.stop()`.
+    """
+    if policy_factory is None:
+        policy_factory = OmniPredPolicyFactory(work_dir=default_work_dir(database_path_or_url))
+    server = OmniPredVizierServer(
+        host,
+        database_url=database_url(database_path_or_url),
+        policy_factory=policy_factory,
+        port=port,
+        early_stop_recycle_period=early_stop_recycle_period,
+    )
+    if set_client_endpoint:
+        clients.environment_variables.server_endpoint = server.endpoint
+    _log.info("Vizier server at %s, database %s", server.endpoint, server.database_url)
+    return server

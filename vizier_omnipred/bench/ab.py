@@ -1,0 +1,828 @@
+"""A/B benchmark of designers: the OmniPred designer against Vizier's GP bandits and random.
+
+Every (task, repeat) is one optimisation problem that all designers solve with the same
+budget, so results are paired: win rates compare two designers on the very same shifted
+function. A run is `budget` rounds of suggest(1) -> evaluate -> update, timed per suggest.
+
+Layout of `out_dir` (one file per run, so an interrupted benchmark resumes where it
+stopped and runs can be spread over processes or machines):
+
+    {suite}/{task_id}/{designer}/repeat_{r:03d}.json   one run: values, best so far, s/suggest
+    summary.json, table.md, convergence_{suite}.png      written from the run files
+
+`--resume` skips runs whose file is complete and `status: ok` for the same job (suite,
+task, designer, repeat, budget, seed). Failed runs are retried: a failure is often an
+environment problem fixed since, and a designer that fails deterministically fails fast.
+
+Normalized regret (see metrics.py) needs the task's optimum and a typical random value.
+Each run file stores the median and best of a fixed random sample of the task (the same
+sample for all designers: it is seeded by the task), and the task's known optimum where
+there is one (BBOB functions with f(0) = 0, an HPOBench table's best). The summary uses
+as optimum the best of: the known optimum, the sample's best, and every designer's best
+on that (task, repeat); so regret is never negative, and where no optimum is known it is
+measured against the best anybody found.
+
+Failed runs count as failures in the table and are left out of regret medians and win
+rates (a pair needs both runs), so the failures column must be read next to them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime
+import inspect
+import math
+import multiprocessing
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
+
+import attrs
+import numpy as np
+from vizier import pyvizier as vz
+
+from vizier_omnipred.bench import metrics
+from vizier_omnipred.bench.baselines import ensure_jax_x64, objective_values, single_metric
+from vizier_omnipred.bench.common import (
+    environment_info,
+    floats,
+    fmt,
+    pyplot,
+    read_json,
+    stable_seed,
+    write_json_atomic,
+)
+
+SUITES: tuple[str, ...] = ("bbob", "hpobench")
+GP_BASELINES: tuple[str, ...] = ("gp_bandit", "gp_ucb_pe")
+DEFAULT_DESIGNERS: tuple[str, ...] = ("omnipred", "gp_bandit", "gp_ucb_pe", "random")
+DEFAULT_BBOB_DIMS: tuple[int, ...] = (2, 4, 8)
+DEFAULT_BBOB_FUNCTIONS: tuple[str, ...] = ("Sphere", "Rastrigin")
+
+# Vizier BBOB functions whose global minimum is f(0) = 0 (so 0 after any shift that keeps
+# the origin inside the bounds, which `random_bbob_task` does). Checked numerically in
+# tests/test_bench.py; others (LinearSlope, Schwefel, Lunacek, ...) have optima elsewhere.
+ZERO_OPTIMUM_BBOB_FUNCTIONS: frozenset[str] = frozenset(
+    {
+        "Sphere",
+        "Ellipsoidal",
+        "Rastrigin",
+        "BuecheRastrigin",
+        "StepEllipsoidal",
+        "Discus",
+        "BentCigar",
+        "SharpRidge",
+        "DifferentPowers",
+        "Weierstrass",
+        "SchaffersF7",
+        "SchaffersF7IllConditioned",
+        "GriewankRosenbrock",
+        "Katsuura",
+    }
+)
+
+
+class ABConfigError(ValueError):
+    """A benchmark configuration that cannot run (unknown names, budget too small, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class BuiltTask:
+    """One concrete optimisation problem. Values are in the metric's own units."""
+
+    problem: vz.ProblemStatement
+    experimenter: Any  # vizier.benchmarks.experimenters.Experimenter
+    label: str
+    dataset: str | None = None  # HPOBench dataset, for per-dataset checkpoints
+    known_optimum: float | None = None
+    reference_values: np.ndarray | None = None  # a typical spread of values; None: sample
+
+
+class ABTask(Protocol):
+    """A family of problems, one per seed. Must be picklable (it travels to workers)."""
+
+    suite: ClassVar[str]
+
+    @property
+    def task_id(self) -> str: ...
+
+    def build(self, seed: int) -> BuiltTask: ...
+
+
+@attrs.frozen
+class BBOBTask:
+    """A Vizier BBOB function in `dim` dimensions, with a random shift per seed (corpus.bbob)."""
+
+    suite: ClassVar[str] = "bbob"
+    dim: int
+    function_name: str
+
+    @property
+    def task_id(self) -> str:
+        return f"{self.function_name}-{self.dim}d"
+
+    def build(self, seed: int) -> BuiltTask:
+        from vizier_omnipred.corpus.bbob import random_bbob_task
+
+        problem, experimenter = random_bbob_task(seed, self.dim, self.function_name)
+        known = 0.0 if self.function_name in ZERO_OPTIMUM_BBOB_FUNCTIONS else None
+        return BuiltTask(problem, experimenter, label=f"bbob/{self.task_id}", known_optimum=known)
+
+
+@attrs.frozen
+class HPOBenchTask:
+    """An HPOBench dataset's MLP tuning table as an experimenter (corpus.hpobench).
+
+    The full table is both the reference distribution and the known optimum (its best
+    mean value); if the experimenter returns noisy per-seed values above it, the summary
+    takes the better one.
+    """
+
+    suite: ClassVar[str] = "hpobench"
+    dataset: str
+
+    @property
+    def task_id(self) -> str:
+        return self.dataset
+
+    def build(self, seed: int) -> BuiltTask:
+        from vizier_omnipred.corpus.hpobench import HPOBenchExperimenter, hpobench_table
+
+        del seed  # the table is fixed; repeats differ by the designers' seeds
+        experimenter = HPOBenchExperimenter(self.dataset)
+        problem = experimenter.problem_statement()
+        _, values = hpobench_table(self.dataset)
+        values = np.asarray(values, dtype=float)
+        maximize = single_metric(problem).goal == vz.ObjectiveMetricGoal.MAXIMIZE
+        finite = values[np.isfinite(values)]
+        known = None
+        if finite.size:
+            known = float(finite.max() if maximize else finite.min())
+        return BuiltTask(
+            problem,
+            experimenter,
+            label=f"hpobench/{self.dataset}",
+            dataset=self.dataset,
+            known_optimum=known,
+            reference_values=values,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Designers
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class DesignerOptions:
+    """Settings only some designers read; picklable, sent to every worker."""
+
+    omnipred_checkpoint: str | None = None  # a path, or a pattern with '{dataset}'; None: shipped
+    device: str = "cpu"
+
+    def checkpoint_for(self, dataset: str | None) -> str | None:
+        if self.omnipred_checkpoint is None or "{dataset}" not in self.omnipred_checkpoint:
+            return self.omnipred_checkpoint
+        if dataset is None:
+            raise ValueError(
+                f"checkpoint pattern {self.omnipred_checkpoint!r} needs a dataset, but this task has none"
+            )
+        return self.omnipred_checkpoint.format(dataset=dataset)
+
+
+@attrs.frozen
+class DesignerSpec:
+    """How to build a designer by name.
+
+    `make(problem, *, seed, options, task)` returns a fresh vza.Designer; `seed_trials(options)`
+    is the number of trials it proposes before its model is used (None: unknown). Both must be
+    module-level functions so that specs pickle into worker processes.
+    """
+
+    name: str
+    make: Callable[..., Any]
+    seed_trials: Callable[[DesignerOptions], int | None]
+    description: str = ""
+
+
+def _attrs_default(cls: type, *names: str) -> int | None:
+    """Default of the first attrs field among `names`, read from the class, so our checks
+    follow Vizier's own defaults instead of copying them."""
+    try:
+        fields = attrs.fields_dict(cls)
+    except (TypeError, attrs.exceptions.NotAnAttrsClassError):
+        return None
+    for name in names:
+        f = fields.get(name) or fields.get(name.lstrip("_"))
+        if f is not None and isinstance(f.default, int):
+            return int(f.default)
+    return None
+
+
+def _make_random(problem: vz.ProblemStatement, *, seed: int, options: DesignerOptions, task: BuiltTask):
+    from vizier._src.algorithms.designers.random import RandomDesigner
+
+    return RandomDesigner.from_problem(problem, seed=seed)
+
+
+def _random_seed_trials(options: DesignerOptions) -> int:
+    return 0
+
+
+def _make_gp_bandit(problem: vz.ProblemStatement, *, seed: int, options: DesignerOptions, task: BuiltTask):
+    ensure_jax_x64()
+    from vizier._src.algorithms.designers import gp_bandit
+
+    return gp_bandit.VizierGPBandit.from_problem(problem, seed=seed)
+
+
+def _gp_bandit_seed_trials(options: DesignerOptions) -> int | None:
+    from vizier._src.algorithms.designers import gp_bandit
+
+    return _attrs_default(gp_bandit.VizierGPBandit, "_num_seed_trials")
+
+
+def _make_gp_ucb_pe(problem: vz.ProblemStatement, *, seed: int, options: DesignerOptions, task: BuiltTask):
+    ensure_jax_x64()
+    import jax
+    from vizier._src.algorithms.designers import gp_ucb_pe
+
+    return gp_ucb_pe.VizierGPUCBPEBandit(problem, rng=jax.random.PRNGKey(seed))
+
+
+def _gp_ucb_pe_seed_trials(options: DesignerOptions) -> int | None:
+    from vizier._src.algorithms.designers import gp_ucb_pe
+
+    return _attrs_default(gp_ucb_pe.VizierGPUCBPEBandit, "_num_seed_trials")
+
+
+def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: DesignerOptions, task: BuiltTask):
+    from vizier_omnipred.designer import OmniPredDesigner
+
+    return OmniPredDesigner(
+        problem, seed=seed, checkpoint=options.checkpoint_for(task.dataset), device=options.device
+    )
+
+
+def _omnipred_seed_trials(options: DesignerOptions) -> int | None:
+    """Read from OmniPredDesigner's signature or attrs fields; None if it is not importable
+    (then every omnipred run fails fast with the import error and is recorded)."""
+    try:
+        from vizier_omnipred.designer import OmniPredDesigner
+    except ImportError:
+        return None
+    value = _attrs_default(OmniPredDesigner, "_num_seed_trials", "num_seed_trials")
+    if value is not None:
+        return value
+    try:
+        param = inspect.signature(OmniPredDesigner).parameters.get("num_seed_trials")
+    except (TypeError, ValueError):
+        return None
+    if param is not None and isinstance(param.default, int):
+        return int(param.default)
+    return None
+
+
+DESIGNERS: Mapping[str, DesignerSpec] = {
+    spec.name: spec
+    for spec in (
+        DesignerSpec("omnipred", _make_omnipred, _omnipred_seed_trials, "OmniPredDesigner (this package)"),
+        DesignerSpec("gp_bandit", _make_gp_bandit, _gp_bandit_seed_trials, "Vizier VizierGPBandit"),
+        DesignerSpec("gp_ucb_pe", _make_gp_ucb_pe, _gp_ucb_pe_seed_trials, "Vizier VizierGPUCBPEBandit"),
+        DesignerSpec("random", _make_random, _random_seed_trials, "Vizier RandomDesigner"),
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and jobs
+# ---------------------------------------------------------------------------------------------
+
+
+def _tuple(x: Sequence[Any] | None) -> tuple[Any, ...] | None:
+    return None if x is None else tuple(x)
+
+
+@attrs.frozen
+class ABConfig:
+    suite: str = "bbob"
+    designers: tuple[str, ...] = attrs.field(default=DEFAULT_DESIGNERS, converter=tuple)
+    budget: int = 30
+    repeats: int = 5
+    workers: int = 1
+    ray_address: str | None = None
+    out_dir: Path = attrs.field(default=Path("bench_results/ab"), converter=Path)
+    resume: bool = False
+    bbob_dims: tuple[int, ...] = attrs.field(default=DEFAULT_BBOB_DIMS, converter=tuple)
+    bbob_functions: tuple[str, ...] = attrs.field(default=DEFAULT_BBOB_FUNCTIONS, converter=tuple)
+    hpobench_datasets: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple)
+    options: DesignerOptions = attrs.field(factory=DesignerOptions)
+    seed: int = 0
+    reference_samples: int = 1000
+    plot: bool = True
+
+
+@attrs.frozen
+class ABJob:
+    suite: str
+    task: Any  # ABTask
+    designer: str
+    repeat: int
+    budget: int
+    base_seed: int
+    options: DesignerOptions
+    reference_samples: int
+
+    @property
+    def task_seed(self) -> int:
+        """Same for all designers of a (task, repeat): they face the same shifted function."""
+        return stable_seed("ab", self.suite, self.task.task_id, self.repeat, self.base_seed)
+
+    @property
+    def key(self) -> str:
+        return f"{self.suite}/{self.task.task_id}/{self.designer}/r{self.repeat}/b{self.budget}/s{self.task_seed}"
+
+    @property
+    def relpath(self) -> Path:
+        return Path(self.suite) / self.task.task_id / self.designer / f"repeat_{self.repeat:03d}.json"
+
+
+def validate_config(config: ABConfig, registry: Mapping[str, DesignerSpec] = DESIGNERS) -> None:
+    """Raises ABConfigError with a message a user can act on; runs nothing."""
+    if config.suite not in SUITES:
+        raise ABConfigError(f"unknown suite {config.suite!r}; valid: {', '.join(SUITES)}")
+    if not config.designers:
+        raise ABConfigError("no designers given")
+    unknown = [d for d in config.designers if d not in registry]
+    if unknown:
+        raise ABConfigError(f"unknown designer(s) {', '.join(unknown)}; valid: {', '.join(sorted(registry))}")
+    if len(set(config.designers)) != len(config.designers):
+        raise ABConfigError(f"designer listed twice: {config.designers}")
+    if config.budget < 1:
+        raise ABConfigError(f"budget must be >= 1, got {config.budget}")
+    if config.repeats < 1:
+        raise ABConfigError(f"repeats must be >= 1, got {config.repeats}")
+    if config.workers < 1:
+        raise ABConfigError(f"workers must be >= 1, got {config.workers}")
+    for name in config.designers:
+        seeding = registry[name].seed_trials(config.options)
+        if seeding is not None and config.budget <= seeding:
+            raise ABConfigError(
+                f"budget {config.budget} is not larger than {name}'s seeding phase ({seeding} trials): "
+                f"it would never use its model; use --budget {seeding + 1} or more"
+            )
+
+
+def default_tasks(config: ABConfig) -> list[Any]:
+    """The suite's tasks (validated here, not in validate_config: custom task lists need
+    no corpus module)."""
+    if config.suite == "bbob":
+        if not config.bbob_dims or min(config.bbob_dims) < 1:
+            raise ABConfigError(f"BBOB dims must be positive, got {config.bbob_dims}")
+        from vizier_omnipred.corpus.bbob import BBOB_FUNCTIONS, min_dimension
+
+        bad = [f for f in config.bbob_functions if f not in BBOB_FUNCTIONS]
+        if bad:
+            raise ABConfigError(f"unknown BBOB function(s) {bad}; valid: {', '.join(BBOB_FUNCTIONS)}")
+        for f in config.bbob_functions:
+            if min_dimension(f) > min(config.bbob_dims):
+                raise ABConfigError(f"{f} needs dim >= {min_dimension(f)}, dims are {config.bbob_dims}")
+        return [BBOBTask(dim=d, function_name=f) for f in config.bbob_functions for d in config.bbob_dims]
+    from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
+
+    datasets = config.hpobench_datasets or tuple(HPOBENCH_DATASETS)
+    bad = [d for d in datasets if d not in HPOBENCH_DATASETS]
+    if bad:
+        raise ABConfigError(f"unknown HPOBench dataset(s) {bad}; valid: {', '.join(HPOBENCH_DATASETS)}")
+    return [HPOBenchTask(dataset=d) for d in datasets]
+
+
+def plan_jobs(config: ABConfig, tasks: Sequence[Any]) -> list[ABJob]:
+    """Repeat-major order, so early results already pair every designer on some tasks."""
+    return [
+        ABJob(
+            suite=config.suite,
+            task=task,
+            designer=designer,
+            repeat=repeat,
+            budget=config.budget,
+            base_seed=config.seed,
+            options=config.options,
+            reference_samples=config.reference_samples,
+        )
+        for repeat in range(config.repeats)
+        for task in tasks
+        for designer in config.designers
+    ]
+
+
+def is_finished(record: Mapping[str, Any] | None, job: ABJob) -> bool:
+    return bool(record) and record.get("status") == "ok" and record.get("job_key") == job.key
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+
+
+def _reference_values(built: BuiltTask, job: ABJob) -> np.ndarray:
+    """Objective values of a fixed random sample of the task (seeded by the task, not the
+    designer), unless the task brings its own (a full table)."""
+    if built.reference_values is not None:
+        return np.asarray(built.reference_values, dtype=float)
+    from vizier._src.algorithms.designers.random import RandomDesigner
+
+    sampler = RandomDesigner(built.problem.search_space, seed=job.task_seed % (2**31))
+    trials = [s.to_trial(i + 1) for i, s in enumerate(sampler.suggest(job.reference_samples))]
+    built.experimenter.evaluate(trials)
+    return objective_values(built.problem, trials)
+
+
+def _failure(record: dict[str, Any], phase: str, exc: BaseException) -> dict[str, Any]:
+    record.update(
+        status="failed",
+        failed_phase=phase,
+        error=f"{type(exc).__name__}: {exc}",
+        traceback="".join(traceback.format_exception(exc)),
+    )
+    return record
+
+
+def run_job(job: ABJob, spec: DesignerSpec) -> dict[str, Any]:
+    """Runs one designer on one (task, repeat); never raises: failures are in the record.
+
+    A failing designer leaves its partial trajectory in the record (values so far), so a
+    crash at trial 25 of 30 is visible as such.
+    """
+    from vizier import algorithms as vza
+
+    ensure_jax_x64()  # before any Vizier GP code, also in spawned workers
+    start = time.time()
+    record: dict[str, Any] = {
+        "job_key": job.key,
+        "suite": job.suite,
+        "task": job.task.task_id,
+        "designer": job.designer,
+        "repeat": job.repeat,
+        "budget": job.budget,
+        "task_seed": job.task_seed,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "values": [],
+        "best_so_far": [],
+        "suggest_seconds": [],
+        "error": None,
+    }
+    try:
+        built = job.task.build(job.task_seed)
+        metric = single_metric(built.problem)
+        maximize = metric.goal == vz.ObjectiveMetricGoal.MAXIMIZE
+        reference = _reference_values(built, job)
+    except Exception as e:  # noqa: BLE001 - the task, not the designer, failed; still recorded
+        return _failure(record, "task", e)
+    finite_ref = reference[np.isfinite(reference)]
+    record.update(
+        task_label=built.label,
+        metric=metric.name,
+        goal="MAXIMIZE" if maximize else "MINIMIZE",
+        known_optimum=built.known_optimum,
+        reference_median=float(np.median(finite_ref)) if finite_ref.size else None,
+        reference_best=(float(finite_ref.max() if maximize else finite_ref.min()) if finite_ref.size else None),
+        reference_size=int(reference.size),
+    )
+    values: list[float] = []
+    seconds: list[float] = []
+    try:
+        designer = spec.make(built.problem, seed=job.task_seed % (2**31), options=job.options, task=built)
+        for i in range(job.budget):
+            t0 = time.perf_counter()
+            suggestions = designer.suggest(1)
+            seconds.append(time.perf_counter() - t0)
+            if not suggestions:
+                raise RuntimeError(f"suggest(1) returned no suggestion at trial {i + 1}")
+            trial = suggestions[0].to_trial(i + 1)
+            built.experimenter.evaluate([trial])
+            values.append(float(objective_values(built.problem, [trial])[0]))
+            designer.update(vza.CompletedTrials([trial]), vza.ActiveTrials())
+        record["status"] = "ok"
+    except Exception as e:  # noqa: BLE001 - a designer failure is a result, not a crash
+        _failure(record, "designer", e)
+    losses = metrics.to_loss(np.asarray(values, dtype=float), maximize)
+    best = metrics.best_so_far(losses)
+    record.update(
+        values=values,
+        best_so_far=(-best if maximize else best).tolist(),
+        suggest_seconds=seconds,
+        num_completed=len(values),
+        wall_seconds=time.time() - start,
+    )
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Execution: in process, process pool (spawn), or Ray
+# ---------------------------------------------------------------------------------------------
+
+ResultCallback = Callable[[ABJob, dict[str, Any]], None]
+
+
+def _crash_record(job: ABJob, exc: BaseException) -> dict[str, Any]:
+    """A worker that died (killed, out of memory) produced no record; make one."""
+    record = {"job_key": job.key, "suite": job.suite, "task": job.task.task_id, "designer": job.designer,
+              "repeat": job.repeat, "budget": job.budget, "values": [], "best_so_far": [],
+              "suggest_seconds": []}
+    return _failure(record, "worker", exc)
+
+
+def _execute_sequential(jobs: Sequence[ABJob], registry: Mapping[str, DesignerSpec], on_result: ResultCallback) -> None:
+    for job in jobs:
+        on_result(job, run_job(job, registry[job.designer]))
+
+
+def _execute_pool(
+    jobs: Sequence[ABJob], registry: Mapping[str, DesignerSpec], workers: int, on_result: ResultCallback
+) -> None:
+    # spawn, not fork: JAX and torch hold threads and locks that a forked child inherits
+    # in an undefined state.
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(run_job, job, registry[job.designer]): job for job in jobs}
+        for fut in cf.as_completed(futures):
+            job = futures[fut]
+            try:
+                result = fut.result()
+            except BaseException as e:  # noqa: BLE001 - e.g. BrokenProcessPool
+                result = _crash_record(job, e)
+            on_result(job, result)
+
+
+def _execute_ray(
+    jobs: Sequence[ABJob], registry: Mapping[str, DesignerSpec], address: str, on_result: ResultCallback
+) -> None:
+    """One Ray task per run; results come back to this process, which writes the files (a
+    worker on another node could not write to our out_dir). The cluster's workers need this
+    package and its dependencies installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ABConfigError(
+            "--ray-address needs Ray, which is not installed: pip install 'vizier-omnipred[ray]' "
+            "(or pip install ray), or use --workers N for local processes"
+        ) from None
+    ray.init(address=address, ignore_reinit_error=True)
+    remote_run = ray.remote(num_cpus=1)(run_job)
+    pending = {remote_run.remote(job, registry[job.designer]): job for job in jobs}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(done[0])
+        try:
+            result = ray.get(done[0])
+        except Exception as e:  # noqa: BLE001 - a lost worker / node
+            result = _crash_record(job, e)
+        on_result(job, result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+
+
+def _regret_curves(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Normalized-regret curves of one (task, repeat), keyed by designer (ok runs only)."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        return {}
+    maximize = ok[0].get("goal") == "MAXIMIZE"
+
+    def loss(x: Any) -> float:
+        return math.nan if x is None else float(metrics.to_loss(float(x), maximize))
+
+    candidates = [loss(ok[0].get("known_optimum")), loss(ok[0].get("reference_best"))]
+    curves_loss = {r["designer"]: metrics.to_loss(floats(r["best_so_far"]), maximize) for r in ok}
+    for c in curves_loss.values():
+        if np.isfinite(c).any():
+            candidates.append(float(np.nanmin(c)))
+    finite = [c for c in candidates if math.isfinite(c)]
+    reference = loss(ok[0].get("reference_median"))
+    if not finite or not math.isfinite(reference):
+        return {}
+    optimum = min(finite)
+    return {d: metrics.normalized_regret(c, optimum, reference) for d, c in curves_loss.items()}
+
+
+def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], budget: int) -> dict[str, Any]:
+    """Per suite and designer: runs, final regret quantiles, s/suggest, win rates vs GP bandits,
+    and median/IQR regret curves. `records` are run files (any mix of suites)."""
+    by_group: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
+    for r in records:
+        by_group.setdefault((r["suite"], r["task"], int(r["repeat"])), []).append(r)
+    suites: dict[str, Any] = {}
+    failures = []
+    for suite in sorted({k[0] for k in by_group}):
+        groups = sorted(k for k in by_group if k[0] == suite)
+        final: dict[str, list[float]] = {d: [] for d in designers}  # aligned with `groups`
+        curves: dict[str, list[np.ndarray]] = {d: [] for d in designers}
+        seconds: dict[str, list[float]] = {d: [] for d in designers}
+        counts = {d: {"ok": 0, "failed": 0} for d in designers}
+        for key in groups:
+            group = by_group[key]
+            regret = _regret_curves(group)
+            for d in designers:
+                final[d].append(float(regret[d][-1]) if d in regret and len(regret[d]) else math.nan)
+                if d in regret and len(regret[d]) == budget:
+                    curves[d].append(regret[d])
+            for r in group:
+                d = r["designer"]
+                if d not in counts:
+                    continue
+                if r.get("status") == "ok":
+                    counts[d]["ok"] += 1
+                    seconds[d].extend(float(s) for s in r.get("suggest_seconds", []))
+                else:
+                    counts[d]["failed"] += 1
+                    failures.append(
+                        {k: r.get(k) for k in ("suite", "task", "designer", "repeat", "failed_phase", "error")}
+                        | {"completed_trials": len(r.get("values", []))}
+                    )
+        per_designer = {}
+        for d in designers:
+            f = np.asarray(final[d], dtype=float)
+            fin = f[~np.isnan(f)]
+            stack = np.stack(curves[d]) if curves[d] else np.zeros((0, budget))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns before a feasible trial
+                q = np.nanquantile(stack, [0.25, 0.5, 0.75], axis=0) if len(stack) else np.full((3, budget), np.nan)
+            entry: dict[str, Any] = {
+                "runs_ok": counts[d]["ok"],
+                "runs_failed": counts[d]["failed"],
+                "median_final_regret": float(np.median(fin)) if fin.size else None,
+                "q25_final_regret": float(np.quantile(fin, 0.25)) if fin.size else None,
+                "q75_final_regret": float(np.quantile(fin, 0.75)) if fin.size else None,
+                "median_seconds_per_suggest": float(np.median(seconds[d])) if seconds[d] else None,
+                "mean_seconds_per_suggest": float(np.mean(seconds[d])) if seconds[d] else None,
+                "curve_q25": q[0].tolist(),
+                "curve_median": q[1].tolist(),
+                "curve_q75": q[2].tolist(),
+                "win_rates": {},
+            }
+            for gp in GP_BASELINES:
+                if gp in designers and gp != d:
+                    entry["win_rates"][gp] = metrics.win_rate(final[d], final[gp]).to_dict()
+            per_designer[d] = entry
+        suites[suite] = {"num_problems": len(groups), "designers": per_designer}
+    return {"budget": budget, "designers": list(designers), "suites": suites, "failures": failures}
+
+
+def markdown_table(summary: Mapping[str, Any]) -> str:
+    designers = summary["designers"]
+    gps = [g for g in GP_BASELINES if g in designers]
+    lines = [
+        f"Budget {summary['budget']} trials. Regret: normalized (0 = optimum, 1 = median random point), "
+        "at the budget, over (task, repeat) pairs. Win rate: share of pairs with lower regret "
+        "(ties 1/2) [95% bootstrap CI], p = two-sided sign test. Failed runs are excluded from "
+        "regret and win rates.",
+        "",
+    ]
+    for suite, s in summary["suites"].items():
+        lines.append(f"### {suite} ({s['num_problems']} problems)")
+        lines.append("")
+        header = ["designer", "ok/failed", "median regret", "IQR", "median s/suggest"] + [f"win vs {g}" for g in gps]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for d in designers:
+            e = s["designers"][d]
+            row = [
+                d,
+                f"{e['runs_ok']}/{e['runs_failed']}",
+                fmt(e["median_final_regret"]),
+                f"{fmt(e['q25_final_regret'])}-{fmt(e['q75_final_regret'])}",
+                fmt(e["median_seconds_per_suggest"], 3),
+            ]
+            for g in gps:
+                w = e["win_rates"].get(g)
+                if w is None:
+                    row.append("-")
+                else:
+                    row.append(
+                        f"{fmt(w['rate'], 2)} [{fmt(w['ci_low'], 2)}, {fmt(w['ci_high'], 2)}] "
+                        f"p={fmt(w['sign_test_p'], 3)} ({w['wins']}-{w['losses']}-{w['ties']})"
+                    )
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    if summary["failures"]:
+        lines.append(f"{len(summary['failures'])} failed run(s); first errors:")
+        for f in summary["failures"][:10]:
+            lines.append(f"- {f['suite']}/{f['task']}/{f['designer']} repeat {f['repeat']}: {f['error']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_convergence(summary: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """Median normalized regret per trial with the interquartile band, one PNG per suite."""
+    plt = pyplot()
+    paths = []
+    for suite, s in summary["suites"].items():
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        x = np.arange(1, summary["budget"] + 1)
+        for d in summary["designers"]:
+            e = s["designers"][d]
+            med = floats(e["curve_median"])
+            if not np.isfinite(med).any():
+                continue
+            (line,) = ax.plot(x, med, label=f"{d} (n={e['runs_ok']})")
+            ax.fill_between(x, floats(e["curve_q25"]), floats(e["curve_q75"]), color=line.get_color(), alpha=0.2)
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xlabel("trial")
+        ax.set_ylabel("normalized regret (median, IQR)")
+        ax.set_title(f"{suite}: best-so-far regret")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        path = Path(out_dir) / f"convergence_{suite}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ABReport:
+    out_dir: Path
+    ran: int
+    skipped: int
+    failed: int
+    summary: dict[str, Any]
+    table: str
+
+
+def run_ab(
+    config: ABConfig,
+    *,
+    registry: Mapping[str, DesignerSpec] = DESIGNERS,
+    tasks: Sequence[Any] | None = None,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> ABReport:
+    """Runs (or resumes) the benchmark and writes run files, summary.json, table.md, plots.
+
+    `registry` and `tasks` default to the designers above and the suite's tasks; they are
+    parameters so that other designers or problems can be benchmarked the same way.
+    """
+    validate_config(config, registry)
+    if config.ray_address and config.workers > 1:
+        log("ab: --ray-address given: runs go to Ray, --workers is ignored")
+    tasks = list(tasks) if tasks is not None else default_tasks(config)
+    jobs = plan_jobs(config, tasks)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    todo, skipped = [], 0
+    for job in jobs:
+        if config.resume and is_finished(read_json(out_dir / job.relpath), job):
+            skipped += 1
+        else:
+            todo.append(job)
+    log(f"ab: {len(jobs)} runs planned, {skipped} already done, {len(todo)} to run")
+    ran = failed = 0
+
+    def on_result(job: ABJob, record: dict[str, Any]) -> None:
+        nonlocal ran, failed
+        ran += 1
+        write_json_atomic(out_dir / job.relpath, record)
+        if record.get("status") != "ok":
+            failed += 1
+            log(f"ab: [{ran}/{len(todo)}] {job.key}: FAILED {record.get('error')}")
+        else:
+            secs = record.get("suggest_seconds") or [0.0]
+            log(f"ab: [{ran}/{len(todo)}] {job.key}: best {record['best_so_far'][-1]!r}, "
+                f"{np.median(secs):.3f} s/suggest")
+
+    if todo:
+        if config.ray_address:
+            _execute_ray(todo, registry, config.ray_address, on_result)
+        elif config.workers > 1:
+            _execute_pool(todo, registry, config.workers, on_result)
+        else:
+            _execute_sequential(todo, registry, on_result)
+
+    records = [r for job in jobs if (r := read_json(out_dir / job.relpath)) is not None and r.get("job_key") == job.key]
+    summary = summarize(records, config.designers, config.budget)
+    summary["config"] = attrs.asdict(config, value_serializer=lambda _, __, v: str(v) if isinstance(v, Path) else v)
+    summary["environment"] = environment_info()
+    write_json_atomic(out_dir / "summary.json", summary)
+    table = markdown_table(summary)
+    (out_dir / "table.md").write_text(table)
+    if config.plot and summary["suites"]:
+        plot_convergence(summary, out_dir)
+    return ABReport(out_dir=out_dir, ran=ran, skipped=skipped, failed=failed, summary=summary, table=table)

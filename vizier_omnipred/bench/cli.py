@@ -1,0 +1,223 @@
+"""`vizier-omnipred bench {regression,ab,speed}`.
+
+Argument parsing only builds typed configs (RegressionConfig, ABConfig, SpeedConfig); the
+work is in the modules, so everything here can be done from Python the same way.
+Heavy imports (Vizier designers, torch, scikit-learn) happen when a command runs, not when
+the parser is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    from vizier_omnipred.bench.common import parse_csv
+
+    return parse_csv(text)
+
+
+def _int_csv(text: str) -> tuple[int, ...]:
+    from vizier_omnipred.bench.common import parse_int_csv
+
+    try:
+        return parse_int_csv(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _threads(value: int | None) -> None:
+    if value:
+        import torch
+
+        torch.set_num_threads(value)
+
+
+def _cmd_regression(args: argparse.Namespace) -> int:
+    from vizier_omnipred.bench import regression as reg
+
+    suites = reg.SUITES if args.suite == "all" else (args.suite,)
+    config = reg.RegressionConfig(
+        suites=suites,
+        train_sizes=args.train_sizes,
+        test_size=args.test_size,
+        models=args.models or reg.MODELS,
+        repeats=args.repeats,
+        bbob_dims=args.dims,
+        bbob_functions=args.functions or reg.DEFAULT_BBOB_FUNCTIONS,
+        hpobench_datasets=args.datasets or None,
+        omnipred=reg.OmniPredOptions(
+            preset=args.preset,
+            device=args.device,
+            num_samples=args.num_samples,
+            pretrained_checkpoint=args.pretrained_checkpoint,
+            hpobench_checkpoint_pattern=args.hpobench_checkpoint_pattern,
+        ),
+        out_dir=args.out,
+        plot=args.plot,
+        seed=args.seed,
+    )
+    try:
+        _threads(args.threads)
+        report = reg.run_regression(config)
+    except reg.RegressionConfigError as e:
+        print(f"bench regression: {e}", file=sys.stderr)
+        return 2
+    print(report.table)
+    print(f"results in {report.out_dir}")
+    return 0
+
+
+def _cmd_ab(args: argparse.Namespace) -> int:
+    from vizier_omnipred.bench import ab
+
+    config = ab.ABConfig(
+        suite=args.suite,
+        designers=args.designers,
+        budget=args.budget,
+        repeats=args.repeats,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        out_dir=args.out,
+        resume=args.resume,
+        bbob_dims=args.dims,
+        bbob_functions=args.functions or ab.DEFAULT_BBOB_FUNCTIONS,
+        hpobench_datasets=args.datasets or None,
+        options=ab.DesignerOptions(omnipred_checkpoint=args.omnipred_checkpoint, device=args.device),
+        seed=args.seed,
+        reference_samples=args.reference_samples,
+        plot=not args.no_plot,
+    )
+    try:
+        report = ab.run_ab(config)
+    except ab.ABConfigError as e:
+        print(f"bench ab: {e}", file=sys.stderr)
+        return 2
+    print(report.table)
+    print(f"{report.ran} run(s) done ({report.failed} failed), {report.skipped} skipped as finished; results in {report.out_dir}")
+    return 0
+
+
+def _cmd_speed(args: argparse.Namespace) -> int:
+    from vizier_omnipred.bench import speed
+
+    config = speed.SpeedConfig(
+        trial_counts=args.trial_counts,
+        designers=args.designers,
+        dim=args.dim,
+        function_name=args.function,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        num_samples=args.num_samples,
+        sample_candidates=args.candidates,
+        finetune_trials=args.finetune_trials,
+        threads=args.threads,
+        tracemalloc=args.tracemalloc,
+        out_dir=args.out,
+        seed=args.seed,
+    )
+    try:
+        result = speed.run_speed(config)
+    except ValueError as e:
+        print(f"bench speed: {e}", file=sys.stderr)
+        return 2
+    print(speed.markdown(result))
+    print(f"results in {config.out_dir}")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmarks: regression accuracy, designer A/B, speed",
+        description="Benchmarks of the OmniPred regressor and designer against classic and Vizier baselines.",
+    )
+    bench.set_defaults(func=lambda _args: (bench.print_help(), 2)[1])
+    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
+
+    # ----- regression --------------------------------------------------------------------
+    r = sub.add_parser(
+        "regression",
+        help="prediction accuracy on held-out trials (nMAE, rank correlation, calibration)",
+        description=(
+            "Fits each model on n trials of a study and predicts held-out trials. HPOBench is "
+            "leave-one-out: pretrained OmniPred cells need --hpobench-checkpoint-pattern with "
+            "'{dataset}' (a checkpoint pretrained without that dataset) and are skipped without it."
+        ),
+    )
+    r.add_argument("--suite", choices=("bbob", "hpobench", "all"), default="all")
+    r.add_argument("--train-sizes", type=_int_csv, default=(10, 30, 100), help="comma list (default 10,30,100)")
+    r.add_argument("--test-size", type=int, default=200)
+    r.add_argument("--models", type=_csv, default=None,
+                   help="comma list of gp,rf,gbt,mlp,vizier-gp,transfer,omnipred-scratch,"
+                        "omnipred-pretrained,omnipred-finetuned (default: all)")
+    r.add_argument("--repeats", type=int, default=1)
+    r.add_argument("--dims", type=_int_csv, default=(2, 4, 8), help="BBOB dimensions (default 2,4,8)")
+    r.add_argument("--functions", type=_csv, default=None,
+                   help="BBOB functions (default Sphere,Ellipsoidal,Rastrigin,RosenbrockRotated)")
+    r.add_argument("--datasets", type=_csv, default=None, help="HPOBench datasets (default: all 8)")
+    r.add_argument("--pretrained-checkpoint", default=None,
+                   help="checkpoint for omnipred-pretrained/-finetuned on BBOB (default: the shipped one)")
+    r.add_argument("--hpobench-checkpoint-pattern", default=None,
+                   help="per held-out dataset checkpoint, e.g. 'ckpts/loo-{dataset}'")
+    r.add_argument("--preset", default="small", help="model preset of omnipred-scratch")
+    r.add_argument("--num-samples", type=int, default=64, help="OmniPred samples per test point")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    r.add_argument("--out", type=Path, default=Path("bench_results/regression"))
+    r.add_argument("--plot", action="store_true", help="write pred_vs_true_n{n}.png")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=_cmd_regression)
+
+    # ----- ab ----------------------------------------------------------------------------
+    a = sub.add_parser(
+        "ab",
+        help="designer A/B: normalized regret, win rates vs GP bandits, s/suggest",
+        description=(
+            "Runs designers on shifted BBOB functions or HPOBench tables. One JSON file per run; "
+            "--resume skips finished runs. Runs go to --workers local processes (spawn) or to "
+            "a Ray cluster with --ray-address (needs `pip install ray`)."
+        ),
+    )
+    a.add_argument("--suite", choices=("bbob", "hpobench"), default="bbob")
+    a.add_argument("--designers", type=_csv, default=("omnipred", "gp_bandit", "gp_ucb_pe", "random"),
+                   help="comma list of omnipred,gp_bandit,gp_ucb_pe,random")
+    a.add_argument("--budget", type=int, default=30, help="trials per run")
+    a.add_argument("--repeats", type=int, default=5, help="repeats per task (new random shift each)")
+    a.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    a.add_argument("--ray-address", default=None, help="run repeats as Ray tasks on this cluster ('auto', host:port)")
+    a.add_argument("--out", type=Path, default=Path("bench_results/ab"))
+    a.add_argument("--resume", action="store_true", help="skip runs already finished in --out")
+    a.add_argument("--dims", type=_int_csv, default=(2, 4, 8), help="BBOB dimensions (default 2,4,8)")
+    a.add_argument("--functions", type=_csv, default=None, help="BBOB functions (default Sphere,Rastrigin)")
+    a.add_argument("--datasets", type=_csv, default=None, help="HPOBench datasets (default: all 8)")
+    a.add_argument("--omnipred-checkpoint", default=None,
+                   help="OmniPredDesigner checkpoint; may contain '{dataset}' for leave-one-out on HPOBench")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--reference-samples", type=int, default=1000,
+                   help="random points per task for the regret normalisation (BBOB)")
+    a.add_argument("--no-plot", action="store_true")
+    a.set_defaults(func=_cmd_ab)
+
+    # ----- speed -------------------------------------------------------------------------
+    s = sub.add_parser(
+        "speed",
+        help="suggest latency OmniPred vs GP bandit, sampling throughput, fine-tune cost, memory",
+    )
+    s.add_argument("--trial-counts", type=_int_csv, default=(10, 50, 200))
+    s.add_argument("--designers", type=_csv, default=("omnipred", "gp_bandit"))
+    s.add_argument("--dim", type=int, default=4)
+    s.add_argument("--function", default="Sphere")
+    s.add_argument("--checkpoint", default=None, help="OmniPred checkpoint (default: the shipped one)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--num-samples", type=int, default=64)
+    s.add_argument("--candidates", type=int, default=64, help="inputs for the sampling throughput")
+    s.add_argument("--finetune-trials", type=int, default=100)
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    s.add_argument("--tracemalloc", action="store_true", help="also record Python-heap peaks (slows timings)")
+    s.add_argument("--out", type=Path, default=Path("bench_results/speed"))
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_speed)

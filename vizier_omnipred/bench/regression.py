@@ -1,0 +1,506 @@
+"""Regression benchmark: how well each model predicts held-out trials of a study.
+
+For every task (a study with a pool of training trials and a fixed test set), train size
+n and model: fit on the first n pool trials, predict the test set, and score normalized
+MAE, Spearman, Kendall and calibration (metrics.py). Training sets of one (task, repeat)
+are nested prefixes, so a model's numbers across train sizes differ only by the data added.
+
+Suites:
+- `bbob`: `corpus.bbob.random_bbob_task` (shifted, rotated BBOB functions) in several
+  dimensions; inputs drawn uniformly by Vizier's RandomDesigner. Task seeds start at
+  `common.BENCH_SEED_OFFSET`, away from the seeds pretraining corpora use.
+- `hpobench`: each dataset's full result table (corpus.hpobench), leave-one-out: the
+  `transfer` baseline averages the *other* datasets' tables, and a pretrained OmniPred
+  model must not have seen the test dataset either. Such a checkpoint exists per held-out
+  dataset, so it is given as a pattern, `--hpobench-checkpoint-pattern
+  'ckpts/loo-{dataset}'`; without one the pretrained/finetuned OmniPred cells of this
+  suite are *skipped* (recorded with the reason), never run with a checkpoint that may
+  have seen the answers. `--pretrained-checkpoint` (default: the shipped checkpoint) is
+  used for BBOB tasks only.
+
+Models: `gp`, `rf`, `gbt`, `mlp` (baselines.py on features.py), `vizier-gp` (Vizier's GP
+bandit as a predictor), `transfer` (HPOBench only; REFERENCE.md section 4),
+`omnipred-scratch` (from_scratch + fit), `omnipred-pretrained` (no fine-tuning),
+`omnipred-finetuned` (pretrained + fit). A model that fails on a cell is recorded as
+failed with its error; the other cells go on.
+
+Outputs in `out_dir`: results.json (every cell, with predictions), table.md (medians per
+suite x train size x model), and with --plot pred_vs_true_n{n}.png per train size.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import attrs
+import numpy as np
+from vizier import pyvizier as vz
+
+from vizier_omnipred.bench import metrics
+from vizier_omnipred.bench.baselines import (
+    CLASSIC_REGRESSORS,
+    TransferMeanTableModel,
+    TrialModel,
+    VizierGPModel,
+    classic_model,
+    objective_values,
+    single_metric,
+)
+from vizier_omnipred.bench.common import (
+    environment_info,
+    fmt,
+    pyplot,
+    stable_seed,
+    write_json_atomic,
+)
+
+SUITES: tuple[str, ...] = ("bbob", "hpobench")
+OMNIPRED_MODELS: tuple[str, ...] = ("omnipred-scratch", "omnipred-pretrained", "omnipred-finetuned")
+MODELS: tuple[str, ...] = tuple(CLASSIC_REGRESSORS) + ("vizier-gp", "transfer") + OMNIPRED_MODELS
+DEFAULT_BBOB_DIMS: tuple[int, ...] = (2, 4, 8)
+DEFAULT_BBOB_FUNCTIONS: tuple[str, ...] = ("Sphere", "Ellipsoidal", "Rastrigin", "RosenbrockRotated")
+
+
+class RegressionConfigError(ValueError):
+    """A configuration that cannot run; the message says what to change."""
+
+
+@attrs.frozen
+class OmniPredOptions:
+    preset: str = "small"  # for omnipred-scratch
+    device: str = "cpu"
+    num_samples: int = 64
+    pretrained_checkpoint: str | None = None  # BBOB tasks; None: the checkpoint shipped in the package
+    hpobench_checkpoint_pattern: str | None = None  # must contain '{dataset}'
+
+    def checkpoint_for(self, task: "RegressionTask") -> tuple[bool, str | None, str]:
+        """(usable, path, reason). HPOBench needs a leave-one-out checkpoint per dataset."""
+        if task.suite == "hpobench":
+            if not self.hpobench_checkpoint_pattern:
+                return False, None, (
+                    "no leave-one-out checkpoint: pass --hpobench-checkpoint-pattern with '{dataset}' "
+                    "(a model pretrained without the test dataset)"
+                )
+            return True, self.hpobench_checkpoint_pattern.format(dataset=task.dataset), ""
+        return True, self.pretrained_checkpoint, ""
+
+
+def _suites(value: str) -> tuple[str, ...]:
+    if value == "all":
+        return SUITES
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@attrs.frozen
+class RegressionConfig:
+    suites: tuple[str, ...] = attrs.field(default=SUITES, converter=tuple)
+    train_sizes: tuple[int, ...] = attrs.field(default=(10, 30, 100), converter=tuple)
+    test_size: int = 200
+    models: tuple[str, ...] = attrs.field(default=MODELS, converter=tuple)
+    repeats: int = 1
+    bbob_dims: tuple[int, ...] = attrs.field(default=DEFAULT_BBOB_DIMS, converter=tuple)
+    bbob_functions: tuple[str, ...] = attrs.field(default=DEFAULT_BBOB_FUNCTIONS, converter=tuple)
+    hpobench_datasets: tuple[str, ...] | None = attrs.field(
+        default=None, converter=lambda x: None if x is None else tuple(x)
+    )
+    omnipred: OmniPredOptions = attrs.field(factory=OmniPredOptions)
+    out_dir: Path = attrs.field(default=Path("bench_results/regression"), converter=Path)
+    plot: bool = False
+    seed: int = 0
+
+
+def validate_config(config: RegressionConfig) -> None:
+    bad = [s for s in config.suites if s not in SUITES]
+    if bad or not config.suites:
+        raise RegressionConfigError(f"unknown suite(s) {bad}; valid: {', '.join(SUITES)}, all")
+    unknown = [m for m in config.models if m not in MODELS]
+    if unknown or not config.models:
+        raise RegressionConfigError(f"unknown model(s) {unknown}; valid: {', '.join(MODELS)}")
+    if not config.train_sizes or min(config.train_sizes) < 2:
+        raise RegressionConfigError(f"train sizes must be >= 2, got {config.train_sizes}")
+    if config.test_size < 2:
+        raise RegressionConfigError(f"test size must be >= 2, got {config.test_size}")
+    if config.repeats < 1:
+        raise RegressionConfigError(f"repeats must be >= 1, got {config.repeats}")
+    pattern = config.omnipred.hpobench_checkpoint_pattern
+    if pattern is not None and "{dataset}" not in pattern:
+        raise RegressionConfigError(
+            f"--hpobench-checkpoint-pattern {pattern!r} has no '{{dataset}}': one checkpoint for all "
+            "held-out datasets would have seen the test dataset"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RegressionTask:
+    """A study split into a training pool (train = pool[:n]) and a fixed test set."""
+
+    suite: str
+    name: str
+    repeat: int
+    problem: vz.ProblemStatement
+    pool: tuple[vz.Trial, ...] = attrs.field(converter=tuple)
+    test: tuple[vz.Trial, ...] = attrs.field(converter=tuple)
+    dataset: str | None = None
+    prior_tables: tuple[tuple[Sequence[Any], np.ndarray], ...] = attrs.field(default=(), converter=tuple)
+
+    @property
+    def y_test(self) -> np.ndarray:
+        return objective_values(self.problem, list(self.test))
+
+
+def _completed(problem: vz.ProblemStatement, params: Sequence[Any], values: np.ndarray, start_id: int = 1) -> list[vz.Trial]:
+    metric = single_metric(problem).name
+    trials = []
+    for i, (p, y) in enumerate(zip(params, values)):
+        t = vz.Trial(parameters=dict(p.items()) if hasattr(p, "items") else p, id=start_id + i)
+        if math.isfinite(float(y)):
+            t.complete(vz.Measurement(metrics={metric: float(y)}))
+        else:
+            t.complete(vz.Measurement(), infeasibility_reason="not finite in table")
+        trials.append(t)
+    return trials
+
+
+def bbob_tasks(config: RegressionConfig) -> list[RegressionTask]:
+    from vizier._src.algorithms.designers.random import RandomDesigner
+
+    from vizier_omnipred.corpus.bbob import random_bbob_task
+
+    n_pool = max(config.train_sizes)
+    tasks = []
+    for repeat in range(config.repeats):
+        for fn in config.bbob_functions:
+            for dim in config.bbob_dims:
+                seed = stable_seed("regression", "bbob", fn, dim, repeat, config.seed)
+                problem, experimenter = random_bbob_task(seed, dim, fn)
+                sampler = RandomDesigner(problem.search_space, seed=seed % (2**31))
+                trials = [s.to_trial(i + 1) for i, s in enumerate(sampler.suggest(n_pool + config.test_size))]
+                experimenter.evaluate(trials)
+                tasks.append(
+                    RegressionTask(
+                        suite="bbob",
+                        name=f"{fn}-{dim}d",
+                        repeat=repeat,
+                        problem=problem,
+                        pool=trials[:n_pool],
+                        test=trials[n_pool:],
+                    )
+                )
+    return tasks
+
+
+def hpobench_tasks(config: RegressionConfig) -> list[RegressionTask]:
+    from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS, hpobench_problem, hpobench_table
+
+    datasets = config.hpobench_datasets or tuple(HPOBENCH_DATASETS)
+    bad = [d for d in datasets if d not in HPOBENCH_DATASETS]
+    if bad:
+        raise RegressionConfigError(f"unknown HPOBench dataset(s) {bad}; valid: {', '.join(HPOBENCH_DATASETS)}")
+    tables = {d: hpobench_table(d) for d in HPOBENCH_DATASETS}
+    n_pool = max(config.train_sizes)
+    tasks = []
+    for repeat in range(config.repeats):
+        for d in datasets:
+            params, values = tables[d]
+            values = np.asarray(values, dtype=float)
+            if n_pool + config.test_size > len(params):
+                raise RegressionConfigError(f"{d}: table has {len(params)} rows, need {n_pool + config.test_size}")
+            problem = hpobench_problem(d)
+            rng = np.random.default_rng(stable_seed("regression", "hpobench", d, repeat, config.seed))
+            order = rng.permutation(len(params))[: n_pool + config.test_size]
+            trials = _completed(problem, [params[i] for i in order], values[order])
+            priors = tuple((tables[o][0], np.asarray(tables[o][1], dtype=float)) for o in HPOBENCH_DATASETS if o != d)
+            tasks.append(
+                RegressionTask(
+                    suite="hpobench",
+                    name=d,
+                    repeat=repeat,
+                    problem=problem,
+                    pool=trials[:n_pool],
+                    test=trials[n_pool:],
+                    dataset=d,
+                    prior_tables=priors,
+                )
+            )
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.define
+class OmniPredModel:
+    """OmniPredRegressor behind the TrialModel interface (imported lazily).
+
+    mode: 'scratch' (from_scratch(preset) + fit), 'pretrained' (checkpoint, zero-shot:
+    only told which study it predicts for), 'finetuned' (checkpoint + fit). Predictions
+    come from `sample`: median as point estimate, intervals from sample quantiles.
+    """
+
+    mode: str
+    options: OmniPredOptions
+    checkpoint: str | None = None
+    seed: int = 0
+    _regressor: Any = attrs.field(default=None, init=False)
+    _problem: vz.ProblemStatement | None = attrs.field(default=None, init=False)
+
+    def fit(self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial]) -> None:
+        from vizier_omnipred.regressor import OmniPredRegressor
+
+        o = self.options
+        if self.mode == "scratch":
+            reg = OmniPredRegressor.from_scratch(o.preset, device=o.device, seed=self.seed)
+        elif self.mode in ("pretrained", "finetuned"):
+            reg = OmniPredRegressor.from_pretrained(self.checkpoint, device=o.device)
+        else:
+            raise ValueError(f"unknown OmniPred mode {self.mode!r}")
+        if self.mode != "pretrained":
+            reg.fit(problem, list(trials))
+        self._regressor, self._problem = reg, problem
+
+    def predict(self, trials: Sequence[vz.TrialSuggestion]) -> metrics.PredictiveDistribution:
+        if self._regressor is None:
+            raise RuntimeError("fit() first")
+        ys = self._regressor.sample(list(trials), num_samples=self.options.num_samples, problem=self._problem)
+        return metrics.PredictiveDistribution.from_samples(np.asarray(ys.values, dtype=float))
+
+
+def make_model(name: str, task: RegressionTask, config: RegressionConfig, seed: int) -> tuple[TrialModel | None, str]:
+    """(model, "") or (None, reason to skip this cell)."""
+    if name in CLASSIC_REGRESSORS:
+        return classic_model(name, seed), ""
+    if name == "vizier-gp":
+        return VizierGPModel(seed=seed), ""
+    if name == "transfer":
+        if not task.prior_tables:
+            return None, "transfer needs related studies' tables (HPOBench only)"
+        return TransferMeanTableModel(task.prior_tables), ""
+    if name == "omnipred-scratch":
+        return OmniPredModel("scratch", config.omnipred, seed=seed), ""
+    if name in ("omnipred-pretrained", "omnipred-finetuned"):
+        ok, path, reason = config.omnipred.checkpoint_for(task)
+        if not ok:
+            return None, reason
+        return OmniPredModel(name.split("-")[1], config.omnipred, checkpoint=path, seed=seed), ""
+    raise RegressionConfigError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+
+
+def run_cell(task: RegressionTask, train_size: int, model_name: str, config: RegressionConfig) -> dict[str, Any]:
+    """Fits and scores one model on one (task, train size); never raises."""
+    cell: dict[str, Any] = {
+        "suite": task.suite,
+        "task": task.name,
+        "repeat": task.repeat,
+        "train_size": train_size,
+        "model": model_name,
+    }
+    seed = stable_seed("regression-model", task.suite, task.name, task.repeat, train_size, model_name) % (2**31)
+    try:
+        model, reason = make_model(model_name, task, config, seed)
+        if model is None:
+            return cell | {"status": "skipped", "reason": reason}
+        train = list(task.pool[:train_size])
+        t0 = time.perf_counter()
+        model.fit(task.problem, train)
+        t1 = time.perf_counter()
+        pred = model.predict([vz.TrialSuggestion(parameters=t.parameters) for t in task.test])
+        t2 = time.perf_counter()
+        scores = metrics.score_regression(task.y_test, pred)
+    except Exception as e:  # noqa: BLE001 - one failing model must not stop the benchmark
+        return cell | {
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": "".join(traceback.format_exception(e)),
+        }
+    return cell | {
+        "status": "ok",
+        **scores.to_dict(),
+        "fit_seconds": t1 - t0,
+        "predict_seconds": t2 - t1,
+        "y_pred": pred.mean.tolist(),
+        "y_std": pred.std.tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+
+def aggregate(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Medians per (suite, train size, model) over tasks and repeats."""
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["suite"], c["train_size"], c["model"]), []).append(c)
+    rows = []
+    for (suite, n, model), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], MODELS.index(kv[0][2]))):
+        ok = [c for c in cs if c["status"] == "ok"]
+
+        def med(key: str) -> float | None:
+            vals = np.array([c[key] for c in ok if c.get(key) is not None], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            return float(np.median(vals)) if vals.size else None
+
+        rows.append(
+            {
+                "suite": suite,
+                "train_size": n,
+                "model": model,
+                "ok": len(ok),
+                "failed": sum(c["status"] == "failed" for c in cs),
+                "skipped": sum(c["status"] == "skipped" for c in cs),
+                "median_normalized_mae": med("normalized_mae"),
+                "median_spearman": med("spearman"),
+                "median_kendall": med("kendall"),
+                "median_calibration": med("calibration"),
+                "median_fit_seconds": med("fit_seconds"),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "Medians over tasks x repeats. nMAE = MAE / test y range (lower is better); calibration = "
+        "share of test points inside the central 80% predicted interval (ideal 0.80).",
+        "",
+        "| suite | train n | model | nMAE | Spearman | Kendall | calib@80 | fit s | ok/failed/skipped |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['suite']} | {r['train_size']} | {r['model']} | {fmt(r['median_normalized_mae'])} | "
+            f"{fmt(r['median_spearman'])} | {fmt(r['median_kendall'])} | {fmt(r['median_calibration'], 2)} | "
+            f"{fmt(r['median_fit_seconds'], 2)} | {r['ok']}/{r['failed']}/{r['skipped']} |"
+        )
+    notes = {}
+    for c in cells:
+        if c["status"] in ("failed", "skipped"):
+            notes.setdefault((c["model"], c["status"], c.get("error") or c.get("reason")), 0)
+            notes[(c["model"], c["status"], c.get("error") or c.get("reason"))] += 1
+    if notes:
+        lines += ["", "Not scored:"]
+        for (model, status, why), n in sorted(notes.items(), key=lambda kv: -kv[1])[:15]:
+            lines.append(f"- {model} {status} x{n}: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_predictions(cells: Sequence[dict[str, Any]], tasks: Sequence[RegressionTask], out_dir: Path) -> list[Path]:
+    """Predicted vs true, one panel per model, one PNG per train size. Both axes are scaled
+    by each task's test range (0 = the task's smallest test value) so tasks can share a panel."""
+    plt = pyplot()
+    truth = {(t.suite, t.name, t.repeat): t.y_test for t in tasks}
+    colors = {"bbob": "tab:blue", "hpobench": "tab:orange"}
+    paths = []
+    for n in sorted({c["train_size"] for c in cells}):
+        models = [m for m in MODELS if any(c["model"] == m and c["train_size"] == n and c["status"] == "ok" for c in cells)]
+        if not models:
+            continue
+        cols = min(3, len(models))
+        rows = math.ceil(len(models) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+        for ax, model in zip(axes.flat, models):
+            for c in cells:
+                if c["model"] != model or c["train_size"] != n or c["status"] != "ok":
+                    continue
+                y = truth[(c["suite"], c["task"], c["repeat"])]
+                lo, span = np.nanmin(y), np.nanmax(y) - np.nanmin(y)
+                if not span > 0:
+                    continue
+                p = np.asarray([np.nan if v is None else v for v in c["y_pred"]], dtype=float)
+                ax.scatter((y - lo) / span, (p - lo) / span, s=4, alpha=0.35, color=colors.get(c["suite"], "gray"))
+            ax.plot([0, 1], [0, 1], color="black", lw=0.8)
+            ax.set_xlim(-0.05, 1.05)
+            ax.set_ylim(-0.25, 1.25)
+            ax.set_title(model, fontsize=9)
+            ax.set_xlabel("true (scaled)", fontsize=8)
+            ax.set_ylabel("predicted (scaled)", fontsize=8)
+        for ax in list(axes.flat)[len(models):]:
+            ax.axis("off")
+        fig.suptitle(f"predicted vs true, {n} training trials (blue: BBOB, orange: HPOBench)", fontsize=10)
+        fig.tight_layout()
+        path = Path(out_dir) / f"pred_vs_true_n{n}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+@attrs.frozen
+class RegressionReport:
+    out_dir: Path
+    cells: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    table: str
+
+
+def run_regression(
+    config: RegressionConfig,
+    *,
+    tasks: Sequence[RegressionTask] | None = None,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> RegressionReport:
+    """Runs every (task, train size, model) cell and writes results.json, table.md, plots.
+
+    `tasks` defaults to the configured suites; passing them lets callers benchmark other
+    studies the same way. results.json is rewritten after each task, so a long run shows
+    its progress and keeps what it finished if interrupted.
+    """
+    validate_config(config)
+    if tasks is None:
+        tasks = []
+        for suite in config.suites:
+            tasks += bbob_tasks(config) if suite == "bbob" else hpobench_tasks(config)
+    tasks = list(tasks)
+    for t in tasks:
+        if len(t.pool) < max(config.train_sizes):
+            raise RegressionConfigError(f"task {t.name}: pool of {len(t.pool)} < train size {max(config.train_sizes)}")
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells: list[dict[str, Any]] = []
+
+    def save() -> None:
+        write_json_atomic(
+            out_dir / "results.json",
+            {
+                "config": attrs.asdict(config, value_serializer=lambda _, __, v: str(v) if isinstance(v, Path) else v),
+                "environment": environment_info(),
+                "tasks": [
+                    {"suite": t.suite, "task": t.name, "repeat": t.repeat, "y_test": t.y_test.tolist()} for t in tasks
+                ],
+                "summary": aggregate(cells),
+                "cells": cells,
+            },
+        )
+
+    for i, task in enumerate(tasks):
+        for n in config.train_sizes:
+            for model in config.models:
+                cell = run_cell(task, n, model, config)
+                cells.append(cell)
+                if cell["status"] == "ok":
+                    msg = (f"nMAE {cell['normalized_mae']:.3f} spearman {cell['spearman']:.3f} "
+                           f"calib {cell['calibration']:.2f} ({cell['fit_seconds']:.1f} s)")
+                else:
+                    msg = f"{cell['status']}: {cell.get('error') or cell.get('reason')}"
+                log(f"regression: [{i + 1}/{len(tasks)}] {task.suite}/{task.name} r{task.repeat} n={n} {model}: {msg}")
+        save()
+    save()
+    rows = aggregate(cells)
+    table = markdown_table(rows, cells)
+    (out_dir / "table.md").write_text(table)
+    if config.plot:
+        plot_predictions(cells, tasks, out_dir)
+    return RegressionReport(out_dir=out_dir, cells=cells, rows=rows, table=table)

@@ -1,0 +1,305 @@
+"""Speed benchmark: what one suggestion costs with OmniPred versus Vizier's GP bandit.
+
+Measured in one process on one shifted BBOB task:
+
+1. `suggest(1)` latency of each designer at 10, 50, 200 completed trials. The designer
+   gets the new trials through `update` and is timed on the suggest right after, which is
+   the cost a user sees (the GP refits its hyperparameters then; OmniPred may fine-tune).
+   The OmniPred/GP ratio per trial count is the headline number.
+2. OmniPred sampling throughput: sampled y values per second for a batch of candidates,
+   and the model FLOP/s that implies, next to torch's own float32 matmul FLOP/s on this
+   machine (so "the sampler reaches x% of what the hardware does on a big matmul").
+   Model FLOPs are estimated from parameter counts: 2 x params x tokens for the encoder
+   (once per input) and the decoder + output layer (per sampled token), plus the
+   cross-attention reads; attention within the short decoder is ignored. It is an estimate
+   for orientation, not a profile.
+3. Fine-tuning seconds per 100 trials (fit on `finetune_trials` trials, scaled).
+4. Peak memory: the process's peak resident set (getrusage ru_maxrss, monotone, read after
+   each phase) and, with `tracemalloc=True`, the Python-heap peak per phase (tracemalloc does
+   not see torch/JAX buffers, and slows Python code, so it is off by default: timings taken
+   with it on are marked).
+
+Each part records its own error and the others go on, so the GP side is measured even
+while the OmniPred modules are missing.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+import traceback
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+import numpy as np
+
+from vizier_omnipred.bench.ab import DESIGNERS, BuiltTask, DesignerOptions
+from vizier_omnipred.bench.baselines import ensure_jax_x64
+from vizier_omnipred.bench.common import environment_info, fmt, stable_seed, write_json_atomic
+
+
+@attrs.frozen
+class SpeedConfig:
+    trial_counts: tuple[int, ...] = attrs.field(default=(10, 50, 200), converter=tuple)
+    designers: tuple[str, ...] = attrs.field(default=("omnipred", "gp_bandit"), converter=tuple)
+    dim: int = 4
+    function_name: str = "Sphere"
+    checkpoint: str | None = None  # None: the shipped checkpoint
+    device: str = "cpu"
+    num_samples: int = 64
+    sample_candidates: int = 64
+    finetune_trials: int = 100
+    matmul_size: int = 1024
+    threads: int | None = None  # torch.set_num_threads; None: leave torch's default
+    tracemalloc: bool = False
+    out_dir: Path = attrs.field(default=Path("bench_results/speed"), converter=Path)
+    seed: int = 0
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set of this process so far (Linux reports KiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20
+
+
+def _error(e: BaseException) -> dict[str, str]:
+    return {"error": f"{type(e).__name__}: {e}", "traceback": "".join(traceback.format_exception(e))}
+
+
+class _Phase:
+    """Times a block and records peak RSS after it (and the tracemalloc peak if enabled)."""
+
+    def __init__(self, record: dict[str, Any], use_tracemalloc: bool):
+        self.record, self.use_tracemalloc = record, use_tracemalloc
+
+    def __enter__(self) -> "_Phase":
+        if self.use_tracemalloc:
+            tracemalloc.start()
+            tracemalloc.reset_peak()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.record["phase_seconds"] = time.perf_counter() - self.t0
+        self.record["peak_rss_mib"] = peak_rss_mib()
+        if self.use_tracemalloc:
+            self.record["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+
+
+def torch_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+    """float32 FLOP/s of torch.mm on an n x n problem, best of `repeats` (after a warm-up)."""
+    import torch
+
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def estimate_sampling_flops(model: Any, input_lengths: list[int], num_samples: int, output_length: int) -> float | None:
+    """Approximate FLOPs of sampling `num_samples` values for each input (see module doc).
+
+    Works for a transformers T5ForConditionalGeneration-like model (encoder, decoder,
+    lm_head, config.d_model / num_decoder_layers); None for anything else.
+    """
+    try:
+        enc = model.encoder
+        dec = model.decoder
+        cfg = model.config
+        shared = model.get_input_embeddings().weight.numel()
+        enc_params = sum(p.numel() for p in enc.parameters()) - shared
+        dec_params = sum(p.numel() for p in dec.parameters()) - shared
+        head_params = model.lm_head.weight.numel() if getattr(model, "lm_head", None) is not None else shared
+        d_model = int(cfg.d_model)
+        n_dec_layers = int(getattr(cfg, "num_decoder_layers", None) or cfg.num_layers)
+    except AttributeError:
+        return None
+    total = 0.0
+    for length in input_lengths:
+        total += 2.0 * enc_params * length
+        per_token = 2.0 * (dec_params + head_params) + 4.0 * d_model * length * n_dec_layers
+        total += per_token * output_length * num_samples
+    return total
+
+
+def _bbob_task(config: SpeedConfig) -> BuiltTask:
+    from vizier_omnipred.corpus.bbob import random_bbob_task
+
+    problem, experimenter = random_bbob_task(stable_seed("speed", config.seed), config.dim, config.function_name)
+    return BuiltTask(problem, experimenter, label=f"bbob/{config.function_name}-{config.dim}d")
+
+
+def _random_trials(task: BuiltTask, n: int, seed: int) -> list[Any]:
+    from vizier._src.algorithms.designers.random import RandomDesigner
+
+    sampler = RandomDesigner(task.problem.search_space, seed=seed % (2**31))
+    trials = [s.to_trial(i + 1) for i, s in enumerate(sampler.suggest(n))]
+    task.experimenter.evaluate(trials)
+    return trials
+
+
+def suggest_latency(config: SpeedConfig, task: BuiltTask, trials: list[Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Per designer: seconds of suggest(1) right after reaching each trial count."""
+    from vizier import algorithms as vza
+
+    ensure_jax_x64()
+    out: dict[str, Any] = {}
+    options = DesignerOptions(omnipred_checkpoint=config.checkpoint, device=config.device)
+    for name in config.designers:
+        record: dict[str, Any] = {"seconds": {}}
+        out[name] = record
+        try:
+            with _Phase(record, config.tracemalloc):
+                designer = DESIGNERS[name].make(task.problem, seed=config.seed, options=options, task=task)
+                fed = 0
+                for n in sorted(config.trial_counts):
+                    designer.update(vza.CompletedTrials(trials[fed:n]), vza.ActiveTrials())
+                    fed = n
+                    t0 = time.perf_counter()
+                    designer.suggest(1)
+                    record["seconds"][str(n)] = time.perf_counter() - t0
+                    log(f"speed: {name} suggest(1) after {n} trials: {record['seconds'][str(n)]:.2f} s")
+        except Exception as e:  # noqa: BLE001 - record and measure the others
+            record.update(_error(e))
+            log(f"speed: {name} failed: {record['error']}")
+    return out
+
+
+def sampling_throughput(config: SpeedConfig, task: BuiltTask, trials: list[Any]) -> dict[str, Any]:
+    from vizier import pyvizier as vz
+
+    from vizier_omnipred.regressor import OmniPredRegressor
+
+    record: dict[str, Any] = {}
+    with _Phase(record, config.tracemalloc):
+        reg = OmniPredRegressor.from_pretrained(config.checkpoint, device=config.device)
+        candidates = [vz.TrialSuggestion(parameters=t.parameters) for t in trials[: config.sample_candidates]]
+        reg.sample(candidates[:2], num_samples=4, problem=task.problem)  # warm-up
+        t0 = time.perf_counter()
+        ys = reg.sample(candidates, num_samples=config.num_samples, problem=task.problem)
+        seconds = time.perf_counter() - t0
+    n_values = int(np.asarray(ys.values).size)
+    record.update(
+        candidates=len(candidates),
+        num_samples=config.num_samples,
+        seconds=seconds,
+        values_per_second=n_values / seconds,
+    )
+    try:
+        lengths = [len(ids) for ids in reg.input_ids(candidates, task.problem)]
+        float_tok = getattr(reg.vocab, "float_tokenizer", None)
+        out_len = int(getattr(float_tok, "length", 6))
+        flops = estimate_sampling_flops(reg.checkpoint.model, lengths, config.num_samples, out_len)
+        record["mean_input_tokens"] = float(np.mean(lengths))
+        record["output_tokens"] = out_len
+        if flops is not None:
+            record["estimated_flops"] = flops
+            record["implied_flops_per_second"] = flops / seconds
+    except Exception as e:  # noqa: BLE001 - the estimate is optional
+        record["flops_estimate_error"] = f"{type(e).__name__}: {e}"
+    return record
+
+
+def finetune_speed(config: SpeedConfig, task: BuiltTask, trials: list[Any]) -> dict[str, Any]:
+    from vizier_omnipred.regressor import OmniPredRegressor
+
+    record: dict[str, Any] = {}
+    with _Phase(record, config.tracemalloc):
+        reg = OmniPredRegressor.from_pretrained(config.checkpoint, device=config.device)
+        n = min(config.finetune_trials, len(trials))
+        t0 = time.perf_counter()
+        report = reg.fit(task.problem, trials[:n])
+        seconds = time.perf_counter() - t0
+    record.update(trials=n, seconds=seconds, seconds_per_100_trials=seconds * 100.0 / n)
+    if attrs.has(type(report)):
+        record["fit_report"] = {
+            k: v for k, v in attrs.asdict(report).items() if isinstance(v, (int, float, str, bool)) or v is None
+        }
+    return record
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lat = result["suggest"]
+    counts = [str(n) for n in result["config"]["trial_counts"]]
+    lines = ["| designer | " + " | ".join(f"s/suggest @{n}" for n in counts) + " |",
+             "|---|" + "---|" * len(counts)]
+    for name, rec in lat.items():
+        cells = [fmt(rec["seconds"].get(n), 2) for n in counts]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |" + (f" error: {rec['error']}" if "error" in rec else ""))
+    if "omnipred" in lat and "gp_bandit" in lat:
+        ratios = []
+        for n in counts:
+            a, b = lat["omnipred"]["seconds"].get(n), lat["gp_bandit"]["seconds"].get(n)
+            ratios.append(fmt(a / b, 2) if a is not None and b else "-")
+        lines.append("| ratio omnipred/gp_bandit | " + " | ".join(ratios) + " |")
+    s = result.get("sampling", {})
+    lines.append("")
+    if "values_per_second" in s:
+        lines.append(f"- sampling: {s['values_per_second']:.0f} y values/s ({s['candidates']} inputs x {s['num_samples']} samples in {s['seconds']:.2f} s)")
+        if "implied_flops_per_second" in s:
+            lines.append(f"- implied model throughput {s['implied_flops_per_second'] / 1e9:.2f} GFLOP/s (estimate)")
+    elif "error" in s:
+        lines.append(f"- sampling: {s['error']}")
+    lines.append(f"- torch float32 matmul: {result['torch_matmul_flops_per_second'] / 1e9:.2f} GFLOP/s")
+    f = result.get("finetune", {})
+    if "seconds_per_100_trials" in f:
+        lines.append(f"- fine-tune: {f['seconds_per_100_trials']:.1f} s per 100 trials")
+    elif "error" in f:
+        lines.append(f"- fine-tune: {f['error']}")
+    lines.append(f"- peak RSS: {result['peak_rss_mib']:.0f} MiB")
+    if result["config"]["tracemalloc"]:
+        lines.append("- tracemalloc was on: timings include its overhead")
+    return "\n".join(lines) + "\n"
+
+
+def run_speed(
+    config: SpeedConfig, *, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
+) -> dict[str, Any]:
+    unknown = [d for d in config.designers if d not in DESIGNERS]
+    if unknown:
+        raise ValueError(f"unknown designer(s) {unknown}; valid: {', '.join(sorted(DESIGNERS))}")
+    if not config.trial_counts or min(config.trial_counts) < 1:
+        raise ValueError(f"trial counts must be positive, got {config.trial_counts}")
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    task = _bbob_task(config)
+    n_trials = max(max(config.trial_counts), config.finetune_trials, config.sample_candidates)
+    trials = _random_trials(task, n_trials, stable_seed("speed-trials", config.seed))
+    result: dict[str, Any] = {
+        "config": attrs.asdict(config, value_serializer=lambda _, __, v: str(v) if isinstance(v, Path) else v),
+        "environment": environment_info(),
+        "task": task.label,
+    }
+    result["suggest"] = suggest_latency(config, task, trials, log)
+    try:
+        result["sampling"] = sampling_throughput(config, task, trials)
+    except Exception as e:  # noqa: BLE001
+        result["sampling"] = _error(e)
+    result["torch_matmul_flops_per_second"] = torch_matmul_flops(config.matmul_size)
+    try:
+        result["finetune"] = finetune_speed(config, task, trials)
+    except Exception as e:  # noqa: BLE001
+        result["finetune"] = _error(e)
+    result["peak_rss_mib"] = peak_rss_mib()
+    try:
+        import torch
+
+        result["environment"]["torch"] = torch.__version__
+        result["environment"]["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(config.out_dir / "speed.json", result)
+    (config.out_dir / "speed.md").write_text(markdown(result))
+    return result

@@ -126,20 +126,22 @@ class _CachedDesignerPolicy(dp.PartiallySerializableDesignerPolicy):
     """
 
     def __init__(self, problem: vz.ProblemStatement, supporter: pythia.PolicySupporter, designer_factory, *,
-                 slot: _StudySlot, seed: int | None):
+                 slot: _StudySlot, seed: int | None, counters: collections.Counter):
         super().__init__(problem, supporter, designer_factory, seed=seed, policy_name="OmniPredDesignerPolicy")
         self._slot = slot
+        self._counters = counters
         self._designer_md: vz.Metadata | None = None
-        self.reused_cached_designer = False
 
     def _restore_designer(self, designer_metadata: vz.Metadata):
         slot = self._slot
         if slot.designer is not None and slot.fingerprint == _fingerprint(self._problem_statement, designer_metadata):
-            self.reused_cached_designer = True
+            self._counters["designers_reused"] += 1
             return slot.designer
         slot.designer, slot.fingerprint = None, None
         _log.info("OMNIPRED: restoring the designer from the study's metadata")
-        return super()._restore_designer(designer_metadata)
+        designer = super()._restore_designer(designer_metadata)
+        self._counters["designers_restored"] += 1
+        return designer
 
     def dump(self) -> vz.Metadata:
         md = super().dump()
@@ -197,6 +199,9 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
     max_cached_studies: int = 16
     fallback: pythia.PolicyFactory = attrs.field(factory=vizier_policy_factory.DefaultPolicyFactory)
 
+    # What happened so far ('checkpoint_loads', 'designers_built', 'designers_restored',
+    # 'designers_reused', 'suggest_requests'): for logs, monitoring and tests.
+    counters: collections.Counter = attrs.field(factory=collections.Counter, init=False)
     _regressor: Any = attrs.field(default=None, init=False)
     _load_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _slots_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -212,14 +217,14 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
     ) -> pythia.Policy:
         if algorithm != ALGORITHM:
             return self.fallback(problem_statement, algorithm, policy_supporter, study_name)
-        slot = self._slot(study_name)
-        designer_factory = functools.partial(self._make_designer, study_name)
+        self.counters["suggest_requests"] += 1
         return _CachedDesignerPolicy(
             problem_statement,
             policy_supporter,
-            designer_factory,
-            slot=slot,
+            functools.partial(self._make_designer, study_name),
+            slot=self._slot(study_name),
             seed=self._study_seed(study_name),
+            counters=self.counters,
         )
 
     # -- what the policy calls -----------------------------------------------------------
@@ -238,6 +243,7 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
             kwargs["regressor"] = self.regressor()
         if kwargs.get("regressor") is None:
             kwargs.pop("regressor", None)
+        self.counters["designers_built"] += 1
         return OmniPredDesigner(problem, seed=self._study_seed(study_name) if seed is None else seed, **kwargs)
 
     # -- shared state ----------------------------------------------------------------------
@@ -252,7 +258,7 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
                 from vizier_omnipred.regressor import SHIPPED_CHECKPOINT, OmniPredRegressor
 
                 path = self.checkpoint
-                if path is None and (SHIPPED_CHECKPOINT / "omnipred.json").exists():
+                if path is None and SHIPPED_CHECKPOINT.is_dir():
                     path = SHIPPED_CHECKPOINT
                 if path is None:
                     _log.warning("OMNIPRED: no checkpoint given and none shipped in %s; the designer uses "
@@ -260,6 +266,7 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
                     return None
                 _log.info("OMNIPRED: loading checkpoint %s on %s", path, self.device)
                 self._regressor = OmniPredRegressor.from_pretrained(path, device=self.device)
+                self.counters["checkpoint_loads"] += 1
             return self._regressor
 
     def study_work_dir(self, study_name: str) -> Path:
@@ -286,6 +293,13 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
             while len(self._slots) > self.max_cached_studies:
                 self._slots.popitem(last=False)
             return slot
+
+    def cached_designer(self, study_name: str) -> "OmniPredDesigner | None":
+        """The designer held in RAM for a study (resource name), e.g. to `predict` with it;
+        None if the study has none here (never asked for, evicted, or its last request failed)."""
+        with self._slots_lock:
+            slot = self._slots.get(study_name)
+        return None if slot is None else slot.designer
 
     def forget(self, study_name: str | None = None) -> None:
         """Drops the RAM copy of one study's designer (all studies if None)."""

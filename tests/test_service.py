@@ -1,0 +1,131 @@
+"""The OMNIPRED policy factory inside a real Vizier server on a SQLite file.
+
+Everything is real: Vizier's gRPC server and SQL datastore, `vizier.service.clients`,
+the OmniPred designer with a tiny from-scratch model (few seed trials, few candidates,
+two-epoch fits so the whole file runs in well under a minute of compute).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from vizier import pyvizier as vz
+from vizier._src.service import policy_factory as vizier_policy_factory
+from vizier.service import clients
+from vizier.service import pyvizier as svz
+
+from tests.conftest import smooth_2d
+from vizier_omnipred import service
+from vizier_omnipred.training import FinetuneConfig
+
+
+def _config(algorithm: str, *, num_metrics: int = 1) -> svz.StudyConfig:
+    config = svz.StudyConfig(algorithm=algorithm)
+    config.search_space.root.add_float_param("x0", -3.0, 3.0)
+    config.search_space.root.add_float_param("x1", -3.0, 3.0)
+    for i in range(num_metrics):
+        config.metric_information.append(
+            svz.MetricInformation("loss" if i == 0 else f"loss{i}", goal=svz.ObjectiveMetricGoal.MINIMIZE)
+        )
+    config.metadata["description"] = "smooth test bowl"
+    return config
+
+
+def _run_trials(study: clients.Study, n: int) -> list[clients.Trial]:
+    out = []
+    for _ in range(n):
+        (trial,) = study.suggest(count=1)
+        p = trial.parameters
+        trial.complete(vz.Measurement({"loss": smooth_2d(p["x0"], p["x1"])}))
+        out.append(trial)
+    return out
+
+
+@pytest.fixture
+def designer_kwargs(tiny_regressor_factory):
+    return {
+        "regressor": tiny_regressor_factory(0),
+        "num_seed_trials": 2,
+        "num_samples": 8,
+        "num_candidates": 16,
+        "finetune_config": FinetuneConfig(max_epochs=2),
+    }
+
+
+def test_factory_has_vizier_signature():
+    ours = inspect.signature(service.OmniPredPolicyFactory.__call__)
+    vizier = inspect.signature(vizier_policy_factory.DefaultPolicyFactory.__call__)
+    assert list(ours.parameters) == list(vizier.parameters)
+
+
+def test_omnipred_study_survives_server_restart(tmp_path, designer_kwargs):
+    db, work = tmp_path / "vizier.db", tmp_path / "work"
+    factory = service.OmniPredPolicyFactory(work_dir=work, designer_kwargs=designer_kwargs)
+    with service.start_server(db, policy_factory=factory) as server:
+        assert server.endpoint.startswith("localhost:")
+        assert clients.environment_variables.server_endpoint == server.endpoint
+        study = clients.Study.from_study_config(_config("OMNIPRED"), owner="tests", study_id="bowl")
+        first = {t.id: t.materialize() for t in _run_trials(study, 4)}
+        name = study.resource_name
+        # One designer for the study, then the RAM copy on every later request.
+        assert factory.counters["designers_built"] == 1
+        assert factory.counters["designers_reused"] == 3
+        assert factory.cached_designer(name).num_fits >= 1
+    assert clients.environment_variables.server_endpoint != server.endpoint  # reset on stop
+
+    # As after a process restart: a new factory (empty RAM cache) and server, same file.
+    factory2 = service.OmniPredPolicyFactory(work_dir=work, designer_kwargs=designer_kwargs)
+    with service.start_server(db, policy_factory=factory2):
+        study = clients.Study.from_owner_and_id("tests", "bowl")
+        assert study.materialize_study_config().algorithm == "OMNIPRED"
+        stored = {t.id: t for t in study.trials().get()}
+        assert sorted(stored) == sorted(first) == [1, 2, 3, 4]
+        for i, before in first.items():
+            assert stored[i].status == vz.TrialStatus.COMPLETED
+            assert stored[i].parameters == before.parameters
+            assert stored[i].final_measurement.metrics["loss"].value == before.final_measurement.metrics["loss"].value
+        restored_before_suggest = factory2.counters["designers_restored"]
+        more = _run_trials(study, 2)
+
+        assert [t.id for t in more] == [5, 6]
+        # Restored from the study's metadata (not rebuilt from zero): one load, then RAM.
+        assert restored_before_suggest == 0
+        assert factory2.counters["designers_restored"] == 1
+        assert factory2.counters["designers_reused"] == 1
+        designer = factory2.cached_designer(name)
+        # It knows all five trials completed before its last suggest, the four from before the restart included.
+        known = {tuple(sorted(t.parameters.as_dict().items())) for t in designer.completed_trials}
+        assert {tuple(sorted(t.parameters.as_dict().items())) for t in first.values()} <= known
+        assert len(known) == 5
+        # The fine-tuned weights came back from work_dir: fits continue, no cold restart.
+        assert designer.num_fits >= 3
+        all_params = [tuple(sorted(t.parameters.as_dict().items())) for t in study.trials().get()]
+        assert len(set(all_params)) == len(all_params) == 6
+        md = study.materialize_study_config().metadata
+        assert md.ns("designer_policy_v0").ns("designer").ns("omnipred").get("version") is not None
+    assert list(work.iterdir()), "fine-tuned weights are kept per study under work_dir"
+
+
+def test_other_algorithms_go_to_vizier_without_loading_a_model(tmp_path):
+    # A checkpoint that does not exist: loading it would fail, so passing proves it is never loaded.
+    factory = service.OmniPredPolicyFactory(checkpoint=tmp_path / "no-such-checkpoint", work_dir=tmp_path / "w")
+    with service.start_server(None, policy_factory=factory):
+        for algorithm in ("RANDOM_SEARCH", "QUASI_RANDOM_SEARCH"):
+            study = clients.Study.from_study_config(_config(algorithm), owner="tests", study_id=algorithm.lower())
+            trials = _run_trials(study, 3)
+            assert [t.materialize().status for t in trials] == [vz.TrialStatus.COMPLETED] * 3
+    assert factory.counters["checkpoint_loads"] == 0
+    assert factory.counters["suggest_requests"] == 0
+
+
+def test_failed_suggest_raises_in_the_client_and_does_not_wedge_the_study(tmp_path, designer_kwargs):
+    factory = service.OmniPredPolicyFactory(work_dir=tmp_path / "w", designer_kwargs=designer_kwargs)
+    with service.start_server(tmp_path / "v.db", policy_factory=factory):
+        unknown = clients.Study.from_study_config(_config("NOT_AN_ALGORITHM"), owner="tests", study_id="unknown")
+        # OMNIPRED refuses a multi-objective study without a metric to optimise.
+        two_metrics = clients.Study.from_study_config(_config("OMNIPRED", num_metrics=2), owner="tests", study_id="mo")
+        for study, message in ((unknown, "not registered"), (two_metrics, "metric")):
+            for _ in range(2):  # Vizier alone would leave the operation open: the 2nd call hangs.
+                with pytest.raises(RuntimeError, match=message):
+                    study.suggest(count=1)

@@ -431,9 +431,10 @@ class _SyntheticStudy:
         )
         dim = len(self.coordinates)
         problem.metadata["bbob_function"] = self.function_name
+        # The function's name is in `bbob_function` already; the text stays short because
+        # every trial's input carries it.
         problem.metadata["description"] = (
-            f"{self.project}: synthetic {_FAMILY[self.function_name]} BBOB "
-            f"{self.function_name} in {dim}-D"
+            f"{self.project}: synthetic BBOB, {_FAMILY[self.function_name]}, {dim}-D"
         )
         return problem
 

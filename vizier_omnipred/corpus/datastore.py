@@ -10,6 +10,8 @@ user's database.
 from __future__ import annotations
 
 import os
+import sqlite3
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,32 +33,49 @@ from vizier_omnipred.corpus.format import (
 _VIZIER_TABLES = frozenset(["owners", "studies", "trials"])
 
 
-def _database_url(url_or_path: str | os.PathLike[str]) -> str:
-    """A SQLAlchemy URL; refuses what would make SQLite create a new, empty database."""
+def _readonly_sqlite_engine(path: Path) -> sqla.engine.Engine:
+    """An engine on an existing SQLite file that can neither create nor modify it.
+
+    The file is opened by sqlite3 itself as a percent-encoded `file:` URI with mode=ro:
+    passing the path inside a SQLAlchemy URL would break on '?', '#' or '%' in the path,
+    and SQLite would then silently create a new, empty database somewhere else.
+    """
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    return sqla.create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+    )
+
+
+def _engine(url_or_path: str | os.PathLike[str]) -> sqla.engine.Engine:
+    """An engine for a path or URL; refuses what would make SQLite create a new database."""
     text = os.fspath(url_or_path)
-    if "://" in text:
-        try:
-            url = sqla.engine.make_url(text)
-        except sqla.exc.ArgumentError as e:
-            raise CorpusError(f"{text}: not a valid database URL ({e})") from e
-        if url.get_backend_name() == "sqlite":
-            database = url.database or ""
-            is_uri = str(url.query.get("uri", "")).lower() == "true"
-            if database in ("", ":memory:"):
-                raise CorpusError(f"{text}: an in-memory SQLite database holds no studies")
-            if not is_uri and not os.path.isfile(database):
-                raise CorpusError(f"{database}: no such Vizier datastore file")
-        return text
-    path = Path(text)
+    if "://" not in text:
+        path = Path(text)
+        if not path.is_file():
+            raise CorpusError(f"{text}: no such Vizier datastore file")
+        return _readonly_sqlite_engine(path)
+    try:
+        url = sqla.engine.make_url(text)
+    except sqla.exc.ArgumentError as e:
+        raise CorpusError(f"{text}: not a valid database URL ({e})") from e
+    if url.get_backend_name() != "sqlite":
+        return sqla.create_engine(url)
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        raise CorpusError(f"{text}: an in-memory SQLite database holds no studies")
+    if str(url.query.get("uri", "")).lower() == "true":
+        return sqla.create_engine(url, connect_args={"check_same_thread": False})
+    path = Path(database)
     if not path.is_file():
-        raise CorpusError(f"{text}: no such Vizier datastore file")
-    # mode=ro: SQLite neither creates the file nor writes to it.
-    return f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+        raise CorpusError(f"{database}: no such Vizier datastore file")
+    return _readonly_sqlite_engine(path)
 
 
-def _open_datastore(url: str, label: str) -> tuple[sqla.engine.Engine, sql_datastore.SQLDataStore]:
-    connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
-    engine = sqla.create_engine(url, connect_args=connect_args)
+def _open_datastore(
+    url_or_path: str | os.PathLike[str], label: str
+) -> tuple[sqla.engine.Engine, sql_datastore.SQLDataStore]:
+    engine = _engine(url_or_path)
     try:
         tables = set(sqla.inspect(engine).get_table_names())
     except sqla.exc.SQLAlchemyError as e:
@@ -98,8 +117,7 @@ def studies_from_datastore(
     Raises CorpusError when the path does not exist or is not a Vizier datastore.
     """
     label = os.fspath(url_or_path)
-    url = _database_url(url_or_path)
-    engine, store = _open_datastore(url, label)
+    engine, store = _open_datastore(url_or_path, label)
     try:
         for owner in _owner_names(engine):
             try:
@@ -134,6 +152,9 @@ def studies_from_datastore(
                     stats.add(record)
                 yield record
     finally:
+        connection = getattr(store, "_connection", None)  # SQLDataStore keeps one open
+        if connection is not None:
+            connection.close()
         engine.dispose()
 
 

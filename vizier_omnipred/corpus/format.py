@@ -534,6 +534,10 @@ def write_corpus(path: str | os.PathLike[str], records: Iterable[StudyRecord]) -
                     )
                     out.write(line.encode("utf-8"))
                     out.write(b"\n")
+                    if out is not raw:
+                        # End the deflate block at each study: a gzip file cut off later
+                        # still gives back every study before the cut (a few bytes each).
+                        out.flush(zlib.Z_SYNC_FLUSH)
                     count += 1
             finally:
                 if out is not raw:
@@ -557,19 +561,62 @@ def write_corpus(path: str | os.PathLike[str], records: Iterable[StudyRecord]) -
 OnError = Literal["skip", "raise"]
 
 
-def _open_binary(path: str) -> Any:
+class _DamagedStream(Exception):
+    """The compressed stream ends early or is corrupt; the lines before it were yielded."""
+
+
+def _gzip_lines(raw: Any) -> Iterator[bytes]:
+    """Lines of a (possibly multi-member) gzip stream, each complete line as soon as it is in.
+
+    `gzip.GzipFile` loses the data it has buffered when the stream turns out truncated; this
+    decompresses incrementally, so a cut-off file gives back every line before the cut,
+    then raises `_DamagedStream`.
+    """
+    decompressor: Any = None
+    pending = b""
+    while True:
+        chunk = raw.read(1 << 16)
+        if not chunk:
+            break
+        while chunk:
+            if decompressor is None:
+                decompressor = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer
+            try:
+                data = decompressor.decompress(chunk)
+            except zlib.error as e:
+                raise _DamagedStream(f"corrupt compressed data ({e})") from e
+            if decompressor.eof:
+                chunk = decompressor.unused_data
+                decompressor = None
+            else:
+                chunk = b""
+            if data:
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    yield line + b"\n"
+    if pending:
+        if decompressor is not None:
+            raise _DamagedStream("compressed stream ends early (truncated file)")
+        yield pending
+    elif decompressor is not None:
+        raise _DamagedStream("compressed stream ends early (truncated file)")
+
+
+def _binary_lines(path: str) -> Iterator[bytes]:
     try:
         raw = open(path, "rb")
     except FileNotFoundError as e:
         raise CorpusError(f"{path}: no such corpus file") from e
     except OSError as e:
         raise CorpusError(f"{path}: cannot open: {e}") from e
-    magic = raw.read(2)
-    raw.seek(0)
-    # Sniff instead of trusting the extension: a renamed file still reads.
-    if magic == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    return raw
+    with raw:
+        # Sniff instead of trusting the extension: a renamed file still reads.
+        if raw.read(2) == _GZIP_MAGIC:
+            raw.seek(0)
+            yield from _gzip_lines(raw)
+        else:
+            raw.seek(0)
+            yield from raw
 
 
 def read_corpus(
@@ -597,18 +644,17 @@ def read_corpus(
             stats.skipped_lines += 1
         warnings.warn(f"skipped corrupt corpus line: {message}", CorpusWarning, stacklevel=3)
 
-    f = _open_binary(path)
-    with f:
-        lineno = 0
-        lines = iter(f)
+    lines = _binary_lines(path)
+    lineno = 0
+    try:
         while True:
             try:
                 raw = next(lines)
             except StopIteration:
                 break
-            except (EOFError, OSError, zlib.error) as e:
-                # Truncated or damaged compressed stream: what follows cannot be read.
-                bad(lineno + 1, f"compressed stream is truncated or corrupt ({e})")
+            except _DamagedStream as e:
+                # What follows the damage cannot be read; every line before it was.
+                bad(lineno + 1, str(e))
                 break
             lineno += 1
             if not raw.strip():
@@ -616,9 +662,8 @@ def read_corpus(
             try:
                 obj = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
-                truncated = not raw.endswith(b"\n")
-                bad(lineno, ("line is cut off (truncated file)" if truncated else "invalid JSON")
-                    + f": {e}")
+                kind = "invalid JSON" if raw.endswith(b"\n") else "line is cut off (truncated file)"
+                bad(lineno, f"{kind}: {e}")
                 continue
             try:
                 record = record_from_json(obj)
@@ -628,6 +673,8 @@ def read_corpus(
             if stats is not None:
                 stats.add(record)
             yield record
+    finally:
+        lines.close()  # closes the file now, also when the caller stops early
 
 
 def summarize_corpus(path: str | os.PathLike[str]) -> CorpusStats:

@@ -17,8 +17,7 @@ def smooth_2d(x0: float, x1: float) -> float:
     return 1.0 + (x0 - 0.5) ** 2 + 2.0 * (x1 + 1.0) ** 2 + 0.5 * x0
 
 
-@pytest.fixture
-def problem_2d():
+def make_problem_2d():
     from vizier import pyvizier as vz
 
     problem = vz.ProblemStatement()
@@ -27,6 +26,11 @@ def problem_2d():
     problem.metric_information.append(vz.MetricInformation("loss", goal=vz.ObjectiveMetricGoal.MINIMIZE))
     problem.metadata["description"] = "smooth test bowl"
     return problem
+
+
+@pytest.fixture
+def problem_2d():
+    return make_problem_2d()
 
 
 def make_trials(points, fn=smooth_2d, metric="loss", start_id=1):

@@ -132,10 +132,12 @@ def save_checkpoint(
     codec: TextCodec,
     preset: ModelPreset,
     training: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Writes a checkpoint atomically: a crash or a full disk leaves any old one intact.
 
     Files go to a temporary sibling directory which then replaces `directory`.
+    `extra_files` (e.g. the pretraining optimizer state) travel in the same atomic unit.
     """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +159,9 @@ def save_checkpoint(
             "training": training or {},
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        for name in (META_FILE, CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        for name in (META_FILE, CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, *(extra_files or {})):
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         old = None

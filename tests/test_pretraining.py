@@ -1,0 +1,94 @@
+"""Pretraining: a real run on a real corpus, killed mid-way and resumed."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vizier_omnipred import model as model_lib
+from vizier_omnipred.pretraining import PretrainConfig, pretrain
+
+TINY = ["--preset", "tiny", "--batch-size", "8", "--shuffle-buffer", "32", "--warmup-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
+    from vizier_omnipred.corpus.format import write_corpus
+
+    path = tmp_path_factory.mktemp("corpus") / "studies.jsonl"
+    write_corpus(path, synthetic_bbob_studies(seed=5, num_studies=12, trials_per_study=(10, 20), dims=(1, 3)))
+    with open(path, "a") as f:
+        f.write('{"format": "vizier-omnipred-study", "name": "cut off mid-li')  # a truncated last line
+    return path
+
+
+def _cli(out: Path, corpus: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vizier_omnipred.cli", "pretrain", "--out", str(out), "--corpus", str(corpus),
+            "--steps", str(steps), "--eval-every", "1000", "--checkpoint-every", "2", "--no-progress",
+            "--num-threads", "1", *TINY, *extra]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli(out, corpus_file, 400), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = out / "last" / "trainer_state.pt"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert state.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no checkpoint"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads((out / "last" / "omnipred.json").read_text())["training"]["steps"]
+    assert 0 < killed_at < 400
+
+    # the same command picks up where it stopped (a shorter --steps is allowed)
+    target = killed_at + 4
+    done = subprocess.run(_cli(out, corpus_file, target), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = json.loads((out / "final" / "omnipred.json").read_text())["training"]
+    assert final["steps"] == target
+    model_lib.load_checkpoint(out / "final")  # a complete, loadable checkpoint
+
+
+def test_resume_with_another_config_is_refused(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    base = dict(out_dir=str(out), corpus=(str(corpus_file),), preset="tiny", steps=2, batch_size=8,
+                shuffle_buffer=32, warmup_steps=1, eval_every=1000, checkpoint_every=1)
+    pretrain(PretrainConfig(**base), progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        pretrain(PretrainConfig(**{**base, "steps": 4, "batch_size": 16}), progress=False)
+
+
+def test_nothing_to_train_on_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="nothing to train on"):
+        PretrainConfig(out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="does not exist"):
+        PretrainConfig(out_dir=str(tmp_path), corpus=(str(tmp_path / "missing.jsonl"),))
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, tiny_regressor_factory, monkeypatch):
+    reg = tiny_regressor_factory()
+    path = reg.save(tmp_path / "ckpt")
+    before = (path / "model.safetensors").read_bytes()
+    model = reg.checkpoint.model
+
+    def failing_save(directory, **kwargs):
+        Path(directory, "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model, "save_pretrained", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        reg.save(path)
+    assert (path / "model.safetensors").read_bytes() == before
+    model_lib.load_checkpoint(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary leftovers

@@ -1,0 +1,404 @@
+"""Multi-task pretraining: one model, many studies, each told apart by its own text.
+
+The loop reads like one sitting: studies stream from corpus files and/or the synthetic
+BBOB generator, become (text, y tokens) examples, and pass through a shuffle buffer so
+that batches mix studies (a batch from one study teaches little about reading its text).
+AdamW with linear warm-up and cosine decay; every `eval_every` steps it reports the
+validation loss and the normalized MAE on validation studies; every `checkpoint_every`
+steps it writes `OUT/last` (model, tokenizers, optimizer and schedule state) atomically,
+so an interrupted run resumes from there with the same command.
+
+Scaling out: launched with `torchrun --nproc_per_node N -m vizier_omnipred.cli pretrain ...`
+each process joins the default process group (NCCL on CUDA, gloo on CPU), wraps the
+model in DistributedDataParallel and reads every N-th study; only rank 0 writes. The
+batch size is per process. On one CPU it is the same command without torchrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from vizier_omnipred import model as model_lib
+from vizier_omnipred.numbers import FloatTokenizer, OutOfRangeWarning
+from vizier_omnipred.sampling import GrammarMasks, sample_y
+from vizier_omnipred.text import TextCodec, TrialTextError
+from vizier_omnipred.training import Batch, Example, evaluate_loss, make_examples, y_loss
+from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
+
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "pretrain_config.json"
+LOG_FILE = "train_log.jsonl"
+# Fields that may change between an interrupted run and its resumption.
+_RESUMABLE_CHANGES = frozenset({"steps", "device", "eval_every", "checkpoint_every", "num_threads", "out_dir"})
+
+
+@attrs.frozen
+class PretrainConfig:
+    """Everything that defines a pretraining run (saved next to its checkpoints)."""
+
+    out_dir: str
+    corpus: tuple[str, ...] = ()
+    synthetic_studies: int = 0  # synthetic BBOB studies generated on the fly
+    synthetic_seed: int = 0
+    preset: str = "small"
+    steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float | None = None  # None: the preset's
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    shuffle_buffer: int = 8192
+    validation_fraction: float = 0.05
+    eval_every: int = 250
+    eval_studies: int = 24
+    checkpoint_every: int = 250
+    tokenizer_studies: int = 400  # studies whose text trains the input BPE
+    device: str = "cpu"
+    num_threads: int = 0  # 0: torch's default
+    seed: int = 0
+
+    def __attrs_post_init__(self):
+        if not self.corpus and self.synthetic_studies <= 0:
+            raise ValueError("nothing to train on: give corpus files and/or synthetic_studies > 0")
+        model_lib.get_preset(self.preset)
+        for path in self.corpus:
+            if not Path(path).is_file():
+                raise ValueError(f"corpus file {path} does not exist")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate or model_lib.get_preset(self.preset).learning_rate
+
+
+# The recipe behind the checkpoint shipped in the package (README: "Rebuilding the shipped
+# checkpoint"). Sized to finish within an hour on a 2-core CPU.
+SHIPPED_RECIPE = dict(preset="small", synthetic_studies=4000, synthetic_seed=0, steps=2000, batch_size=32,
+                      warmup_steps=100, shuffle_buffer=4096, eval_every=500, checkpoint_every=250, seed=0)
+
+
+# ----- data -------------------------------------------------------------------------------
+def _is_validation(name: str, fraction: float) -> bool:
+    from vizier_omnipred.corpus.format import split_train_validation
+
+    _, val = split_train_validation([name], fraction)
+    return bool(val)
+
+
+def iter_studies(config: PretrainConfig, *, epoch: int = 0):
+    """All studies of the run, corpus files first, then the synthetic ones."""
+    from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
+    from vizier_omnipred.corpus.format import read_corpus
+
+    for path in config.corpus:
+        yield from read_corpus(path)
+    if config.synthetic_studies > 0:
+        yield from synthetic_bbob_studies(config.synthetic_seed, config.synthetic_studies)
+
+
+def study_examples(vocab: Vocabulary, codec: TextCodec, record) -> tuple[list[Example], int]:
+    """Examples of one study, and how many of its trials were unusable; bad studies skip."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OutOfRangeWarning)
+            examples, summary = make_examples(vocab, codec, record.problem, list(record.trials))
+    except (TrialTextError, ValueError):
+        return [], len(record.trials)
+    return examples, summary.num_excluded
+
+
+def training_batches(
+    config: PretrainConfig, vocab: Vocabulary, codec: TextCodec, device: torch.device,
+    *, rank: int, world_size: int, seed: int,
+) -> Iterator[Batch]:
+    """Endless shuffled batches over the training studies (this rank's share)."""
+    rng = random.Random(seed)
+    buffer: list[Example] = []
+    for epoch in itertools.count():
+        any_study = False
+        for i, record in enumerate(iter_studies(config, epoch=epoch)):
+            if i % world_size != rank or _is_validation(record.name, config.validation_fraction):
+                continue
+            any_study = True
+            examples, _ = study_examples(vocab, codec, record)
+            buffer.extend(examples)
+            while len(buffer) >= config.shuffle_buffer:
+                yield _pop_batch(buffer, config.batch_size, rng, device)
+        if not any_study:
+            raise ValueError("no training studies: the corpus is empty or entirely in the validation split")
+        while len(buffer) >= config.batch_size:
+            yield _pop_batch(buffer, config.batch_size, rng, device)
+
+
+def _pop_batch(buffer: list[Example], size: int, rng: random.Random, device: torch.device) -> Batch:
+    picked = []
+    for _ in range(size):
+        j = rng.randrange(len(buffer))
+        buffer[j], buffer[-1] = buffer[-1], buffer[j]
+        picked.append(buffer.pop())
+    return Batch.collate(picked, device)
+
+
+def validation_studies(config: PretrainConfig) -> list:
+    out = []
+    for record in iter_studies(config):
+        if _is_validation(record.name, config.validation_fraction):
+            out.append(record)
+            if len(out) >= config.eval_studies:
+                break
+    return out
+
+
+def build_vocab(config: PretrainConfig, codec: TextCodec) -> Vocabulary:
+    preset = model_lib.get_preset(config.preset)
+    texts: list[str] = []
+    for record in itertools.islice(iter_studies(config), config.tokenizer_studies):
+        try:
+            texts += codec.serialize_many(record.problem, list(record.trials))
+        except (TrialTextError, ValueError):
+            continue
+    return Vocabulary(train_input_tokenizer(texts, preset.input_vocab_size), FloatTokenizer())
+
+
+# ----- evaluation -------------------------------------------------------------------------
+def normalized_mae_on_studies(model, vocab, codec, studies, device, *, num_samples=16, max_trials=32) -> float:
+    """Median over studies of mean|median-sample - y| / (max y - min y), feasible trials only."""
+    from vizier_omnipred.training import trial_targets
+
+    scores = []
+    for record in studies:
+        try:
+            metric = codec.objective_metric(record.problem)
+        except (TrialTextError, ValueError):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OutOfRangeWarning)
+            keep, targets, _ = trial_targets(vocab, record.problem, record.trials, metric.name)
+        feasible = [i for i, t in zip(keep, targets) if not record.trials[i].infeasible][:max_trials]
+        if len(feasible) < 3:
+            continue
+        trials = [record.trials[i] for i in feasible]
+        y = np.array([t.final_measurement.metrics[metric.name].value for t in trials])
+        if np.ptp(y) <= 0:
+            continue
+        ids = vocab.encode_inputs(codec.serialize_many(record.problem, trials))
+        samples = sample_y(model, vocab, ids, num_samples, seed=0, device=device)
+        pred = samples.quantiles([0.5])[0]
+        pred = np.where(np.isfinite(pred), pred, np.nanmedian(y))
+        scores.append(float(np.mean(np.abs(pred - y)) / np.ptp(y)))
+    return float(np.median(scores)) if scores else math.nan
+
+
+# ----- the loop ---------------------------------------------------------------------------
+def _schedule(config: PretrainConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _check_resumable(config: PretrainConfig, out: Path) -> None:
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    current = attrs.asdict(config)
+    current["corpus"] = list(current["corpus"])
+    diff = sorted(k for k in set(saved) | set(current)
+                  if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)
+        raise ValueError(
+            f"{out / CONFIG_FILE}: cannot resume, the run's config differs ({detail}). "
+            "Use the original settings or a new --out directory."
+        )
+
+
+def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
+    """Runs (or resumes) a pretraining run; returns the final checkpoint directory."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world_size = 0, 1
+    device = torch.device(config.device)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    out = Path(config.out_dir)
+    last = out / "last"
+    codec = TextCodec()
+
+    resumed = (last / STATE_FILE).is_file()
+    if resumed:
+        _check_resumable(config, out)
+        ckpt = model_lib.load_checkpoint(last)
+        model, vocab = ckpt.model, ckpt.vocab
+        state = torch.load(io.BytesIO((last / STATE_FILE).read_bytes()), weights_only=False)
+        start_step = state["step"]
+    else:
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            config_json = attrs.asdict(config)
+            config_json["corpus"] = list(config_json["corpus"])
+            (out / CONFIG_FILE).write_text(json.dumps(config_json, indent=2, sort_keys=True))
+        torch.manual_seed(config.seed)
+        vocab = build_vocab(config, codec)
+        model = model_lib.build_model(model_lib.get_preset(config.preset), vocab.size)
+        state, start_step = None, 0
+
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    trained = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    masks = GrammarMasks.build(vocab, device)
+    preset = model_lib.get_preset(config.preset)
+    val_studies = validation_studies(config) if rank == 0 else []
+    val_examples = [e for r in val_studies for e in study_examples(vocab, codec, r)[0]][:2048]
+    # A fresh, step-seeded shuffle after a resume: model, optimizer and schedule continue
+    # exactly; the data order continues as a new permutation.
+    batches = training_batches(config, vocab, codec, device, rank=rank, world_size=world_size,
+                               seed=config.seed * 1_000_003 + start_step)
+
+    def save(step: int, target: Path) -> None:
+        buf = io.BytesIO()
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buf)
+        model_lib.save_checkpoint(
+            target, model, vocab, codec, preset,
+            training={"steps": step, "learning_rate": config.lr, "batch_size": config.batch_size * world_size,
+                      "corpus": list(config.corpus), "synthetic_studies": config.synthetic_studies},
+            extra_files={STATE_FILE: buf.getvalue()},
+        )
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=start_step, desc="pretrain", dynamic_ncols=True)
+    log = open(out / LOG_FILE, "a") if rank == 0 else None
+    window_start, window_examples = time.perf_counter(), 0
+    step = start_step
+    try:
+        while step < config.steps:
+            batch = next(batches)
+            loss = y_loss(trained, batch, masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window_examples += batch.labels.shape[0] * world_size
+            if rank != 0:
+                continue
+            rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", ex_per_s=f"{rate:.0f}")
+            entry: dict[str, Any] = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                                     "examples_per_second": rate}
+            if step % config.eval_every == 0 or step == config.steps:
+                model.eval()
+                entry["validation_loss"] = evaluate_loss(model, val_examples, masks, device) if val_examples else None
+                entry["validation_normalized_mae"] = normalized_mae_on_studies(model, vocab, codec, val_studies, device)
+                model.train()
+                if bar is not None:
+                    bar.write(f"step {step}: val loss {entry['validation_loss']}, "
+                              f"val normalized MAE {entry['validation_normalized_mae']:.3f}")
+            if step % 50 == 0 or "validation_loss" in entry:
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                window_start, window_examples = time.perf_counter(), 0
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save(step, last)
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    final = out / "final"
+    if rank == 0:
+        save(step, final)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return final
+
+
+# ----- command line -----------------------------------------------------------------------
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help="multi-task pretraining on corpora and/or synthetic BBOB studies (resumable, torchrun-ready)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="run directory (checkpoints, log, config); resumes if it has one")
+    p.add_argument("--recipe", choices=["shipped"], help="use the recipe of the shipped checkpoint")
+    p.add_argument("--corpus", nargs="*", default=[], help="corpus files (.jsonl/.jsonl.gz)")
+    p.add_argument("--synthetic-studies", type=int, default=None)
+    p.add_argument("--synthetic-seed", type=int, default=None)
+    p.add_argument("--preset", choices=sorted(model_lib.PRESETS), default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--shuffle-buffer", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_cli)
+
+
+def config_from_args(args) -> PretrainConfig:
+    values: dict[str, Any] = dict(SHIPPED_RECIPE) if args.recipe == "shipped" else {}
+    for field in ("synthetic_studies", "synthetic_seed", "preset", "steps", "batch_size", "learning_rate",
+                  "warmup_steps", "shuffle_buffer", "eval_every", "checkpoint_every", "seed"):
+        v = getattr(args, field)
+        if v is not None:
+            values[field] = v
+    return PretrainConfig(out_dir=args.out, corpus=tuple(args.corpus), device=args.device,
+                          num_threads=args.num_threads, **values)
+
+
+def _run_cli(args) -> int:
+    config = config_from_args(args)
+    final = pretrain(config, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final checkpoint: {final}")
+    return 0

@@ -1,0 +1,507 @@
+"""OmniPredDesigner against real Vizier machinery and a real (tiny, untrained) T5.
+
+Nothing is mocked: the conformance runner, the designer policies and the Eagle
+optimiser are Vizier's own, and every suggestion is scored by the model. Budgets are
+tiny (8 samples, a few dozen candidates, 1-2 fine-tuning epochs) so the file runs in
+well under a minute on two cores. Whether the designer *optimises* well is a benchmark
+question (vizier_omnipred/bench); here acquisition direction is covered by
+test_acquisitions.py and the designer's plumbing by these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import attrs
+import numpy as np
+import pytest
+from vizier import algorithms as vza
+from vizier import pythia
+from vizier import pyvizier as vz
+from vizier._src.algorithms.policies.designer_policy import PartiallySerializableDesignerPolicy
+from vizier._src.algorithms.testing import test_runners
+from vizier._src.pyvizier.shared.parameter_iterators import SequentialParameterBuilder
+from vizier.interfaces import serializable
+from vizier.testing import test_studies
+
+from vizier_omnipred import designer as designer_lib
+from vizier_omnipred.designer import OmniPredDesigner, StateVersionError, problem_key
+from vizier_omnipred.model import CheckpointError
+from vizier_omnipred.training import FinetuneConfig
+
+MIN = vz.ObjectiveMetricGoal.MINIMIZE
+MAX = vz.ObjectiveMetricGoal.MAXIMIZE
+COLD = FinetuneConfig(max_epochs=2, batch_size=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One thread: on a shared 2-core machine, 2 torch threads under load were 40x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_regressor_factory):
+    return tiny_regressor_factory(seed=0)
+
+
+@pytest.fixture
+def make(base, tmp_path):
+    def _make(problem, **kwargs):
+        kwargs.setdefault("seed", 0)
+        kwargs.setdefault("regressor", base)
+        kwargs.setdefault("num_samples", 8)
+        kwargs.setdefault("num_candidates", 24)
+        kwargs.setdefault("num_seed_trials", 2)
+        kwargs.setdefault("finetune_config", COLD)
+        kwargs.setdefault("work_dir", tmp_path / "work")
+        return OmniPredDesigner(problem, **kwargs)
+
+    return _make
+
+
+def problem_of(space: vz.SearchSpace, goal=MAX, metric="objective") -> vz.ProblemStatement:
+    return vz.ProblemStatement(search_space=space, metric_information=[vz.MetricInformation(metric, goal=goal)])
+
+
+def assert_valid(space: vz.SearchSpace, params: vz.ParameterDict) -> None:
+    """Validity checked with Vizier's own tools, not the designer's."""
+    if not space.is_conditional:
+        space.assert_contains(params)
+        return
+    # Walk the conditional tree with Vizier's builder: every active parameter must be
+    # present and feasible, and nothing else may be present.
+    values = params.as_dict()
+    builder = SequentialParameterBuilder(space)
+    for pc in builder:
+        assert pc.name in values, f"active parameter {pc.name} missing from {values}"
+        assert pc.contains(values[pc.name]), f"{values[pc.name]} infeasible for {pc}"
+        builder.choose_value(values[pc.name])
+    assert builder.parameters.as_dict() == values
+
+
+def complete(suggestions, fn, *, start_id, metric="objective"):
+    trials = []
+    for i, s in enumerate(suggestions):
+        t = vz.Trial(parameters=s.parameters, id=start_id + i)
+        y = fn(s.parameters.as_dict())
+        if y is None:
+            t.complete(vz.Measurement(), infeasibility_reason="crashed")
+        else:
+            t.complete(vz.Measurement(metrics={metric: y}))
+        trials.append(t)
+    return trials
+
+
+def run_loop(designer, rounds, count, fn, start_id=1):
+    """suggest -> complete -> update, like a client; returns all completed trials."""
+    history = []
+    for _ in range(rounds):
+        suggestions = designer.suggest(count)
+        trials = complete(suggestions, fn, start_id=start_id + len(history))
+        history += trials
+        designer.update(vza.CompletedTrials(trials), vza.ActiveTrials())
+    return history
+
+
+def keys_of(trials):
+    return [json.dumps(t.parameters.as_dict(), sort_keys=True) for t in trials]
+
+
+# ------------------------------------------------------------------ conformance
+SPACES = {
+    "continuous_with_scaling": test_studies.flat_continuous_space_with_scaling,
+    "categorical": test_studies.flat_categorical_space,
+    "all_types": test_studies.flat_space_with_all_types,
+    "singletons": test_studies.flat_space_with_all_types_with_singletons,
+    "conditional": test_studies.conditional_automl_space,
+}
+
+
+@pytest.mark.parametrize("goal", [MIN, MAX], ids=["min", "max"])
+@pytest.mark.parametrize("space_name", sorted(SPACES))
+def test_vizier_random_metrics_runner(make, space_name, goal):
+    space = SPACES[space_name]()
+    problem = problem_of(space, goal)
+    designer = make(problem)
+    runner = test_runners.RandomMetricsRunner(
+        problem, iters=3, batch_size=2, seed=1, validate_parameters=not space.is_conditional
+    )
+    trials = runner.run_designer(designer)
+    assert len(trials) == 6
+    for t in trials:
+        assert_valid(space, t.parameters)
+    assert len(set(keys_of(trials))) == len(trials), "repeated suggestions"
+    # The seeds came from the seed designer, the rest from the (fitted) model.
+    sources = [t.metadata.ns("omnipred").get("source") for t in trials]
+    assert sources[:2] == ["seed", "seed"] and set(sources[2:]) == {"model"}
+    assert designer.num_fits >= 1
+
+
+@pytest.mark.parametrize(
+    "space_name, expected",
+    [("conditional", "pool"), ("continuous_with_scaling", "eagle"), ("all_types", "eagle"), ("categorical", "enumerate")],
+)
+def test_search_strategy_by_space(make, space_name, expected):
+    # Eagle refuses conditional spaces; small finite spaces are scored whole.
+    space = SPACES[space_name]()
+    designer = make(problem_of(space), num_seed_trials=1)
+    trials = run_loop(designer, rounds=3, count=2, fn=lambda p: float(len(json.dumps(p))))
+    assert designer.last_search == expected
+    assert len(set(keys_of(trials))) == 6
+    for t in trials:
+        assert_valid(space, t.parameters)
+
+
+def test_pool_search_on_a_flat_space(make):
+    space = test_studies.flat_space_with_all_types()
+    designer = make(problem_of(space, MIN), num_seed_trials=1)
+    designer.search = attrs.evolve(designer.search, strategy="pool")
+    trials = run_loop(designer, rounds=3, count=2, fn=lambda p: p["lineardouble"])
+    assert designer.last_search == "pool" and len(set(keys_of(trials))) == 6
+    for t in trials:
+        assert_valid(space, t.parameters)
+
+
+# ------------------------------------------------------------------ bad input
+def test_zero_completed_trials_seeds_and_keeps_seeding(make):
+    space = test_studies.flat_space_with_all_types()
+    designer = make(problem_of(space), num_seed_trials=3)
+    first = designer.suggest(5)  # 3 seeds + 2 more: no data to fit, the model is untrained
+    assert len(first) == 5
+    for s in first:
+        assert_valid(space, s.parameters)
+        assert s.metadata.ns("omnipred")["source"] == "seed"
+    assert len(set(keys_of(first))) == 5
+    assert designer.num_fits == 0
+    second = designer.suggest(2)  # nothing completed, suggestions remembered: no repeats
+    assert not set(keys_of(second)) & set(keys_of(first))
+
+
+def test_every_trial_infeasible(make):
+    space = test_studies.flat_continuous_space_with_scaling()
+    for acquisition in ("ucb", "ei", "pi", "thompson"):
+        designer = make(problem_of(space, MIN), acquisition=acquisition)
+        trials = run_loop(designer, rounds=3, count=2, fn=lambda p: None)
+        assert all(t.infeasible for t in trials) and len(set(keys_of(trials))) == 6
+        for t in trials:
+            assert_valid(space, t.parameters)
+        assert designer.last_fit is not None and designer.last_fit.data.num_infeasible == 4
+
+
+def test_all_objective_values_equal(make):
+    space = test_studies.flat_space_with_all_types()
+    designer = make(problem_of(space))
+    trials = run_loop(designer, rounds=3, count=2, fn=lambda p: 1.0)
+    assert len(set(keys_of(trials))) == 6
+    for t in trials:
+        assert_valid(space, t.parameters)
+
+
+def test_single_feasible_point(make):
+    space = vz.SearchSpace()
+    space.root.add_categorical_param("only", ["x"])
+    space.root.add_int_param("n", 3, 3)
+    space.root.add_float_param("f", 0.5, 0.5)
+    designer = make(problem_of(space))
+    out = designer.suggest(3)
+    assert [s.parameters.as_dict() for s in out] == [{"only": "x", "n": 3, "f": 0.5}]
+    assert designer.suggest(2) == []  # already suggested, even before it completes
+    trials = complete(out, lambda p: 1.0, start_id=1)
+    designer.update(vza.CompletedTrials(trials), vza.ActiveTrials())
+    assert designer.suggest(1) == []
+    # Vizier's runner stops when a designer has nothing left to suggest.
+    runner_trials = test_runners.RandomMetricsRunner(problem_of(space), iters=3, validate_parameters=True).run_designer(
+        make(problem_of(space))
+    )
+    assert len(runner_trials) == 1
+
+
+def test_fewer_feasible_points_than_count(make):
+    space = test_studies.flat_categorical_space()  # 3 x 3 = 9 points
+    designer = make(problem_of(space), num_seed_trials=2)
+    trials = run_loop(designer, rounds=1, count=2, fn=lambda p: len(p["categorical_0"]))
+    # Model phase on a finite space: all 7 untried points are enumerated and scored.
+    rest = designer.suggest(20)
+    assert len(rest) == 7
+    all_points = keys_of(trials) + keys_of(rest)
+    assert len(set(all_points)) == 9
+    assert designer.suggest(1) == []
+
+
+def test_points_with_the_same_text_count_as_one(make):
+    # The codec writes 3 significant digits: every x in [1, 1.0004] is written "1", so
+    # the model cannot tell them apart and the designer suggests only one of them.
+    space = vz.SearchSpace()
+    space.root.add_float_param("x", 1.0, 1.0004)
+    designer = make(problem_of(space), num_seed_trials=1)
+    assert len(designer.suggest(3)) == 1
+    assert designer.suggest(3) == []
+
+
+def test_categorical_values_that_look_like_syntax(make):
+    weird = ['a,b', 'say "hi"', "{x}", "}", "ünï©ødé", "🙂 emoji", " lead", "a:b", "back\\slash", "new\nline"]
+    space = vz.SearchSpace()
+    space.root.add_categorical_param("choice, with \"quotes\"", weird)
+    space.root.add_float_param("x", -1.0, 1.0)
+    problem = problem_of(space)
+    designer = make(problem)
+    scores = {v: i for i, v in enumerate(weird)}
+    trials = test_runners.RandomMetricsRunner(problem, iters=4, batch_size=2, validate_parameters=True).run_designer(
+        designer
+    )
+    assert len(trials) == 8 and len(set(keys_of(trials))) == 8
+    assert {t.parameters["choice, with \"quotes\""].value for t in trials} <= set(weird)
+    # The history round-trips through the JSON state exactly.
+    designer.update(vza.CompletedTrials(complete(trials[:2], lambda p: scores[p['choice, with "quotes"']], start_id=100)),
+                    vza.ActiveTrials())
+    restored = make(problem)
+    restored.load(designer.dump())
+    assert {json.dumps(t.parameters.as_dict(), sort_keys=True) for t in restored.completed_trials} == {
+        json.dumps(t.parameters.as_dict(), sort_keys=True) for t in designer.completed_trials
+    }
+
+
+def test_checkpoint_with_another_codec_fails_at_construction(base, tmp_path):
+    ckpt = base.save(tmp_path / "ckpt")
+    meta = json.loads((ckpt / "omnipred.json").read_text())
+    meta["text_codec"]["version"] = 999
+    (ckpt / "omnipred.json").write_text(json.dumps(meta))
+    problem = problem_of(test_studies.flat_categorical_space())
+    with pytest.raises(CheckpointError, match="text codec version 999"):
+        OmniPredDesigner(problem, checkpoint=ckpt)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        OmniPredDesigner(problem, checkpoint=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="not both"):
+        OmniPredDesigner(problem, checkpoint=ckpt, regressor=base)
+
+
+def test_multi_objective_needs_a_metric_name(make):
+    problem = vz.ProblemStatement(
+        search_space=test_studies.flat_continuous_space_with_scaling(),
+        metric_information=[vz.MetricInformation("a", goal=MAX), vz.MetricInformation("b", goal=MIN)],
+    )
+    with pytest.raises(ValueError, match="metric_name"):
+        make(problem)
+    designer = make(problem, metric_name="b")
+    assert designer.metric.name == "b" and designer.metric.goal == MIN
+    trials = run_loop(designer, rounds=2, count=2, fn=lambda p: p["lineardouble"], start_id=1)
+    assert designer.last_fit is None  # metric 'objective' was reported, not 'b': nothing to fit on yet
+    assert len(trials) == 4
+
+
+def test_metadata_from_another_version_is_a_clear_decode_error(make):
+    problem = problem_of(test_studies.flat_categorical_space())
+    designer = make(problem)
+    run_loop(designer, rounds=1, count=2, fn=lambda p: 1.0)
+    md = designer.dump()
+    md.ns("omnipred")["version"] = "0"
+    fresh = make(problem)
+    with pytest.raises(StateVersionError, match="version '0'.*reads version 1") as info:
+        fresh.load(md)
+    # Vizier's policies catch DecodeError and restart the designer on all trials.
+    assert isinstance(info.value, serializable.HarmlessDecodeError)
+    assert fresh._history == {}  # untouched
+    with pytest.raises(serializable.HarmlessDecodeError, match="no OmniPredDesigner state"):
+        fresh.load(vz.Metadata())
+    md = designer.dump()
+    md.ns("omnipred")["state"] = "{not json"
+    with pytest.raises(serializable.HarmlessDecodeError, match="damaged"):
+        fresh.load(md)
+    other = make(problem_of(test_studies.flat_continuous_space_with_scaling()))
+    with pytest.raises(serializable.HarmlessDecodeError, match="another problem"):
+        other.load(designer.dump())
+
+
+# ------------------------------------------------------------------ state
+def test_dump_load_continues_without_repeats_and_without_refitting(make, base, tmp_path):
+    space = test_studies.flat_space_with_all_types()
+    problem = problem_of(space, MIN)
+    fn = lambda p: (p["lineardouble"] - 0.5) ** 2 + p["integer"] ** 2  # noqa: E731
+    first = make(problem, num_seed_trials=3)
+    history = run_loop(first, rounds=3, count=2, fn=fn)  # 3 seeds, then model suggestions
+    pending = first.suggest(2)  # suggested, never completed, not reported as active
+    assert first.num_fits == 3  # at rounds 2 and 3 and now: new trials each time
+    md = first.dump()
+    weights = tmp_path / "work" / "weights"
+    assert (weights / "model.safetensors").is_file()
+    state = json.loads(md.ns("omnipred")["state"])
+    assert state["version"] == 1 and len(state["trials"]) == 6
+    assert state["weights"]["path"] == str(weights.resolve())
+
+    # Restore the way Vizier's PartiallySerializableDesignerPolicy does: factory(problem), load.
+    second = OmniPredDesigner(
+        problem, regressor=base, num_samples=8, num_candidates=24, num_seed_trials=3, finetune_config=COLD,
+        work_dir=tmp_path / "work",
+    )
+    second.load(md)
+    assert second.num_fits == 3 and len(second.completed_trials) == 6
+    probe = [vz.TrialSuggestion(t.parameters) for t in history]
+    restored = second.regressor.sample(probe, 16, seed=3).values
+    assert np.array_equal(restored, first.regressor.sample(probe, 16, seed=3).values, equal_nan=True)
+    second_base = make(problem)
+    second_base.regressor.set_problem(problem)
+    assert not np.array_equal(restored, second_base.regressor.sample(probe, 16, seed=3).values, equal_nan=True)
+
+    more = second.suggest(3)
+    assert second.num_fits == 3  # no new trials: no refit at all
+    seen = set(keys_of(history)) | set(keys_of(pending))
+    assert not set(keys_of(more)) & seen and len(set(keys_of(more))) == 3
+    for s in more:
+        assert_valid(space, s.parameters)
+    trials = complete(more, fn, start_id=100)
+    second.update(vza.CompletedTrials(trials), vza.ActiveTrials())
+    second.suggest(1)
+    assert second.num_fits == 4
+    assert second.last_fit.epochs == second.refit.warm.max_epochs == 1  # a warm refit
+    assert second.last_fit.data.num_used == 9
+
+
+def test_missing_weights_refit_from_base_with_a_warning(make, tmp_path, caplog):
+    import shutil
+
+    problem = problem_of(test_studies.flat_continuous_space_with_scaling())
+    first = make(problem, finetune_config=FinetuneConfig(max_epochs=3, batch_size=32))
+    run_loop(first, rounds=3, count=1, fn=lambda p: p["lineardouble"])
+    md = first.dump()
+    shutil.rmtree(tmp_path / "work" / "weights")
+    second = make(problem, finetune_config=FinetuneConfig(max_epochs=3, batch_size=32))
+    with caplog.at_level(logging.WARNING, logger="vizier_omnipred.designer"):
+        second.load(md)
+    assert "missing" in caplog.text and "refits from the base checkpoint" in caplog.text
+    assert second.num_fits == 0
+    out = second.suggest(1)
+    assert second.num_fits == 1 and second.last_fit.epochs == 3  # a cold fit on the 3 stored trials
+    assert second.last_fit.data.num_used == 3
+    assert keys_of(out)[0] not in set(keys_of(first.completed_trials))
+
+
+def test_vizier_policy_restores_the_designer_every_request(base, tmp_path):
+    """The service path: a new PartiallySerializableDesignerPolicy (and designer) per
+    Suggest request, state in the study metadata, only new trials sent after load()."""
+    space = test_studies.flat_continuous_space_with_scaling()
+    problem = problem_of(space, MIN)
+    calls = []
+
+    def factory(problem, seed=None):
+        calls.append(seed)
+        return OmniPredDesigner(problem, seed=seed, regressor=base, num_samples=8, num_candidates=16,
+                                num_seed_trials=2, finetune_config=COLD, work_dir=tmp_path / "w")
+
+    supporter = pythia.InRamPolicySupporter(problem)
+    for _ in range(4):
+        policy = PartiallySerializableDesignerPolicy(supporter.GetStudyConfig(), supporter, factory, seed=11)
+        for t in supporter.SuggestTrials(policy, count=1):
+            t.complete(vz.Measurement(metrics={"objective": t.parameters["lineardouble"].value ** 2}))
+    trials = supporter.GetTrials()
+    assert len(trials) == 4 and len(set(keys_of(trials))) == 4
+    assert calls == [11, None, None, None]  # first: factory(problem, seed=...); then restored
+    state = json.loads(supporter.GetStudyConfig().metadata.ns("designer_policy_v0").ns("designer").ns("omnipred")["state"])
+    assert state["seed"] == 11 and len(state["trials"]) == 3 and state["weights"]["fits"] == 2
+
+
+def test_default_work_dir_uses_the_cache_env_and_a_study_token(make, tmp_path, monkeypatch):
+    monkeypatch.setenv(designer_lib.CACHE_ENV, str(tmp_path / "cache"))
+    problem = problem_of(test_studies.flat_categorical_space())
+    a = make(problem, work_dir=None)
+    b = make(problem, work_dir=None)
+    run_loop(a, rounds=2, count=2, fn=lambda p: 1.0)
+    run_loop(b, rounds=2, count=2, fn=lambda p: 2.0)
+    md_a, md_b = a.dump(), b.dump()
+    path_a = json.loads(md_a.ns("omnipred")["state"])["weights"]["path"]
+    path_b = json.loads(md_b.ns("omnipred")["state"])["weights"]["path"]
+    key = problem_key(problem)
+    assert path_a.startswith(str(tmp_path / "cache" / key)) and path_b.startswith(str(tmp_path / "cache" / key))
+    assert path_a != path_b  # same problem, two studies: separate weights
+    restored = make(problem, work_dir=None)
+    restored.load(md_a)
+    assert str(restored.work_dir / "weights") == path_a
+
+
+def test_problem_key_ignores_designer_state_only():
+    problem = problem_of(test_studies.flat_continuous_space_with_scaling())
+    key = problem_key(problem)
+    with_state = problem_of(test_studies.flat_continuous_space_with_scaling())
+    with_state.metadata.ns("designer_policy_v0").ns("designer")["anything"] = "changes every suggest"
+    with_state.metadata.ns("omnipred")["x"] = "y"
+    assert problem_key(with_state) == key
+    described = problem_of(test_studies.flat_continuous_space_with_scaling())
+    described.metadata["description"] = "a real study"
+    assert problem_key(described) != key
+    assert problem_key(problem_of(test_studies.flat_continuous_space_with_scaling(), MIN)) != key
+
+
+# ------------------------------------------------------------------ model plumbing
+def test_studies_do_not_share_weights(make, base):
+    problem = problem_of(test_studies.flat_continuous_space_with_scaling())
+    before = {k: v.clone() for k, v in base.checkpoint.model.state_dict().items()}
+    a, b = make(problem), make(problem)
+    run_loop(a, rounds=3, count=1, fn=lambda p: p["lineardouble"])
+    assert a.num_fits == 1 and b.num_fits == 0
+    for k, v in base.checkpoint.model.state_dict().items():
+        assert np.array_equal(v.numpy(), before[k].numpy()), k
+        assert np.array_equal(b.regressor.checkpoint.model.state_dict()[k].numpy(), v.numpy())
+    assert any(
+        not np.array_equal(a.regressor.checkpoint.model.state_dict()[k].numpy(), v.numpy()) for k, v in before.items()
+    )
+
+
+def test_predict_delegates_to_the_fine_tuned_regressor(make):
+    problem = problem_of(test_studies.flat_continuous_space_with_scaling(), MIN)
+    designer = make(problem)
+    trials = run_loop(designer, rounds=2, count=1, fn=lambda p: 3.0 + p["lineardouble"])
+    pred = designer.predict([vz.TrialSuggestion(t.parameters) for t in trials], rng=5)  # fits first
+    assert designer.num_fits == 1
+    again = designer.regressor.predict([vz.TrialSuggestion(t.parameters) for t in trials], rng=5)
+    assert isinstance(pred, vza.Prediction) and pred.mean.shape == (2,)
+    assert np.array_equal(pred.mean, again.mean) and np.array_equal(pred.stddev, again.stddev)
+    assert designer.predict([vz.TrialSuggestion(trials[0].parameters)], rng=np.random.default_rng(0)).mean.shape == (1,)
+
+
+def test_custom_acquisition_callable(make):
+    seen = []
+
+    def lowest_median_first(samples, *, goal, best, rng):
+        seen.append((goal, best, samples.values.shape))
+        return -np.nanmedian(np.where(samples.infeasible, np.inf, samples.values), axis=1)
+
+    problem = problem_of(test_studies.flat_continuous_space_with_scaling(), MIN)
+    designer = make(problem, acquisition=lowest_median_first)
+    run_loop(designer, rounds=3, count=1, fn=lambda p: 2.0 + p["lineardouble"])
+    assert seen and all(g == MIN and b is not None and shape[1] == 8 for g, b, shape in seen)
+    assert math.isclose(seen[0][1], min(2.0 + t.parameters["lineardouble"].value for t in designer.completed_trials[:2]))
+
+    bad = make(problem, acquisition=lambda samples, **_: np.zeros(samples.num_inputs + 1))
+    run_loop(bad, rounds=2, count=1, fn=lambda p: 1.0)  # seeds only
+    with pytest.raises(ValueError, match="acquisition returned shape"):
+        bad.suggest(1)
+    with pytest.raises(ValueError, match="unknown acquisition"):
+        make(problem, acquisition="gp")
+
+
+def test_batch_suggestions_are_spread_out(make):
+    space = vz.SearchSpace()
+    space.root.add_float_param("x", 0.0, 1.0)
+    designer = make(problem_of(space), num_candidates=48, num_seed_trials=2)
+    run_loop(designer, rounds=1, count=2, fn=lambda p: p["x"])
+    batch = sorted(s.parameters["x"].value for s in designer.suggest(4))
+    assert len(batch) == 4
+    # Greedy selection scales down candidates within diversity_radius (0.1) of a pick.
+    assert min(np.diff(batch)) > 0.01
+
+
+def test_fallback_without_shipped_checkpoint_logs_a_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(designer_lib, "SHIPPED_CHECKPOINT", tmp_path / "not-built")
+    problem = problem_of(test_studies.flat_categorical_space())
+    with caplog.at_level(logging.WARNING, logger="vizier_omnipred.designer"):
+        designer = OmniPredDesigner(problem, seed=3)  # Vizier's factory convention
+    assert "does not exist" in caplog.text and "UNTRAINED 'small'" in caplog.text
+    assert designer.regressor.checkpoint.preset.name == "small"
+    assert len(OmniPredDesigner(problem).suggest(2)) == 2  # seed=None works too (restore path)

@@ -505,3 +505,65 @@ def test_fallback_without_shipped_checkpoint_logs_a_warning(monkeypatch, tmp_pat
     assert "does not exist" in caplog.text and "UNTRAINED 'small'" in caplog.text
     assert designer.regressor.checkpoint.preset.name == "small"
     assert len(OmniPredDesigner(problem).suggest(2)) == 2  # seed=None works too (restore path)
+
+
+def test_active_trials_are_not_suggested_again(make):
+    space = test_studies.flat_categorical_space()  # 9 points
+    problem = problem_of(space)
+    designer = make(problem, num_seed_trials=1)
+    done = complete(designer.suggest(1), lambda p: 1.0, start_id=1)
+    active = [vz.Trial(parameters={"categorical_0": "a", "categorical_1": v}, id=10 + i) for i, v in enumerate(["b", "bb", "bbb"])]
+    designer.update(vza.CompletedTrials(done), vza.ActiveTrials(active))
+    rest = designer.suggest(9)
+    assert designer.last_search == "enumerate"
+    assert len(rest) == 9 - 1 - len(set(keys_of(active)) - set(keys_of(done)))
+    assert not set(keys_of(rest)) & (set(keys_of(active)) | set(keys_of(done)))
+    assert designer.suggest(None) == [] and designer.suggest(0) == []
+
+
+def test_finite_conditional_space_is_enumerated(make):
+    space = vz.SearchSpace()
+    root = space.root
+    root.add_categorical_param("model", ["tree", "linear"])
+    root.select("model", ["tree"]).add_int_param("depth", 1, 3)
+    root.select("model", ["linear"]).add_discrete_param("l2", [0.0, 0.1])
+    root.add_bool_param("scale")
+    problem = problem_of(space)
+    everything = designer_lib._Space(space).enumerate(100)
+    assert len(everything) == (3 + 2) * 2
+    for p in everything:
+        assert_valid(space, vz.ParameterDict(p))
+    designer = make(problem, num_seed_trials=2)
+    trials = run_loop(designer, rounds=2, count=2, fn=lambda p: p.get("depth", 0) + p.get("l2", 0.0))
+    rest = designer.suggest(10)
+    assert len(trials) + len(rest) == 10 and len(set(keys_of(trials) + keys_of(rest))) == 10
+    for s in rest:
+        assert_valid(space, s.parameters)
+
+
+def test_prior_studies_let_the_model_suggest_without_seeds(make):
+    space = test_studies.flat_continuous_space_with_scaling()
+    prior_problem = problem_of(space, MIN)
+    prior_problem.metadata["description"] = "an earlier, related study"
+    rng = np.random.default_rng(0)
+    prior_trials = []
+    for i in range(10):
+        t = vz.Trial(parameters={"lineardouble": float(rng.uniform(-1, 2)), "logdouble": float(10 ** rng.uniform(-4, 2))}, id=i + 1)
+        t.complete(vz.Measurement(metrics={"objective": t.parameters["lineardouble"].value ** 2}))
+        prior_trials.append(t)
+    designer = make(problem_of(space, MIN), num_seed_trials=0, prior_studies=[(prior_problem, prior_trials)])
+    first = designer.suggest(2)
+    assert [s.metadata.ns("omnipred")["source"] for s in first] == ["model", "model"]
+    assert designer.last_fit.num_prior_examples == 10 and designer.last_fit.num_train_examples == 0
+    designer.update(vza.CompletedTrials(complete(first, lambda p: p["lineardouble"] ** 2, start_id=1)), vza.ActiveTrials())
+    designer.suggest(1)
+    assert designer.num_fits == 2 and designer.last_fit.num_prior_examples == 10  # priors in every fit
+
+
+def test_a_pretrained_model_is_used_zero_shot_once_seeds_are_spent(make, tiny_regressor_factory):
+    pretrained = tiny_regressor_factory(seed=1)
+    pretrained.checkpoint.training["steps"] = 100  # what a pretraining run records
+    designer = make(problem_of(test_studies.flat_space_with_all_types()), regressor=pretrained, num_seed_trials=0)
+    out = designer.suggest(2)
+    assert [s.metadata.ns("omnipred")["source"] for s in out] == ["model", "model"]
+    assert designer.num_fits == 0 and designer.last_fit is None  # nothing to fit on: zero-shot

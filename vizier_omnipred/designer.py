@@ -183,6 +183,9 @@ def _params_dict(parameters: vz.ParameterDict | Mapping[str, Any]) -> dict[str, 
     return {k: _py(v) for k, v in parameters.items()}
 
 
+_MISSING = object()
+
+
 def _is_log(pc: vz.ParameterConfig) -> bool:
     return pc.scale_type == vz.ScaleType.LOG and pc.bounds[0] > 0
 
@@ -388,9 +391,6 @@ class _Space:
         return x, is_cat
 
 
-_MISSING = object()
-
-
 def _distances(x: np.ndarray, is_cat: np.ndarray, i: int) -> np.ndarray:
     """RMS per-parameter distance of every row of x to row i (in [0, 1])."""
     if x.shape[1] == 0:
@@ -588,6 +588,10 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
       finetune_config: the first (cold) fit's recipe; warm refits use a quarter of its
         epochs (`RefitSchedule`).
       metric_name: the metric to optimise in a multi-objective problem.
+
+    Tuning beyond the constructor: `designer.search` (`SearchConfig`: strategy, batch
+    size, diversity radius) and `designer.refit` (`RefitSchedule`) are plain attributes
+    holding frozen configs; replace them with `attrs.evolve(...)`.
     """
 
     def __init__(
@@ -645,11 +649,11 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._num_suggest_calls = 0
         self._fitted_ids: frozenset[str] | None = None  # None: still the base weights
         self._num_fits = 0
+        self._anonymous = 0  # trials reported without an id get 'anon-<n>'
         # Transient state.
         self._active_keys: set[str] = set()
         self._weights_fingerprint: str | None = None
         self._weights_dirty = False
-        self._anonymous = 0
         self.last_fit: FitReport | None = None
         # How the last model suggestion searched: 'enumerate', 'eagle' or 'pool'.
         self.last_search: str | None = None
@@ -1081,9 +1085,15 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         return md
 
     def load(self, metadata: vz.Metadata) -> None:
-        """Restores `dump()`'s state. Raises a `serializable.HarmlessDecodeError` (leaving
-        the designer untouched) if there is no state, it is damaged, or it belongs to
-        another problem; `StateVersionError` if another state version wrote it."""
+        """Restores `dump()`'s state into a designer built the same way (`factory(problem)`).
+
+        Raises a `serializable.HarmlessDecodeError` (leaving the designer untouched) if
+        there is no state, it is damaged, or it belongs to another problem;
+        `StateVersionError` if another state version wrote it. Missing or mismatched
+        weights are not an error: a warning, and the next fit is a cold one on the stored
+        trials, from this designer's current weights (the base checkpoint for a fresh
+        designer, which is how Vizier's policies call `load`).
+        """
         ns = metadata.ns(STATE_NS)
         version = ns.get("version")
         if version is None:

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
+from transformers.utils import logging as hf_logging
 
 from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.text import TEXT_CODEC_VERSION, TextCodec
@@ -31,6 +32,10 @@ CHECKPOINT_FORMAT_VERSION = 1
 META_FILE = "omnipred.json"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# Checkpoints are small local files saved and loaded often (every designer refit): the
+# per-shard progress bars of transformers would only flood the user's terminal.
+hf_logging.disable_progress_bar()
+
 REQUIRED_FILES = (META_FILE, CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 # Tensors that save_pretrained leaves out because they alias `shared.weight`.
 _TIED_KEYS = frozenset({"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"})

@@ -310,7 +310,7 @@ def make_broken(problem, *, seed, options, task):
     return BrokenDesigner(problem, seed)
 
 
-def no_seed_trials(options):
+def no_seed_trials(options, problem):
     return 0
 
 
@@ -400,6 +400,12 @@ def test_ab_config_errors_are_clear(tmp_path):
         ab.run_ab(_config(tmp_path, designers=("gp_bandid", "random")), tasks=[VizierShiftedSphere(2)])
     with pytest.raises(ab.ABConfigError, match="seeding phase"):
         ab.run_ab(_config(tmp_path, designers=("gp_bandit",), budget=1), tasks=[VizierShiftedSphere(2)])
+    # OmniPred's default seeding on a 2-D problem is 5 quasi-random trials (designer.py)
+    with pytest.raises(ab.ABConfigError, match=r"omnipred's seeding phase .*\(5 trials\)"):
+        ab.run_ab(_config(tmp_path, designers=("omnipred", "random"), budget=5), tasks=[VizierShiftedSphere(2)])
+    with pytest.raises(ab.ABConfigError, match=r"omnipred's seeding phase .*\(8 trials\)"):
+        ab.run_ab(_config(tmp_path, designers=("omnipred",), budget=8,
+                          options=ab.DesignerOptions(omnipred_seed_trials=8)), tasks=[VizierShiftedSphere(2)])
     with pytest.raises(ab.ABConfigError, match="unknown suite"):
         ab.validate_config(_config(tmp_path, suite="nasbench"))
     with pytest.raises(ab.ABConfigError, match="unknown BBOB function"):

@@ -186,6 +186,7 @@ class DesignerOptions:
     """Settings only some designers read; picklable, sent to every worker."""
 
     omnipred_checkpoint: str | None = None  # a path, or a pattern with '{dataset}'; None: shipped
+    omnipred_seed_trials: int | None = None  # None: OmniPredDesigner's default for the problem
     device: str = "cpu"
 
     def checkpoint_for(self, dataset: str | None) -> str | None:
@@ -202,14 +203,15 @@ class DesignerOptions:
 class DesignerSpec:
     """How to build a designer by name.
 
-    `make(problem, *, seed, options, task)` returns a fresh vza.Designer; `seed_trials(options)`
-    is the number of trials it proposes before its model is used (None: unknown). Both must be
-    module-level functions so that specs pickle into worker processes.
+    `make(problem, *, seed, options, task)` returns a fresh vza.Designer;
+    `seed_trials(options, problem)` is the number of trials it proposes before its model is
+    used (None: unknown). Both must be module-level functions so that specs pickle into
+    worker processes.
     """
 
     name: str
     make: Callable[..., Any]
-    seed_trials: Callable[[DesignerOptions], int | None]
+    seed_trials: Callable[[DesignerOptions, vz.ProblemStatement], int | None]
     description: str = ""
 
 
@@ -233,7 +235,7 @@ def _make_random(problem: vz.ProblemStatement, *, seed: int, options: DesignerOp
     return RandomDesigner.from_problem(problem, seed=seed)
 
 
-def _random_seed_trials(options: DesignerOptions) -> int:
+def _random_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement) -> int:
     return 0
 
 
@@ -244,7 +246,7 @@ def _make_gp_bandit(problem: vz.ProblemStatement, *, seed: int, options: Designe
     return gp_bandit.VizierGPBandit.from_problem(problem, seed=seed)
 
 
-def _gp_bandit_seed_trials(options: DesignerOptions) -> int | None:
+def _gp_bandit_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement) -> int | None:
     from vizier._src.algorithms.designers import gp_bandit
 
     return _attrs_default(gp_bandit.VizierGPBandit, "_num_seed_trials")
@@ -258,7 +260,7 @@ def _make_gp_ucb_pe(problem: vz.ProblemStatement, *, seed: int, options: Designe
     return gp_ucb_pe.VizierGPUCBPEBandit(problem, rng=jax.random.PRNGKey(seed))
 
 
-def _gp_ucb_pe_seed_trials(options: DesignerOptions) -> int | None:
+def _gp_ucb_pe_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement) -> int | None:
     from vizier._src.algorithms.designers import gp_ucb_pe
 
     return _attrs_default(gp_ucb_pe.VizierGPUCBPEBandit, "_num_seed_trials")
@@ -268,27 +270,42 @@ def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: Designer
     from vizier_omnipred.designer import OmniPredDesigner
 
     return OmniPredDesigner(
-        problem, seed=seed, checkpoint=options.checkpoint_for(task.dataset), device=options.device
+        problem,
+        seed=seed,
+        checkpoint=options.checkpoint_for(task.dataset),
+        num_seed_trials=options.omnipred_seed_trials,
+        device=options.device,
     )
 
 
-def _omnipred_seed_trials(options: DesignerOptions) -> int | None:
-    """Read from OmniPredDesigner's signature or attrs fields; None if it is not importable
-    (then every omnipred run fails fast with the import error and is recorded)."""
+def _omnipred_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement) -> int | None:
+    """The explicit setting, else the designer module's default for this problem; None if
+    the module is not importable (then every omnipred run fails fast with the import error
+    and is recorded as failed)."""
+    if options.omnipred_seed_trials is not None:
+        return options.omnipred_seed_trials
     try:
-        from vizier_omnipred.designer import OmniPredDesigner
+        from vizier_omnipred import designer as designer_lib
     except ImportError:
         return None
-    value = _attrs_default(OmniPredDesigner, "_num_seed_trials", "num_seed_trials")
-    if value is not None:
-        return value
-    try:
-        param = inspect.signature(OmniPredDesigner).parameters.get("num_seed_trials")
-    except (TypeError, ValueError):
+    default_for = getattr(designer_lib, "default_num_seed_trials", None)
+    if callable(default_for):
+        return int(default_for(problem))
+    # designer.py (as of this writing) computes its default inside __init__:
+    # min(max(5, 2 * number of parameters), _MAX_SEED_TRIALS). Mirror it, reading the cap
+    # from the module, until it exposes default_num_seed_trials(problem).
+    cap = getattr(designer_lib, "_MAX_SEED_TRIALS", None)
+    if cap is None:
         return None
-    if param is not None and isinstance(param.default, int):
-        return int(param.default)
-    return None
+    n_params = sum(1 for _ in _all_parameters(problem.search_space))
+    return min(max(5, 2 * n_params), int(cap))
+
+
+def _all_parameters(space: vz.SearchSpace):
+    for pc in space.parameters:
+        yield pc
+        for _, sub in pc.subspaces():
+            yield from _all_parameters(sub)
 
 
 DESIGNERS: Mapping[str, DesignerSpec] = {
@@ -372,13 +389,21 @@ def validate_config(config: ABConfig, registry: Mapping[str, DesignerSpec] = DES
         raise ABConfigError(f"repeats must be >= 1, got {config.repeats}")
     if config.workers < 1:
         raise ABConfigError(f"workers must be >= 1, got {config.workers}")
-    for name in config.designers:
-        seeding = registry[name].seed_trials(config.options)
-        if seeding is not None and config.budget <= seeding:
-            raise ABConfigError(
-                f"budget {config.budget} is not larger than {name}'s seeding phase ({seeding} trials): "
-                f"it would never use its model; use --budget {seeding + 1} or more"
-            )
+
+
+def validate_budget(config: ABConfig, tasks: Sequence[Any], registry: Mapping[str, DesignerSpec] = DESIGNERS) -> None:
+    """Every designer must get past its seeding phase on every task, else the benchmark
+    would compare quasi-random seeds. Builds each task once (cheap) to see its problem."""
+    for task in tasks:
+        problem = task.build(stable_seed("ab-validate", task.task_id)).problem
+        for name in config.designers:
+            seeding = registry[name].seed_trials(config.options, problem)
+            if seeding is not None and config.budget <= seeding:
+                raise ABConfigError(
+                    f"budget {config.budget} is not larger than {name}'s seeding phase on "
+                    f"{config.suite}/{task.task_id} ({seeding} trials): it would never use its model; "
+                    f"use --budget {seeding + 1} or more"
+                )
 
 
 def default_tasks(config: ABConfig) -> list[Any]:
@@ -488,7 +513,12 @@ def run_job(job: ABJob, spec: DesignerSpec) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - the task, not the designer, failed; still recorded
         return _failure(record, "task", e)
     finite_ref = reference[np.isfinite(reference)]
+    try:
+        seeding = spec.seed_trials(job.options, built.problem)
+    except Exception:  # noqa: BLE001 - informative only; an import error shows up below
+        seeding = None
     record.update(
+        seed_trials=seeding,
         task_label=built.label,
         metric=metric.name,
         goal="MAXIMIZE" if maximize else "MINIMIZE",
@@ -630,6 +660,7 @@ def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], bu
         final: dict[str, list[float]] = {d: [] for d in designers}  # aligned with `groups`
         curves: dict[str, list[np.ndarray]] = {d: [] for d in designers}
         seconds: dict[str, list[float]] = {d: [] for d in designers}
+        model_seconds: dict[str, list[float]] = {d: [] for d in designers}
         counts = {d: {"ok": 0, "failed": 0} for d in designers}
         for key in groups:
             group = by_group[key]
@@ -644,7 +675,9 @@ def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], bu
                     continue
                 if r.get("status") == "ok":
                     counts[d]["ok"] += 1
-                    seconds[d].extend(float(s) for s in r.get("suggest_seconds", []))
+                    secs = [float(x) for x in r.get("suggest_seconds", [])]
+                    seconds[d].extend(secs)
+                    model_seconds[d].extend(secs[int(r.get("seed_trials") or 0):])
                 else:
                     counts[d]["failed"] += 1
                     failures.append(
@@ -667,6 +700,10 @@ def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], bu
                 "q75_final_regret": float(np.quantile(fin, 0.75)) if fin.size else None,
                 "median_seconds_per_suggest": float(np.median(seconds[d])) if seconds[d] else None,
                 "mean_seconds_per_suggest": float(np.mean(seconds[d])) if seconds[d] else None,
+                # after the seeding phase: the cost of suggestions that use the model
+                "median_seconds_per_model_suggest": (
+                    float(np.median(model_seconds[d])) if model_seconds[d] else None
+                ),
                 "curve_q25": q[0].tolist(),
                 "curve_median": q[1].tolist(),
                 "curve_q75": q[2].tolist(),
@@ -693,7 +730,8 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     for suite, s in summary["suites"].items():
         lines.append(f"### {suite} ({s['num_problems']} problems)")
         lines.append("")
-        header = ["designer", "ok/failed", "median regret", "IQR", "median s/suggest"] + [f"win vs {g}" for g in gps]
+        header = ["designer", "ok/failed", "median regret", "IQR", "median s/suggest (after seeding)", "mean s/suggest"]
+        header += [f"win vs {g}" for g in gps]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for d in designers:
@@ -703,7 +741,8 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
                 f"{e['runs_ok']}/{e['runs_failed']}",
                 fmt(e["median_final_regret"]),
                 f"{fmt(e['q25_final_regret'])}-{fmt(e['q75_final_regret'])}",
-                fmt(e["median_seconds_per_suggest"], 3),
+                fmt(e["median_seconds_per_model_suggest"], 3),
+                fmt(e["mean_seconds_per_suggest"], 3),
             ]
             for g in gps:
                 w = e["win_rates"].get(g)
@@ -783,6 +822,7 @@ def run_ab(
     if config.ray_address and config.workers > 1:
         log("ab: --ray-address given: runs go to Ray, --workers is ignored")
     tasks = list(tasks) if tasks is not None else default_tasks(config)
+    validate_budget(config, tasks, registry)
     jobs = plan_jobs(config, tasks)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -235,7 +235,7 @@ class MLPEnsembleRegressor:
                         alpha=c.alpha,
                         solver=c.solver,
                         max_iter=c.max_iter,
-                        random_state=self.seed * 1000 + i,
+                        random_state=(self.seed * 1000 + i) % 2**32,
                     ).fit(X, z)
                 )
         return self
@@ -373,34 +373,22 @@ def _config_key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(items)
 
 
-@attrs.define
-class TransferMeanTableModel:
-    """Mean of related studies' tables at the same configuration, rescaled per new study.
+class MeanTable:
+    """Mean objective per configuration over related studies' full result tables.
 
-    `prior_tables`: one (parameter dicts, objective values) pair per related study, in the
-    same units as the new study's metric. Configurations missing from the mean table are
-    looked up by nearest neighbour in feature space (exact hits on a shared grid, like
-    HPOBench's). `fit` needs >= 2 trials for the line; with fewer, or a constant table
-    value, it keeps slope 1 and fits only the offset. std = residual standard deviation of
-    the line (degrees of freedom n - 2), the same for every point.
+    Built once per held-out study (hundreds of thousands of rows for HPOBench) and shared
+    by every TransferMeanTableModel fitted on it. `prior_tables`: one (parameter dicts,
+    objective values) pair per related study, in the new study's metric units.
     """
 
-    prior_tables: Sequence[tuple[Sequence[Mapping[str, Any]], np.ndarray]]
-    _keys: dict[tuple, int] = attrs.field(factory=dict, init=False)
-    _table_params: list[Mapping[str, Any]] = attrs.field(factory=list, init=False)
-    _table_mean: np.ndarray = attrs.field(factory=lambda: np.zeros(0), init=False)
-    _featurizer: ParameterFeaturizer | None = attrs.field(default=None, init=False)
-    _table_X: np.ndarray | None = attrs.field(default=None, init=False)
-    _slope: float = attrs.field(default=1.0, init=False)
-    _offset: float = attrs.field(default=0.0, init=False)
-    _resid_std: float = attrs.field(default=0.0, init=False)
-
-    def __attrs_post_init__(self) -> None:
-        if not self.prior_tables:
-            raise ValueError("TransferMeanTableModel needs at least one prior table")
-        sums: dict[tuple, float] = {}
-        counts: dict[tuple, int] = {}
-        for params_list, values in self.prior_tables:
+    def __init__(self, prior_tables: Sequence[tuple[Sequence[Mapping[str, Any]], np.ndarray]]):
+        if not prior_tables:
+            raise ValueError("a mean table needs at least one prior table")
+        self._index: dict[tuple, int] = {}
+        self.params: list[Mapping[str, Any]] = []
+        sums: list[float] = []
+        counts: list[int] = []
+        for params_list, values in prior_tables:
             values = np.asarray(values, dtype=float).reshape(-1)
             if len(params_list) != values.shape[0]:
                 raise ValueError(f"prior table has {len(params_list)} configurations, {values.shape[0]} values")
@@ -408,52 +396,78 @@ class TransferMeanTableModel:
                 if not math.isfinite(v):
                     continue
                 key = _config_key(params)
-                if key not in sums:
-                    self._keys[key] = len(self._table_params)
-                    self._table_params.append(params)
-                    sums[key], counts[key] = 0.0, 0
-                sums[key] += float(v)
-                counts[key] += 1
-        self._table_mean = np.array([sums[k] / counts[k] for k in self._keys], dtype=float)
+                i = self._index.get(key)
+                if i is None:
+                    i = self._index[key] = len(self.params)
+                    self.params.append(params)
+                    sums.append(0.0)
+                    counts.append(0)
+                sums[i] += float(v)
+                counts[i] += 1
+        self.means = np.asarray(sums) / np.asarray(counts)
+        self._features: dict[int, np.ndarray] = {}
 
-    def _lookup(self, items: Sequence[Any]) -> np.ndarray:
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def lookup(self, items: Sequence[Any], featurizer: ParameterFeaturizer) -> np.ndarray:
+        """Table mean at each configuration; the nearest configuration (in `featurizer`'s
+        feature space) where the exact one is not in the table."""
         params_list = [it.parameters if isinstance(it, vz.TrialSuggestion) else it for it in items]
         out = np.empty(len(params_list))
         missing = []
         for i, p in enumerate(params_list):
-            idx = self._keys.get(_config_key(p))
+            idx = self._index.get(_config_key(p))
             if idx is None:
                 missing.append(i)
             else:
-                out[i] = self._table_mean[idx]
+                out[i] = self.means[idx]
         if missing:
-            assert self._featurizer is not None
-            if self._table_X is None:
-                self._table_X = self._featurizer.transform(self._table_params)
-            Xq = self._featurizer.transform([params_list[i] for i in missing])
-            d2 = ((Xq[:, None, :] - self._table_X[None, :, :]) ** 2).sum(axis=-1)
-            out[missing] = self._table_mean[np.argmin(d2, axis=1)]
+            table_X = self._features.get(id(featurizer))
+            if table_X is None:
+                table_X = self._features[id(featurizer)] = featurizer.transform(self.params)
+            Xq = featurizer.transform([params_list[i] for i in missing])
+            d2 = ((Xq[:, None, :] - table_X[None, :, :]) ** 2).sum(axis=-1)
+            out[missing] = self.means[np.argmin(d2, axis=1)]
         return out
+
+
+@attrs.define
+class TransferMeanTableModel:
+    """Related studies' mean table at the same configuration, rescaled per new study.
+
+    `fit` fits y = a * table_mean(x) + b by least squares on the new study's training trials
+    (>= 2 trials and a non-constant table value; else slope 1 and only the offset). std =
+    residual standard deviation of that line (n - 2 degrees of freedom), the same for every
+    point. Pass a MeanTable, or the prior tables themselves.
+    """
+
+    table: MeanTable = attrs.field(converter=lambda t: t if isinstance(t, MeanTable) else MeanTable(t))
+    _featurizer: ParameterFeaturizer | None = attrs.field(default=None, init=False)
+    _slope: float = attrs.field(default=1.0, init=False)
+    _offset: float = attrs.field(default=0.0, init=False)
+    _resid_std: float = attrs.field(default=0.0, init=False)
 
     def fit(self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial]) -> None:
         self._featurizer = ParameterFeaturizer.from_problem(problem)
-        self._table_X = None
         kept, y = _feasible(problem, trials)
         if not kept:
             raise ValueError("no feasible training trials")
-        m = self._lookup(kept)
+        m = self.table.lookup(kept, self._featurizer)
         if len(kept) >= 2 and np.ptp(m) > 0:
             self._slope, self._offset = (float(c) for c in np.polyfit(m, y, 1))
         else:
             self._slope, self._offset = 1.0, float(np.mean(y - m))
         resid = y - (self._slope * m + self._offset)
-        dof = max(len(kept) - 2, 1)
-        self._resid_std = float(math.sqrt(np.sum(resid**2) / dof)) if len(kept) > 2 else float(np.std(y))
+        if len(kept) > 2:
+            self._resid_std = float(math.sqrt(np.sum(resid**2) / (len(kept) - 2)))
+        else:
+            self._resid_std = float(np.std(y))
 
     def predict(self, trials: Sequence[vz.TrialSuggestion]) -> PredictiveDistribution:
         if self._featurizer is None:
             raise RuntimeError("fit() first")
-        mean = self._slope * self._lookup(trials) + self._offset
+        mean = self._slope * self.table.lookup(trials, self._featurizer) + self._offset
         return PredictiveDistribution(mean=mean, std=np.full(mean.shape, self._resid_std))
 
 
@@ -476,6 +490,7 @@ __all__ = [
     "GradientBoostingQuantileRegressor",
     "MLPConfig",
     "MLPEnsembleRegressor",
+    "MeanTable",
     "ForestRegressor",
     "SklearnGPRegressor",
     "TransferMeanTableModel",

@@ -85,7 +85,11 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         bbob_dims=args.dims,
         bbob_functions=args.functions or ab.DEFAULT_BBOB_FUNCTIONS,
         hpobench_datasets=args.datasets or None,
-        options=ab.DesignerOptions(omnipred_checkpoint=args.omnipred_checkpoint, device=args.device),
+        options=ab.DesignerOptions(
+            omnipred_checkpoint=args.omnipred_checkpoint,
+            omnipred_seed_trials=args.omnipred_seed_trials,
+            device=args.device,
+        ),
         seed=args.seed,
         reference_samples=args.reference_samples,
         plot=not args.no_plot,
@@ -195,6 +199,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--datasets", type=_csv, default=None, help="HPOBench datasets (default: all 8)")
     a.add_argument("--omnipred-checkpoint", default=None,
                    help="OmniPredDesigner checkpoint; may contain '{dataset}' for leave-one-out on HPOBench")
+    a.add_argument("--omnipred-seed-trials", type=int, default=None,
+                   help="quasi-random trials before OmniPred's model is used (default: the designer's)")
     a.add_argument("--device", default="cpu")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--reference-samples", type=int, default=1000,

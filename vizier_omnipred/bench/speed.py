@@ -174,14 +174,28 @@ def suggest_latency(config: SpeedConfig, task: BuiltTask, trials: list[Any], log
     return out
 
 
+def _load_regressor(config: SpeedConfig) -> tuple[Any, str]:
+    """The checkpoint's regressor, or, when no checkpoint is given and none is shipped, a
+    from-scratch 'small' one: timings depend on the architecture, not on the weights."""
+    from vizier_omnipred.regressor import SHIPPED_CHECKPOINT, OmniPredRegressor
+
+    if config.checkpoint is None and not Path(SHIPPED_CHECKPOINT).is_dir():
+        return (
+            OmniPredRegressor.from_scratch("small", device=config.device, seed=config.seed),
+            "from_scratch('small'): no checkpoint given and none shipped (same architecture, untrained)",
+        )
+    return (
+        OmniPredRegressor.from_pretrained(config.checkpoint, device=config.device),
+        str(config.checkpoint or SHIPPED_CHECKPOINT),
+    )
+
+
 def sampling_throughput(config: SpeedConfig, task: BuiltTask, trials: list[Any]) -> dict[str, Any]:
     from vizier import pyvizier as vz
 
-    from vizier_omnipred.regressor import OmniPredRegressor
-
     record: dict[str, Any] = {}
     with _Phase(record, config.tracemalloc):
-        reg = OmniPredRegressor.from_pretrained(config.checkpoint, device=config.device)
+        reg, record["model"] = _load_regressor(config)
         candidates = [vz.TrialSuggestion(parameters=t.parameters) for t in trials[: config.sample_candidates]]
         reg.sample(candidates[:2], num_samples=4, problem=task.problem)  # warm-up
         t0 = time.perf_counter()
@@ -210,11 +224,9 @@ def sampling_throughput(config: SpeedConfig, task: BuiltTask, trials: list[Any])
 
 
 def finetune_speed(config: SpeedConfig, task: BuiltTask, trials: list[Any]) -> dict[str, Any]:
-    from vizier_omnipred.regressor import OmniPredRegressor
-
     record: dict[str, Any] = {}
     with _Phase(record, config.tracemalloc):
-        reg = OmniPredRegressor.from_pretrained(config.checkpoint, device=config.device)
+        reg, record["model"] = _load_regressor(config)
         n = min(config.finetune_trials, len(trials))
         t0 = time.perf_counter()
         report = reg.fit(task.problem, trials[:n])

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from transformers import T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-from transformers.modeling_outputs import BaseModelOutput
 
 from vizier_omnipred.vocab import PAD_ID, Vocabulary
 
@@ -141,12 +140,35 @@ def sample_y(
         for start in range(0, len(input_ids), chunk):
             ids, attention = pad_batch(input_ids[start : start + chunk], device)
             out[start : start + ids.shape[0]] = _sample_chunk(
-                model, ids, attention, num_samples, temperature, generator, masks, length
-            ).cpu().numpy() - vocab.y_offset
+                model, ids, attention, num_samples, temperature, generator, masks, length, vocab.y_offset
+            ).cpu().numpy()
     finally:
         model.train(was_training)
     values, infeasible = vocab.float_tokenizer.decode_indices(out)
     return YSamples(values=values, infeasible=infeasible)
+
+
+def _y_logits(model: T5ForConditionalGeneration, hidden: torch.Tensor, y_offset: int) -> torch.Tensor:
+    """Decoder output -> logits of the y tokens only (what `lm_head` gives for that slice).
+
+    Only the ~35 number tokens can ever be emitted, so projecting onto the whole input
+    vocabulary (~1000 BPE tokens) at every step would be wasted work.
+    """
+    if getattr(model.config, "scale_decoder_outputs", model.config.tie_word_embeddings):
+        hidden = hidden * (model.config.d_model**-0.5)
+    weight = model.lm_head.weight[y_offset:]
+    return torch.nn.functional.linear(hidden, weight).float()
+
+
+def _decode_step(model, ids, encoded, attention, cache) -> torch.Tensor:
+    out = model.get_decoder()(
+        input_ids=ids,
+        encoder_hidden_states=encoded,
+        encoder_attention_mask=attention,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.last_hidden_state[:, -1]
 
 
 def _sample_chunk(
@@ -158,41 +180,29 @@ def _sample_chunk(
     generator: torch.Generator | None,
     masks: GrammarMasks,
     length: int,
+    y_offset: int,
 ) -> torch.Tensor:
+    """Returns (n, S, length) indices into the float tokenizer's tokens."""
     n = ids.shape[0]
     encoded = model.get_encoder()(input_ids=ids, attention_mask=attention).last_hidden_state
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     start = torch.full((n, 1), PAD_ID, dtype=torch.long, device=ids.device)
-    step = model(
-        encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
-        attention_mask=attention,
-        decoder_input_ids=start,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    logits = step.logits[:, -1].float() / temperature + masks.first
+    hidden = _decode_step(model, start, encoded, attention, cache)
+    logits = _y_logits(model, hidden, y_offset) / temperature + masks.first[y_offset:]
     probs = torch.softmax(logits, dim=-1)
     first = torch.multinomial(probs, num_samples, replacement=True, generator=generator)  # (n, S)
     tokens = [first.reshape(-1)]
 
     # From here on every row is one sample: repeat the per-input state S times.
-    cache = step.past_key_values
     cache.batch_repeat_interleave(num_samples)
     rows = n * num_samples
     attention = attention.repeat_interleave(num_samples, dim=0)
     # The cross-attention keys/values are cached; the decoder only reads the encoder
     # output's shape from here on, so a stride-0 view avoids copying it S times.
     encoded = encoded[:1, :1].expand(rows, encoded.shape[1], encoded.shape[2])
-    classes = masks.first_class[tokens[0]]
+    classes = masks.first_class[tokens[0] + y_offset]
     for position in range(1, length):
-        step = model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
-            attention_mask=attention,
-            decoder_input_ids=tokens[-1][:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache = step.past_key_values
-        logits = step.logits[:, -1].float() / temperature + masks.rest[classes, position]
+        hidden = _decode_step(model, (tokens[-1] + y_offset)[:, None], encoded, attention, cache)
+        logits = _y_logits(model, hidden, y_offset) / temperature + masks.rest[classes, position, y_offset:]
         tokens.append(_gumbel_argmax(logits, generator))
     return torch.stack(tokens, dim=1).reshape(n, num_samples, length)

@@ -90,8 +90,8 @@ class PretrainConfig:
 
 # The recipe behind the checkpoint shipped in the package (README: "Rebuilding the shipped
 # checkpoint"). Sized to finish within an hour on a 2-core CPU.
-SHIPPED_RECIPE = dict(preset="small", synthetic_studies=4000, synthetic_seed=0, steps=1000, batch_size=32,
-                      warmup_steps=100, shuffle_buffer=4096, eval_every=250, checkpoint_every=250, seed=0)
+SHIPPED_RECIPE = dict(preset="small", synthetic_studies=4000, synthetic_seed=0, steps=2000, batch_size=32,
+                      warmup_steps=100, shuffle_buffer=4096, eval_every=500, checkpoint_every=250, seed=0)
 
 
 # ----- data -------------------------------------------------------------------------------

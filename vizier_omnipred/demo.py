@@ -262,20 +262,27 @@ def tiny_designer_kwargs(seed: int) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from vizier_omnipred import service
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax", "vizier", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # This package's INFO lines (checkpoint, fits, server) but only Vizier's warnings: its
+    # GP logs whole model reprs at INFO through the root logger.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vizier_omnipred").setLevel(logging.INFO)
     # transformers' own bars (per checkpoint save/load) would break the trial progress bar.
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    try:  # checked now, not after minutes of optimisation
+        import matplotlib  # noqa: F401
+    except ImportError:
+        matplotlib = None
+        _log.warning("matplotlib is not installed (pip install 'vizier-omnipred[bench]'): no convergence.png")
     problem, experimenter = make_task(args.seed, args.dim, args.function)
     title = f"shifted BBOB {args.function}, {args.dim}-D, seed {args.seed}"
     print(f"task: {title} ({problem.metric_information.item().name}, minimize)")
 
-    designer_kwargs = tiny_designer_kwargs(args.seed) if args.tiny else {}
+    # The designer's seed is --seed (not derived from the study id, which has a timestamp).
+    designer_kwargs = {"seed": args.seed, **(tiny_designer_kwargs(args.seed) if args.tiny else {})}
     factory = service.OmniPredPolicyFactory(
         checkpoint=args.checkpoint,
         device=args.device,
@@ -300,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
 
     print()
     print(format_table(results))
-    png = plot_convergence(results, out / "convergence.png", title)
+    png = plot_convergence(results, out / "convergence.png", title) if matplotlib is not None else None
     summary = {"task": title, "model": model, "results": [r.summary() for r in results]}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"\nconvergence plot: {png}\nresults: {out / 'results.json'}\nVizier database: {out / 'demo.db'}")

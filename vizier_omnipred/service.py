@@ -14,14 +14,19 @@ in the factory:
   cache eviction) the designer is restored from the metadata with `load()`.
 
 Using it from clients (the algorithm field of `StudySpec` is a free string in Vizier 0.1.24;
-`vz.StudyConfig.algorithm` accepts any `str` besides its `Algorithm` enum, and the server
-forwards it untouched to the policy factory)::
+`StudyConfig.algorithm` accepts any `str` besides its `Algorithm` enum, which has no
+OMNIPRED member, and the server forwards the string untouched to the policy factory)::
 
-    server = start_server('runs/study.db')        # serves OMNIPRED + Vizier's algorithms
-    config = vz.StudyConfig(search_space=..., metric_information=[...], algorithm='OMNIPRED')
+    from vizier.service import clients, pyvizier as vz
+    from vizier_omnipred import service
+
+    server = service.start_server('runs/study.db')  # OMNIPRED + all of Vizier's algorithms
+    config = vz.StudyConfig(algorithm='OMNIPRED')    # the string, not vz.Algorithm.<...>
+    config.search_space.root.add_float_param('lr', 1e-4, 1e-1, scale_type=vz.ScaleType.LOG)
+    config.metric_information.append(vz.MetricInformation('loss', goal=vz.ObjectiveMetricGoal.MINIMIZE))
     study = clients.Study.from_study_config(config, owner='me', study_id='s1')
-    ...
-    server.stop()
+    for trial in study.suggest(count=1): ...        # then trial.complete(vz.Measurement(...))
+    server.stop()                                    # or: with service.start_server(...) as server:
 
 A server started with Vizier's own `DefaultPolicyFactory` rejects the name with
 "Algorithm OMNIPRED is not registered."
@@ -185,7 +190,8 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
         fine-tuned state; None uses a temporary folder that lives as long as the process.
       designer_kwargs: extra keyword arguments for `OmniPredDesigner` (acquisition,
         num_samples, num_seed_trials, ...). A `regressor` here replaces the checkpoint.
-      seed: base seed; each study's designer gets a seed derived from it and the study name.
+      seed: base seed; each study's designer gets a seed derived from it and the study name
+        (a `seed` in designer_kwargs instead gives every study that same seed).
       max_cached_studies: studies whose designers stay in RAM (least recently used go;
         they are restored from metadata on their next request).
       fallback: the factory for every other algorithm name.
@@ -237,6 +243,7 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
         from vizier_omnipred.designer import OmniPredDesigner
 
         kwargs = dict(self.designer_kwargs or {})
+        kwargs.pop("seed", None)  # already in `seed` (see `_study_seed`)
         kwargs.setdefault("device", self.device)
         kwargs.setdefault("work_dir", str(self.study_work_dir(study_name)))
         if kwargs.get("regressor") is None and "checkpoint" not in kwargs:
@@ -261,8 +268,10 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
                 if path is None and SHIPPED_CHECKPOINT.is_dir():
                     path = SHIPPED_CHECKPOINT
                 if path is None:
-                    _log.warning("OMNIPRED: no checkpoint given and none shipped in %s; the designer uses "
-                                 "its from-scratch fallback", SHIPPED_CHECKPOINT)
+                    if not self.counters["fallback_warnings"]:
+                        _log.warning("OMNIPRED: no checkpoint given and none shipped in %s; the designer uses "
+                                     "its untrained from-scratch fallback", SHIPPED_CHECKPOINT)
+                    self.counters["fallback_warnings"] += 1
                     return None
                 _log.info("OMNIPRED: loading checkpoint %s on %s", path, self.device)
                 self._regressor = OmniPredRegressor.from_pretrained(path, device=self.device)
@@ -284,6 +293,8 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
         return path
 
     def _study_seed(self, study_name: str) -> int:
+        if (self.designer_kwargs or {}).get("seed") is not None:
+            return int(self.designer_kwargs["seed"])
         return zlib.crc32(f"{self.seed}:{study_name}".encode()) & 0x7FFFFFFF
 
     def _slot(self, study_name: str) -> _StudySlot:

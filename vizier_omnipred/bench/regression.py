@@ -499,7 +499,7 @@ def run_regression(
                 cells.append(cell)
                 if cell["status"] == "ok":
                     msg = (f"nMAE {cell['normalized_mae']:.3f} spearman {cell['spearman']:.3f} "
-                           f"calib {cell['calibration']:.2f} ({cell['fit_seconds']:.1f} s)")
+                           f"calib {cell['calibration']:.2f} ({cell['seconds']:.1f} s fit+predict)")
                 else:
                     msg = f"{cell['status']}: {cell.get('error') or cell.get('reason')}"
                 log(f"regression: [{i + 1}/{len(tasks)}] {task.suite}/{task.name} r{task.repeat} n={n} {model}: {msg}")

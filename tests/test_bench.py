@@ -503,3 +503,26 @@ def test_cli_registers_bench_commands():
     # an unknown designer is a clear error with exit status 2, before anything runs
     args = parser.parse_args(["bench", "ab", "--designers", "nope", "--out", "/nonexistent/never"])
     assert args.func(args) == 2
+
+
+def test_hpobench_warmstart_uses_only_the_other_datasets_as_priors(tmp_path, tiny_regressor_factory):
+    from vizier_omnipred.bench import regression
+
+    ckpt = tiny_regressor_factory().save(tmp_path / "tiny-ckpt")
+    config = regression.RegressionConfig(
+        suites=("hpobench",), train_sizes=(10,), test_size=20, models=("omnipred-warmstart",),
+        hpobench_datasets=("car",), out_dir=tmp_path / "out",
+        omnipred=regression.OmniPredOptions(pretrained_checkpoint=str(ckpt), prior_trials=4,
+                                            warmstart_epochs=1, num_samples=8),
+    )
+    (task,) = regression.hpobench_tasks(config)
+    prior_datasets = {p.metadata["dataset"] for p, _ in task.prior_studies}
+    assert len(prior_datasets) == 7 and "car" not in prior_datasets  # leave-one-out by construction
+    assert all(len(trials) == 4 for _, trials in task.prior_studies)
+    report = regression.run_regression(config, tasks=[task], log=lambda m: None)
+    (cell,) = report.cells
+    assert cell["status"] == "ok" and len(cell["y_pred"]) == 20
+    # without related studies (BBOB) the cell is skipped with a reason, never run
+    bbob_task = attrs.evolve(task, suite="bbob", prior_studies=())
+    model, reason = regression.make_model("omnipred-warmstart", bbob_task, config, seed=0)
+    assert model is None and "prior" in reason

@@ -54,6 +54,8 @@ def _cmd_regression(args: argparse.Namespace) -> int:
             num_samples=args.num_samples,
             pretrained_checkpoint=args.pretrained_checkpoint,
             hpobench_checkpoint_pattern=args.hpobench_checkpoint_pattern,
+            prior_trials=args.prior_trials,
+            warmstart_epochs=args.warmstart_epochs,
         ),
         out_dir=args.out,
         plot=args.plot,
@@ -156,7 +158,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--test-size", type=int, default=200)
     r.add_argument("--models", type=_csv, default=None,
                    help="comma list of gp,rf,gbt,mlp,vizier-gp,transfer,omnipred-scratch,"
-                        "omnipred-pretrained,omnipred-finetuned (default: all)")
+                        "omnipred-pretrained,omnipred-finetuned,omnipred-warmstart (default: all)")
     r.add_argument("--repeats", type=int, default=1)
     r.add_argument("--dims", type=_int_csv, default=(2, 4, 8), help="BBOB dimensions (default 2,4,8)")
     r.add_argument("--functions", type=_csv, default=None,
@@ -166,11 +168,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint for omnipred-pretrained/-finetuned on BBOB (default: the shipped one)")
     r.add_argument("--hpobench-checkpoint-pattern", default=None,
                    help="per held-out dataset checkpoint, e.g. 'ckpts/loo-{dataset}'")
+    r.add_argument("--prior-trials", type=int, default=32,
+                   help="omnipred-warmstart: trials of each other HPOBench dataset used as prior studies")
+    r.add_argument("--warmstart-epochs", type=int, default=10, help="omnipred-warmstart fine-tuning epochs")
     r.add_argument("--preset", default="small", help="model preset of omnipred-scratch")
     r.add_argument("--num-samples", type=int, default=64, help="OmniPred samples per test point")
     r.add_argument("--device", default="cpu")
     r.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    r.add_argument("--out", type=Path, default=Path("bench_results/regression"))
+    r.add_argument("--out", type=Path, default=Path("runs/bench/regression"))
     r.add_argument("--plot", action="store_true", help="write pred_vs_true_n{n}.png")
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=_cmd_regression)
@@ -192,7 +197,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--repeats", type=int, default=5, help="repeats per task (new random shift each)")
     a.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     a.add_argument("--ray-address", default=None, help="run repeats as Ray tasks on this cluster ('auto', host:port)")
-    a.add_argument("--out", type=Path, default=Path("bench_results/ab"))
+    a.add_argument("--out", type=Path, default=Path("runs/bench/ab"))
     a.add_argument("--resume", action="store_true", help="skip runs already finished in --out")
     a.add_argument("--dims", type=_int_csv, default=(2, 4, 8), help="BBOB dimensions (default 2,4,8)")
     a.add_argument("--functions", type=_csv, default=None, help="BBOB functions (default Sphere,Rastrigin)")
@@ -224,6 +229,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--finetune-trials", type=int, default=100)
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     s.add_argument("--tracemalloc", action="store_true", help="also record Python-heap peaks (slows timings)")
-    s.add_argument("--out", type=Path, default=Path("bench_results/speed"))
+    s.add_argument("--out", type=Path, default=Path("runs/bench/speed"))
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_speed)

@@ -21,7 +21,11 @@ Suites:
 Models: `gp`, `rf`, `gbt`, `mlp` (baselines.py on features.py), `vizier-gp` (Vizier's GP
 bandit as a predictor), `transfer` (HPOBench only; REFERENCE.md section 4),
 `omnipred-scratch` (from_scratch + fit), `omnipred-pretrained` (no fine-tuning),
-`omnipred-finetuned` (pretrained + fit). A model that fails on a cell is recorded as
+`omnipred-finetuned` (pretrained + fit), `omnipred-warmstart` (HPOBench only: the
+`--pretrained-checkpoint`, which must never have seen HPOBench - the shipped one is trained on
+synthetic BBOB studies only - fine-tuned on the n trials together with
+`--prior-trials` random trials of each of the *other* seven datasets as prior studies, so the
+leave-one-out holds by construction). A model that fails on a cell is recorded as
 failed with its error; the other cells go on.
 
 Outputs in `out_dir`: results.json (every cell, with predictions), table.md (medians per
@@ -61,7 +65,9 @@ from vizier_omnipred.bench.common import (
 )
 
 SUITES: tuple[str, ...] = ("bbob", "hpobench")
-OMNIPRED_MODELS: tuple[str, ...] = ("omnipred-scratch", "omnipred-pretrained", "omnipred-finetuned")
+OMNIPRED_MODELS: tuple[str, ...] = (
+    "omnipred-scratch", "omnipred-pretrained", "omnipred-finetuned", "omnipred-warmstart",
+)
 MODELS: tuple[str, ...] = tuple(CLASSIC_REGRESSORS) + ("vizier-gp", "transfer") + OMNIPRED_MODELS
 DEFAULT_BBOB_DIMS: tuple[int, ...] = (2, 4, 8)
 DEFAULT_BBOB_FUNCTIONS: tuple[str, ...] = ("Sphere", "Ellipsoidal", "Rastrigin", "RosenbrockRotated")
@@ -78,6 +84,8 @@ class OmniPredOptions:
     num_samples: int = 64
     pretrained_checkpoint: str | None = None  # BBOB tasks; None: the checkpoint shipped in the package
     hpobench_checkpoint_pattern: str | None = None  # must contain '{dataset}'
+    prior_trials: int = 32  # omnipred-warmstart: trials drawn from each other HPOBench dataset
+    warmstart_epochs: int = 10  # fine-tuning epochs over new trials + priors (priors make epochs long)
 
     def checkpoint_for(self, task: "RegressionTask") -> tuple[bool, str | None, str]:
         """(usable, path, reason). HPOBench needs a leave-one-out checkpoint per dataset."""
@@ -110,7 +118,7 @@ class RegressionConfig:
         default=None, converter=lambda x: None if x is None else tuple(x)
     )
     omnipred: OmniPredOptions = attrs.field(factory=OmniPredOptions)
-    out_dir: Path = attrs.field(default=Path("bench_results/regression"), converter=Path)
+    out_dir: Path = attrs.field(default=Path("runs/bench/regression"), converter=Path)
     plot: bool = False
     seed: int = 0
 
@@ -153,6 +161,7 @@ class RegressionTask:
     test: tuple[vz.Trial, ...] = attrs.field(converter=tuple)
     dataset: str | None = None
     prior_table: MeanTable | None = None  # related studies' mean table, for `transfer`
+    prior_studies: tuple[tuple[vz.ProblemStatement, tuple[vz.Trial, ...]], ...] = ()  # for omnipred-warmstart
 
     @property
     def y_test(self) -> np.ndarray:
@@ -225,6 +234,15 @@ def hpobench_tasks(config: RegressionConfig) -> list[RegressionTask]:
             rng = np.random.default_rng(stable_seed("regression", "hpobench", d, repeat, config.seed))
             order = rng.permutation(len(params))[: n_pool + config.test_size]
             trials = _completed(problem, [params[i] for i in order], values[order])
+            priors = []
+            for o in HPOBENCH_DATASETS:
+                if o == d:
+                    continue  # leave-one-out
+                o_params, o_values = tables[o]
+                pick = rng.permutation(len(o_params))[: config.omnipred.prior_trials]
+                o_problem = hpobench_problem(o)
+                priors.append((o_problem, tuple(_completed(o_problem, [o_params[i] for i in pick],
+                                                           np.asarray(o_values, dtype=float)[pick]))))
             tasks.append(
                 RegressionTask(
                     suite="hpobench",
@@ -235,6 +253,7 @@ def hpobench_tasks(config: RegressionConfig) -> list[RegressionTask]:
                     test=trials[n_pool:],
                     dataset=d,
                     prior_table=loo_tables[d],
+                    prior_studies=tuple(priors),
                 )
             )
     return tasks
@@ -258,6 +277,7 @@ class OmniPredModel:
     options: OmniPredOptions
     checkpoint: str | None = None
     seed: int = 0
+    prior_studies: Sequence[Any] = ()
     _regressor: Any = attrs.field(default=None, init=False)
     _problem: vz.ProblemStatement | None = attrs.field(default=None, init=False)
 
@@ -267,11 +287,16 @@ class OmniPredModel:
         o = self.options
         if self.mode == "scratch":
             reg = OmniPredRegressor.from_scratch(o.preset, device=o.device, seed=self.seed)
-        elif self.mode in ("pretrained", "finetuned"):
+        elif self.mode in ("pretrained", "finetuned", "warmstart"):
             reg = OmniPredRegressor.from_pretrained(self.checkpoint, device=o.device)
         else:
             raise ValueError(f"unknown OmniPred mode {self.mode!r}")
-        if self.mode != "pretrained":
+        if self.mode == "warmstart":
+            from vizier_omnipred.training import FinetuneConfig
+
+            reg.fit(problem, list(trials), prior_studies=self.prior_studies,
+                    config=FinetuneConfig(max_epochs=o.warmstart_epochs, seed=self.seed))
+        elif self.mode != "pretrained":
             reg.fit(problem, list(trials))
         self._regressor, self._problem = reg, problem
 
@@ -294,6 +319,11 @@ def make_model(name: str, task: RegressionTask, config: RegressionConfig, seed: 
         return TransferMeanTableModel(task.prior_table), ""
     if name == "omnipred-scratch":
         return OmniPredModel("scratch", config.omnipred, seed=seed), ""
+    if name == "omnipred-warmstart":
+        if not task.prior_studies:
+            return None, "omnipred-warmstart needs related prior studies (HPOBench only)"
+        return OmniPredModel("warmstart", config.omnipred, checkpoint=config.omnipred.pretrained_checkpoint,
+                             seed=seed, prior_studies=task.prior_studies), ""
     if name in ("omnipred-pretrained", "omnipred-finetuned"):
         ok, path, reason = config.omnipred.checkpoint_for(task)
         if not ok:

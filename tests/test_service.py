@@ -15,7 +15,7 @@ from vizier._src.service import policy_factory as vizier_policy_factory
 from vizier.service import clients
 from vizier.service import pyvizier as svz
 
-from tests.conftest import smooth_2d
+from conftest import smooth_2d
 from vizier_omnipred import service
 from vizier_omnipred.training import FinetuneConfig
 

@@ -19,6 +19,8 @@ _LAZY = {
     "FloatTokenizer": "vizier_omnipred.numbers",
     "TextCodec": "vizier_omnipred.text",
     "serialize_trial": "vizier_omnipred.text",
+    "OmniPredPolicyFactory": "vizier_omnipred.service",
+    "start_server": "vizier_omnipred.service",
 }
 
 __all__ = sorted(_LAZY)

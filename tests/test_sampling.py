@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from vizier import pyvizier as vz
 
-from vizier_omnipred.sampling import GrammarMasks, sample_y
+from vizier_omnipred.sampling import GrammarMasks, sample_y, sample_y_indices
 from vizier_omnipred.vocab import PAD_ID
 
 
@@ -78,3 +78,47 @@ def test_seed_reproducible_and_temperature_validated(tiny_regressor_factory, pro
         reg.sample(t, 4, temperature=-1.0)
     with pytest.raises(ValueError, match="num_samples"):
         sample_y(reg.checkpoint.model, reg.vocab, reg.input_ids(t), 0)
+
+
+def test_tree_sampling_draws_from_the_models_distribution(tiny_regressor_factory, problem_2d):
+    """Empirical frequencies of the first two tokens match the model's exact probabilities."""
+    from vizier_omnipred.sampling import pad_batch
+
+    reg = tiny_regressor_factory(seed=11)
+    reg.set_problem(problem_2d)
+    model, vocab = reg.checkpoint.model, reg.vocab
+    ids = reg.input_ids([vz.TrialSuggestion({"x0": 0.3, "x1": -0.7})])
+    masks = GrammarMasks.build(vocab, torch.device("cpu"))
+    n = 4000
+    idx = sample_y_indices(model, vocab, ids, n, seed=0, masks=masks, max_rows=n)[0]  # (n, length)
+    tokens = np.array(vocab.float_tokenizer.tokens)[idx]
+    x, attn = pad_batch(ids, torch.device("cpu"))
+    with torch.no_grad():
+        start = torch.full((1, 1), PAD_ID, dtype=torch.long)
+        p0 = torch.softmax(model(input_ids=x, attention_mask=attn, decoder_input_ids=start).logits[0, -1]
+                           + masks.first, -1)
+        plus = vocab.y_ids(["<+>"])[0]
+        dec = torch.tensor([[PAD_ID, plus]])
+        cls = masks.first_class[plus]
+        p1 = torch.softmax(model(input_ids=x, attention_mask=attn, decoder_input_ids=dec).logits[0, -1]
+                           + masks.rest[cls, 1], -1)
+
+    def close(freq, p):
+        return abs(freq - p) < 4 * np.sqrt(max(p * (1 - p), 1e-4) / n) + 0.005
+
+    for first in ("<+>", "<->", "<INFEASIBLE>"):  # position 0
+        assert close(np.mean(tokens[:, 0] == first), float(p0[vocab.y_ids([first])[0]])), first
+    second = tokens[tokens[:, 0] == "<+>", 1]  # position 1 given '+'
+    for digit in range(10):
+        t = f"<{digit}>"
+        p = float(p1[vocab.y_ids([t])[0]])
+        assert abs(np.mean(second == t) - p) < 4 * np.sqrt(max(p * (1 - p), 1e-4) / len(second)) + 0.005, t
+
+
+def test_sample_order_is_shuffled(tiny_regressor_factory, problem_2d):
+    """Sample 0 is a fair draw (Thompson sampling reads it), not the smallest prefix."""
+    reg = tiny_regressor_factory(seed=12)
+    reg.set_problem(problem_2d)
+    s = reg.sample([vz.TrialSuggestion({"x0": 0.0, "x1": 0.0})], 256, seed=1)
+    v = np.nan_to_num(s.values[0], nan=np.inf)
+    assert not np.all(np.diff(v) >= 0)

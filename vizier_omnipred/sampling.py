@@ -3,12 +3,12 @@
 A y sequence is only `1 + digits + 1` tokens, so the cost of sampling is dominated by the
 encoder and by cross-attention over the encoder output. The loop here therefore:
 
-1. runs the encoder once per input (never once per sample),
-2. runs the first decoder step once per input too (every sample of an input starts from
-   the same state), draws the S first tokens from it, and computes the cross-attention
-   keys/values once per input,
-3. only then repeats the decoder cache S times and decodes the remaining positions for
-   all N*S rows together with cached keys/values (one new token per step).
+1. runs the encoder once per input (never once per sample) and computes the
+   cross-attention keys/values once per input,
+2. decodes each distinct prefix once: the first step runs once per input, and a prefix's
+   share of the S samples is split among next tokens by a multinomial draw, so a confident
+   model decodes a handful of rows per input instead of S (exactly ancestral sampling),
+3. keeps decoder keys/values cached, reindexing the cache rows as prefixes branch.
 
 Every step masks the logits to what the number grammar allows next (sign or
 `<INFEASIBLE>`, then digits, then an exponent; `<INFEASIBLE>` continues as itself), so
@@ -94,15 +94,22 @@ class GrammarMasks:
         return cls(first=additive(first), rest=additive(rest), first_class=first_class.to(device))
 
 
-def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Samples one index per row of (masked, temperature-scaled) logits."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
-    return torch.argmax(logits + gumbel, dim=-1)
+@torch.no_grad()
+def sample_y(
+    model: T5ForConditionalGeneration,
+    vocab: Vocabulary,
+    input_ids: list[list[int]],
+    num_samples: int,
+    **kwargs,
+) -> YSamples:
+    """Draws `num_samples` y values for each input id sequence (see `sample_y_indices`)."""
+    indices = sample_y_indices(model, vocab, input_ids, num_samples, **kwargs)
+    values, infeasible = vocab.float_tokenizer.decode_indices(indices)
+    return YSamples(values=values, infeasible=infeasible)
 
 
 @torch.no_grad()
-def sample_y(
+def sample_y_indices(
     model: T5ForConditionalGeneration,
     vocab: Vocabulary,
     input_ids: list[list[int]],
@@ -113,10 +120,10 @@ def sample_y(
     device: str | torch.device = "cpu",
     max_rows: int = 8192,
     masks: GrammarMasks | None = None,
-) -> YSamples:
-    """Draws `num_samples` y values for each input id sequence.
+) -> np.ndarray:
+    """(N, S, length) sampled token indices into `vocab.float_tokenizer.tokens`.
 
-    `max_rows` bounds N*S per chunk: the repeated cross-attention cache holds
+    `max_rows` bounds N*S per chunk: the decoder cache holds up to
     `rows x input_length x d_model` floats per layer, so inputs are processed in chunks
     of `max_rows // num_samples`.
     """
@@ -144,8 +151,7 @@ def sample_y(
             ).cpu().numpy()
     finally:
         model.train(was_training)
-    values, infeasible = vocab.float_tokenizer.decode_indices(out)
-    return YSamples(values=values, infeasible=infeasible)
+    return out
 
 
 def _y_logits(model: T5ForConditionalGeneration, hidden: torch.Tensor, y_offset: int) -> torch.Tensor:
@@ -182,27 +188,51 @@ def _sample_chunk(
     length: int,
     y_offset: int,
 ) -> torch.Tensor:
-    """Returns (n, S, length) indices into the float tokenizer's tokens."""
+    """Returns (n, S, length) indices into the float tokenizer's tokens.
+
+    Samples are drawn as a tree: every distinct prefix is decoded once and its share of the
+    S samples is split among next tokens by a multinomial draw (exactly ancestral
+    sampling). A confident model has a handful of distinct prefixes per input, so the
+    decoder runs on far fewer than n*S rows; at worst it runs on n*S, as naive sampling.
+    """
     n = ids.shape[0]
+    device = ids.device
     encoded = model.get_encoder()(input_ids=ids, attention_mask=attention).last_hidden_state
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    start = torch.full((n, 1), PAD_ID, dtype=torch.long, device=ids.device)
-    hidden = _decode_step(model, start, encoded, attention, cache)
-    logits = _y_logits(model, hidden, y_offset) / temperature + masks.first[y_offset:]
-    probs = torch.softmax(logits, dim=-1)
-    first = torch.multinomial(probs, num_samples, replacement=True, generator=generator)  # (n, S)
-    tokens = [first.reshape(-1)]
-
-    # From here on every row is one sample: repeat the per-input state S times.
-    cache.batch_repeat_interleave(num_samples)
-    rows = n * num_samples
-    attention = attention.repeat_interleave(num_samples, dim=0)
-    # The cross-attention keys/values are cached; the decoder only reads the encoder
-    # output's shape from here on, so a stride-0 view avoids copying it S times.
-    encoded = encoded[:1, :1].expand(rows, encoded.shape[1], encoded.shape[2])
-    classes = masks.first_class[tokens[0] + y_offset]
-    for position in range(1, length):
-        hidden = _decode_step(model, (tokens[-1] + y_offset)[:, None], encoded, attention, cache)
-        logits = _y_logits(model, hidden, y_offset) / temperature + masks.rest[classes, position, y_offset:]
-        tokens.append(_gumbel_argmax(logits, generator))
-    return torch.stack(tokens, dim=1).reshape(n, num_samples, length)
+    width, dim = encoded.shape[1], encoded.shape[2]
+    # One row per distinct prefix: its input, its sample count, its tokens so far.
+    row_input = torch.arange(n, device=device)
+    row_count = torch.full((n,), num_samples, dtype=torch.long, device=device)
+    prefix = torch.empty((n, 0), dtype=torch.long, device=device)
+    classes = None
+    last = torch.full((n, 1), PAD_ID, dtype=torch.long, device=device)
+    arange_s = torch.arange(num_samples, device=device)
+    for position in range(length):
+        if position == 0:
+            hidden = _decode_step(model, last, encoded, attention, cache)
+            mask = masks.first[y_offset:]
+        else:
+            rows = row_input.shape[0]
+            # cross-attention keys/values are cached: only the shape of the encoder output is read
+            view = encoded[:1, :1].expand(rows, width, dim)
+            hidden = _decode_step(model, last, view, attention[row_input], cache)
+            mask = masks.rest[classes, position, y_offset:]
+        logits = _y_logits(model, hidden, y_offset) / temperature + mask
+        probs = torch.softmax(logits, dim=-1)
+        draws = torch.multinomial(probs, num_samples, replacement=True, generator=generator)  # (rows, S)
+        used = arange_s[None, :] < row_count[:, None]  # each row keeps only its own count of draws
+        vocab_y = probs.shape[-1]
+        keys = (torch.arange(draws.shape[0], device=device)[:, None] * vocab_y + draws)[used]
+        keys, counts = torch.unique(keys, sorted=True, return_counts=True)
+        parent, token = keys // vocab_y, keys % vocab_y
+        cache.batch_select_indices(parent)
+        row_input, row_count = row_input[parent], counts
+        prefix = torch.cat([prefix[parent], token[:, None]], dim=1)
+        classes = masks.first_class[prefix[:, 0] + y_offset]
+        last = (token + y_offset)[:, None]
+    # Rows are sorted by input (parents are visited in order): expand counts to samples and
+    # shuffle within each input so that sample k is a fair draw (Thompson uses sample 0).
+    samples = prefix.repeat_interleave(row_count, dim=0).reshape(n, num_samples, length)
+    noise = torch.rand((n, num_samples), generator=generator, device=device)
+    order = torch.argsort(noise, dim=1)
+    return torch.gather(samples, 1, order[:, :, None].expand(-1, -1, length))

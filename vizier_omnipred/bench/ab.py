@@ -11,7 +11,8 @@ stopped and runs can be spread over processes or machines):
     summary.json, table.md, convergence_{suite}.png      written from the run files
 
 `--resume` skips runs whose file is complete and `status: ok` for the same job (suite,
-task, designer, repeat, budget, seed). Failed runs are retried: a failure is often an
+task, designer, repeat, budget, seed, and for OmniPred its options such as the
+checkpoint). Failed runs are retried: a failure is often an
 environment problem fixed since, and a designer that fails deterministically fails fast.
 
 Normalized regret (see metrics.py) needs the task's optimum and a typical random value.
@@ -30,13 +31,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime
-import inspect
 import math
 import multiprocessing
 import sys
 import time
 import traceback
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
@@ -213,6 +214,7 @@ class DesignerSpec:
     make: Callable[..., Any]
     seed_trials: Callable[[DesignerOptions, vz.ProblemStatement], int | None]
     description: str = ""
+    reads_options: bool = False  # DesignerOptions change its results (part of the resume key)
 
 
 def _attrs_default(cls: type, *names: str) -> int | None:
@@ -311,7 +313,9 @@ def _all_parameters(space: vz.SearchSpace):
 DESIGNERS: Mapping[str, DesignerSpec] = {
     spec.name: spec
     for spec in (
-        DesignerSpec("omnipred", _make_omnipred, _omnipred_seed_trials, "OmniPredDesigner (this package)"),
+        DesignerSpec(
+            "omnipred", _make_omnipred, _omnipred_seed_trials, "OmniPredDesigner (this package)", reads_options=True
+        ),
         DesignerSpec("gp_bandit", _make_gp_bandit, _gp_bandit_seed_trials, "Vizier VizierGPBandit"),
         DesignerSpec("gp_ucb_pe", _make_gp_ucb_pe, _gp_ucb_pe_seed_trials, "Vizier VizierGPUCBPEBandit"),
         DesignerSpec("random", _make_random, _random_seed_trials, "Vizier RandomDesigner"),
@@ -336,7 +340,7 @@ class ABConfig:
     repeats: int = 5
     workers: int = 1
     ray_address: str | None = None
-    out_dir: Path = attrs.field(default=Path("bench_results/ab"), converter=Path)
+    out_dir: Path = attrs.field(default=Path("runs/bench/ab"), converter=Path)
     resume: bool = False
     bbob_dims: tuple[int, ...] = attrs.field(default=DEFAULT_BBOB_DIMS, converter=tuple)
     bbob_functions: tuple[str, ...] = attrs.field(default=DEFAULT_BBOB_FUNCTIONS, converter=tuple)
@@ -357,6 +361,7 @@ class ABJob:
     base_seed: int
     options: DesignerOptions
     reference_samples: int
+    reads_options: bool = False
 
     @property
     def task_seed(self) -> int:
@@ -365,7 +370,11 @@ class ABJob:
 
     @property
     def key(self) -> str:
-        return f"{self.suite}/{self.task.task_id}/{self.designer}/r{self.repeat}/b{self.budget}/s{self.task_seed}"
+        """Identity of the run for --resume: a file with another key is not reused."""
+        key = f"{self.suite}/{self.task.task_id}/{self.designer}/r{self.repeat}/b{self.budget}/s{self.task_seed}"
+        if self.reads_options:  # e.g. another OmniPred checkpoint is another experiment
+            key += f"/o{zlib.crc32(repr(self.options).encode()):08x}"
+        return key
 
     @property
     def relpath(self) -> Path:
@@ -430,7 +439,9 @@ def default_tasks(config: ABConfig) -> list[Any]:
     return [HPOBenchTask(dataset=d) for d in datasets]
 
 
-def plan_jobs(config: ABConfig, tasks: Sequence[Any]) -> list[ABJob]:
+def plan_jobs(
+    config: ABConfig, tasks: Sequence[Any], registry: Mapping[str, DesignerSpec] = DESIGNERS
+) -> list[ABJob]:
     """Repeat-major order, so early results already pair every designer on some tasks."""
     return [
         ABJob(
@@ -442,6 +453,7 @@ def plan_jobs(config: ABConfig, tasks: Sequence[Any]) -> list[ABJob]:
             base_seed=config.seed,
             options=config.options,
             reference_samples=config.reference_samples,
+            reads_options=registry[designer].reads_options,
         )
         for repeat in range(config.repeats)
         for task in tasks
@@ -823,7 +835,7 @@ def run_ab(
         log("ab: --ray-address given: runs go to Ray, --workers is ignored")
     tasks = list(tasks) if tasks is not None else default_tasks(config)
     validate_budget(config, tasks, registry)
-    jobs = plan_jobs(config, tasks)
+    jobs = plan_jobs(config, tasks, registry)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 

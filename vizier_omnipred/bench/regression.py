@@ -218,8 +218,12 @@ def hpobench_tasks(config: RegressionConfig) -> list[RegressionTask]:
         raise RegressionConfigError(f"unknown HPOBench dataset(s) {bad}; valid: {', '.join(HPOBENCH_DATASETS)}")
     tables = {d: hpobench_table(d) for d in HPOBENCH_DATASETS}
     # Leave-one-out: the transfer baseline for dataset d only sees the other datasets.
+    key_cache: dict = {}
     loo_tables = {
-        d: MeanTable([(tables[o][0], np.asarray(tables[o][1], dtype=float)) for o in HPOBENCH_DATASETS if o != d])
+        d: MeanTable(
+            [(tables[o][0], np.asarray(tables[o][1], dtype=float)) for o in HPOBENCH_DATASETS if o != d],
+            key_cache=key_cache,
+        )
         for d in datasets
     }
     n_pool = max(config.train_sizes)

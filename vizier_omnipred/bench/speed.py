@@ -55,7 +55,7 @@ class SpeedConfig:
     matmul_size: int = 1024
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
     tracemalloc: bool = False
-    out_dir: Path = attrs.field(default=Path("bench_results/speed"), converter=Path)
+    out_dir: Path = attrs.field(default=Path("runs/bench/speed"), converter=Path)
     seed: int = 0
 
 

@@ -93,6 +93,11 @@ _EXCLUDED_FROM_KEY = (POLICY_NS, STATE_NS)
 _MAX_SEED_TRIALS = 20
 
 
+def default_num_seed_trials(problem: vz.ProblemStatement) -> int:
+    """Quasi-random trials before the model is used: two per parameter, 5 to 20."""
+    return min(max(5, 2 * len(_Space(problem.search_space).names)), _MAX_SEED_TRIALS)
+
+
 class StateVersionError(serializable.HarmlessDecodeError):
     """Designer metadata written by another version of the state format.
 
@@ -637,7 +642,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         )
         self._problem_key = problem_key(self._problem)
         if num_seed_trials is None:
-            num_seed_trials = min(max(5, 2 * len(self._space.names)), _MAX_SEED_TRIALS)
+            num_seed_trials = default_num_seed_trials(self._problem)
         self._num_seed_trials = int(num_seed_trials)
         self._seed_designer = self._make_seed_designer(self._seed)
 

@@ -281,33 +281,12 @@ def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: Designer
 
 
 def _omnipred_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement) -> int | None:
-    """The explicit setting, else the designer module's default for this problem; None if
-    the module is not importable (then every omnipred run fails fast with the import error
-    and is recorded as failed)."""
+    """The explicit setting, else the designer's own default for this problem."""
     if options.omnipred_seed_trials is not None:
         return options.omnipred_seed_trials
-    try:
-        from vizier_omnipred import designer as designer_lib
-    except ImportError:
-        return None
-    default_for = getattr(designer_lib, "default_num_seed_trials", None)
-    if callable(default_for):
-        return int(default_for(problem))
-    # designer.py (as of this writing) computes its default inside __init__:
-    # min(max(5, 2 * number of parameters), _MAX_SEED_TRIALS). Mirror it, reading the cap
-    # from the module, until it exposes default_num_seed_trials(problem).
-    cap = getattr(designer_lib, "_MAX_SEED_TRIALS", None)
-    if cap is None:
-        return None
-    n_params = sum(1 for _ in _all_parameters(problem.search_space))
-    return min(max(5, 2 * n_params), int(cap))
+    from vizier_omnipred.designer import default_num_seed_trials
 
-
-def _all_parameters(space: vz.SearchSpace):
-    for pc in space.parameters:
-        yield pc
-        for _, sub in pc.subspaces():
-            yield from _all_parameters(sub)
+    return default_num_seed_trials(problem)
 
 
 DESIGNERS: Mapping[str, DesignerSpec] = {

@@ -519,3 +519,24 @@ def test_build_corpus_cli(tmp_path, capsys):
     assert names[3:] == [f"hpobench-{keep}"]
     with pytest.raises(SystemExit):
         _corpus_parser().parse_args(["build-corpus", "--exclude", "mnist", str(out)])
+
+
+def test_fine_tune_from_an_exported_datastore(vizier_sqlite_datastore, tmp_path, tiny_regressor_factory):
+    """A user's Vizier history, exported, warm-starts the model on a new study."""
+    from vizier_omnipred.training import FinetuneConfig
+
+    out = tmp_path / "history.jsonl"
+    assert _run_cli(["export", str(vizier_sqlite_datastore), str(out)]) == 0
+    history = list(read_corpus(out))
+    problem = vz.ProblemStatement(
+        search_space=test_studies.flat_space_with_all_types(),
+        metric_information=[vz.MetricInformation("loss", goal=vz.ObjectiveMetricGoal.MINIMIZE)],
+    )
+    problem.metadata["description"] = "the new study"
+    new = vz.Trial(parameters=dict(history[0].trials[0].parameters), id=1)
+    new.complete(vz.Measurement(metrics={"loss": 2.0}))
+    reg = tiny_regressor_factory()
+    report = reg.fit(problem, [new], prior_studies=history, config=FinetuneConfig(max_epochs=2))
+    # history: sweep has 1 finite + 1 infeasible (used) and 1 NaN (excluded); automl has 1 finite
+    assert report.num_prior_examples == 3 and report.num_train_examples == 1
+    assert reg.predict([vz.TrialSuggestion(new.parameters)]).mean.shape == (1,)

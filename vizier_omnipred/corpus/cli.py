@@ -21,19 +21,7 @@ from vizier_omnipred.corpus.format import (
     counted,
     write_corpus,
 )
-
-# Kept literal so that `--help` does not import the HPOBench package.
-_HPOBENCH_DATASETS = (
-    "australian",
-    "blood_transfusion",
-    "car",
-    "credit_g",
-    "kc1",
-    "phoneme",
-    "segment",
-    "vehicle",
-)
-
+from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS  # the HPOBench package itself loads lazily
 
 def _range(text: str) -> tuple[int, int]:
     """'20,120' or '50' -> an inclusive (low, high) range."""
@@ -84,7 +72,7 @@ def _build(args: argparse.Namespace) -> int:
         from vizier_omnipred.corpus.hpobench import hpobench_studies
 
         excluded = set(args.exclude or ())
-        datasets = [d for d in _HPOBENCH_DATASETS if d not in excluded]
+        datasets = [d for d in HPOBENCH_DATASETS if d not in excluded]
         sources.append(
             hpobench_studies(
                 datasets, seed=args.seed, max_trials_per_study=args.hpobench_max_trials
@@ -131,7 +119,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--exclude",
         action="append",
-        choices=_HPOBENCH_DATASETS,
+        choices=HPOBENCH_DATASETS,
         metavar="DATASET",
         help="leave this HPOBench dataset out (repeatable; for leave-one-out)",
     )

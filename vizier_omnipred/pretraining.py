@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from vizier_omnipred import model as model_lib
+from vizier_omnipred.corpus.format import in_validation_split
 from vizier_omnipred.numbers import FloatTokenizer, OutOfRangeWarning
 from vizier_omnipred.sampling import GrammarMasks, sample_y
 from vizier_omnipred.text import TextCodec, TrialTextError
@@ -95,14 +96,7 @@ SHIPPED_RECIPE = dict(preset="small", synthetic_studies=4000, synthetic_seed=0, 
 
 
 # ----- data -------------------------------------------------------------------------------
-def _is_validation(name: str, fraction: float) -> bool:
-    from vizier_omnipred.corpus.format import split_train_validation
-
-    _, val = split_train_validation([name], fraction)
-    return bool(val)
-
-
-def iter_studies(config: PretrainConfig, *, epoch: int = 0):
+def iter_studies(config: PretrainConfig):
     """All studies of the run, corpus files first, then the synthetic ones."""
     from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
     from vizier_omnipred.corpus.format import read_corpus
@@ -131,10 +125,10 @@ def training_batches(
     """Endless shuffled batches over the training studies (this rank's share)."""
     rng = random.Random(seed)
     buffer: list[Example] = []
-    for epoch in itertools.count():
+    while True:
         any_study = False
-        for i, record in enumerate(iter_studies(config, epoch=epoch)):
-            if i % world_size != rank or _is_validation(record.name, config.validation_fraction):
+        for i, record in enumerate(iter_studies(config)):
+            if i % world_size != rank or in_validation_split(record.name, config.validation_fraction):
                 continue
             any_study = True
             examples, _ = study_examples(vocab, codec, record)
@@ -159,7 +153,7 @@ def _pop_batch(buffer: list[Example], size: int, rng: random.Random, device: tor
 def validation_studies(config: PretrainConfig) -> list:
     out = []
     for record in iter_studies(config):
-        if _is_validation(record.name, config.validation_fraction):
+        if in_validation_split(record.name, config.validation_fraction):
             out.append(record)
             if len(out) >= config.eval_studies:
                 break

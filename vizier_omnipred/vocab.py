@@ -15,6 +15,7 @@ the constrained-decoding masks (see sampling.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -85,11 +86,7 @@ class Vocabulary:
         index = self._y_index
         return [self.y_offset + index[t] for t in y_tokens]
 
-    def y_tokens(self, ids: Sequence[int]) -> tuple[str, ...]:
-        tokens = self.float_tokenizer.tokens
-        return tuple(tokens[i - self.y_offset] for i in ids)
-
-    @property
+    @functools.cached_property
     def _y_index(self) -> dict[str, int]:
         return {t: i for i, t in enumerate(self.float_tokenizer.tokens)}
 
@@ -134,14 +131,6 @@ class Vocabulary:
         path = os.path.join(directory, TOKENIZER_FILE)
         tok = tokenizers.Tokenizer.from_file(path)
         return cls(tok, float_tokenizer)
-
-    def describe(self) -> dict:
-        return {
-            "input_size": self.input_size,
-            "y_offset": self.y_offset,
-            "size": self.size,
-            "float_tokenizer": self.float_tokenizer.to_config(),
-        }
 
 
 def tokenizer_fingerprint(tok: tokenizers.Tokenizer) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -55,8 +54,3 @@ def tiny_regressor_factory():
         return OmniPredRegressor.from_scratch("tiny", vocab=base.vocab, seed=seed)
 
     return make
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)

@@ -497,6 +497,31 @@ def test_batch_suggestions_are_spread_out(make):
     assert min(np.diff(batch)) > 0.01
 
 
+def test_search_screens_with_few_samples_and_rescores_finalists(make):
+    space = vz.SearchSpace()
+    space.root.add_float_param("x", 0.0, 1.0)
+    space.root.add_float_param("y", 0.0, 1.0)
+    designer = make(problem_of(space), num_samples=12, num_candidates=40)
+    designer.search = attrs.evolve(designer.search, screening_samples=3, finalists=5)
+    run_loop(designer, rounds=1, count=2, fn=lambda p: p["x"] + p["y"])
+    regressor = designer.regressor
+    calls = []
+    real_sample = regressor.sample
+
+    def recording_sample(trials, num_samples=None, **kwargs):  # the real sampler, with its calls noted
+        calls.append((len(trials), num_samples))
+        return real_sample(trials, num_samples, **kwargs)
+
+    regressor.sample = recording_sample
+    try:
+        [suggestion] = designer.suggest(1)
+    finally:
+        del regressor.sample
+    assert calls[-1] == (5, 12)  # the finalists, with every sample
+    assert {n for _, n in calls[:-1]} == {3} and sum(k for k, _ in calls[:-1]) >= 20
+    assert suggestion.metadata.ns("omnipred")["source"] == "model"
+
+
 def test_fallback_without_shipped_checkpoint_logs_a_warning(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(designer_lib, "SHIPPED_CHECKPOINT", tmp_path / "not-built")
     problem = problem_of(test_studies.flat_categorical_space())

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
 from vizier_omnipred import model as model_lib
@@ -92,3 +93,33 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, t
     assert (path / "model.safetensors").read_bytes() == before
     model_lib.load_checkpoint(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary leftovers
+
+
+def test_continued_pretraining_starts_from_the_init_checkpoint(tmp_path, corpus_file, tiny_regressor_factory):
+    import torch
+
+    reg = tiny_regressor_factory(seed=3)
+    init = reg.save(tmp_path / "init")
+    config = PretrainConfig(out_dir=str(tmp_path / "run"), corpus=(str(corpus_file),), preset="tiny", steps=1,
+                            batch_size=8, shuffle_buffer=32, warmup_steps=1, learning_rate=1e-9, eval_every=1000,
+                            checkpoint_every=1000, init_checkpoint=str(init))
+    final = model_lib.load_checkpoint(pretrain(config, progress=False))
+    start = model_lib.load_checkpoint(init)
+    assert final.vocab.input_tokenizer.to_str() == start.vocab.input_tokenizer.to_str()
+    for (name, a), b in zip(start.model.state_dict().items(), final.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name  # one step at lr 1e-9: the init's weights
+
+    with pytest.raises(ValueError, match="preset 'tiny'"):
+        pretrain(attrs.evolve(config, out_dir=str(tmp_path / "other"), preset="small"), progress=False)
+    with pytest.raises(ValueError, match="not a directory"):
+        attrs.evolve(config, init_checkpoint=str(tmp_path / "missing"))
+
+
+def test_sources_are_interleaved(tmp_path, corpus_file):
+    from vizier_omnipred.pretraining import iter_studies
+
+    config = PretrainConfig(out_dir=str(tmp_path), corpus=(str(corpus_file),), synthetic_studies=3, synthetic_seed=9)
+    names = [r.name for r in iter_studies(config)]
+    assert len(names) == 12 + 3
+    assert [n.startswith("bbob-s9-") for n in names[:6]] == [False, True] * 3  # one from each source in turn
+    assert not any(n.startswith("bbob-s9-") for n in names[6:])

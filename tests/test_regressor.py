@@ -107,6 +107,18 @@ def test_save_and_load_round_trip(tmp_path, tiny_regressor_factory, problem_2d):
     assert json.loads((tmp_path / "ckpt" / "omnipred.json").read_text())["training"]["last_fit"]["epochs"] == 2
 
 
+def test_max_steps_bounds_the_cost_of_a_fit(tiny_regressor_factory, problem_2d):
+    reg = tiny_regressor_factory(seed=4)
+    trials = make_trials(np.random.default_rng(1).uniform(-1, 1, (20, 2)))
+    full = reg.fit(problem_2d, trials, config=FinetuneConfig(max_epochs=3, batch_size=4, validation_fraction=0.0))
+    assert (full.steps, full.epochs) == (15, 3)
+    capped = reg.fit(problem_2d, trials, config=FinetuneConfig(max_epochs=3, batch_size=4, validation_fraction=0.0,
+                                                               max_steps=7))
+    assert (capped.steps, capped.epochs) == (7, 2)
+    with pytest.raises(ValueError, match="max_steps"):
+        FinetuneConfig(max_steps=0)
+
+
 # ----- bad input --------------------------------------------------------------------------
 def _trial(params, value=None, infeasible=False, id=1, metric="loss"):
     t = vz.Trial(parameters=params, id=id)

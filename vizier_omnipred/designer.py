@@ -24,6 +24,8 @@ The loop (one `suggest` call):
    spaces (which Eagle refuses) use a pool search instead: random points plus
    mutations around the best trials, then mutations around the best candidates. A
    finite space with at most `num_candidates` points is enumerated and scored whole.
+   The search scores with `SearchConfig.screening_samples` samples per candidate (16);
+   its best `finalists` are scored again with all `num_samples` before the pick.
 4. **Selection.** Candidates are compared by their text (`TextCodec`, which rounds
    floats to 3 significant digits): two points with the same text get the same
    prediction, so a candidate whose text matches a completed, active or previously
@@ -117,11 +119,14 @@ class RefitSchedule:
     last fit, on all completed trials of the study. The first fit of a study starts
     from the base checkpoint with `cold`; later fits continue from the previous
     fine-tune's weights (warm start) with `ceil(cold.max_epochs * warm_epoch_fraction)`
-    epochs: the weights already fit all but the newest trials.
+    epochs and at most `warm_max_steps` optimizer steps: the weights already fit all
+    but the newest trials, and a refit on a long study should not cost more than one
+    on a short study.
     """
 
     cold: FinetuneConfig = attrs.field(factory=FinetuneConfig)
     warm_epoch_fraction: float = attrs.field(default=0.25)
+    warm_max_steps: int = attrs.field(default=8, validator=attrs.validators.ge(1))
 
     @warm_epoch_fraction.validator
     def _check_fraction(self, _, value):
@@ -131,7 +136,8 @@ class RefitSchedule:
     @property
     def warm(self) -> FinetuneConfig:
         epochs = max(1, math.ceil(self.cold.max_epochs * self.warm_epoch_fraction))
-        return attrs.evolve(self.cold, max_epochs=epochs, patience=min(self.cold.patience, 2))
+        steps = self.warm_max_steps if self.cold.max_steps is None else min(self.cold.max_steps, self.warm_max_steps)
+        return attrs.evolve(self.cold, max_epochs=epochs, max_steps=steps, patience=min(self.cold.patience, 2))
 
 
 @attrs.frozen
@@ -148,6 +154,12 @@ class SearchConfig:
     mutation_scale: std of the Gaussian step of a pool-search mutation (scaled units).
     max_enumeration: a finite space is enumerated to find the last untried points when
       random draws cannot, up to this many points.
+    screening_samples: y samples per candidate during the search (None: the designer's
+      `num_samples`). The search only has to rank candidates roughly; the `finalists`
+      best are then scored again with the full `num_samples`, and the pick is made on
+      those scores. Sampling dominates a suggestion's cost, so this cuts it about
+      `num_samples / screening_samples` times.
+    finalists: candidates rescored with the full sample count (at least 2x the count asked for).
     """
 
     strategy: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "eagle", "pool")))
@@ -156,6 +168,18 @@ class SearchConfig:
     diversity_radius: float = 0.1
     mutation_scale: float = 0.1
     max_enumeration: int = 100_000
+    screening_samples: int | None = attrs.field(default=16)
+    finalists: int = attrs.field(default=16)
+
+    @screening_samples.validator
+    def _check_screening(self, _, value):
+        if value is not None and value < 1:
+            raise ValueError(f"screening_samples must be >= 1 or None, got {value}")
+
+    @finalists.validator
+    def _check_finalists(self, _, value):
+        if value < 1:
+            raise ValueError(f"finalists must be >= 1, got {value}")
 
     @num_evaluations.validator
     def _check_evals(self, _, value):
@@ -879,19 +903,15 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._maybe_fit()
         best = self._best_value()
         scored: dict[str, _Candidate] = {}
+        screening = min(self.search.screening_samples or self._num_samples, self._num_samples)
 
-        def score(points: Sequence[Mapping[str, Any]]) -> np.ndarray:
-            keys = self._keys(points)
-            new: dict[str, dict[str, Any]] = {}
-            for p, k in zip(points, keys):
-                if k is not None and k not in scored and k not in new:
-                    new[k] = dict(p)
-            for start in range(0, len(new), self.search.batch_size * 4):
-                chunk = list(new.items())[start : start + self.search.batch_size * 4]
+        def evaluate(items: Sequence[tuple[str, dict[str, Any]]], num_samples: int) -> list[_Candidate]:
+            out: list[_Candidate] = []
+            step = self.search.batch_size * 4
+            for start in range(0, len(items), step):
+                chunk = items[start : start + step]
                 samples = self._regressor.sample(
-                    [vz.TrialSuggestion(parameters=p) for _, p in chunk],
-                    self._num_samples,
-                    seed=int(rng.integers(2**31)),
+                    [vz.TrialSuggestion(parameters=p) for _, p in chunk], num_samples, seed=int(rng.integers(2**31))
                 )
                 values = np.asarray(
                     self._acquisition(samples, goal=self._metric.goal, best=best, rng=rng), dtype=float
@@ -902,8 +922,18 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                     )
                 values = np.where(np.isnan(values), -np.inf, values)
                 medians = samples.quantiles([0.5])[0]
-                for (k, p), v, m in zip(chunk, values, medians):
-                    scored[k] = _Candidate(params=p, key=k, score=float(v), median=float(m))
+                out += [_Candidate(params=p, key=k, score=float(v), median=float(m))
+                        for (k, p), v, m in zip(chunk, values, medians)]
+            return out
+
+        def score(points: Sequence[Mapping[str, Any]]) -> np.ndarray:
+            keys = self._keys(points)
+            new: dict[str, dict[str, Any]] = {}
+            for p, k in zip(points, keys):
+                if k is not None and k not in scored and k not in new:
+                    new[k] = dict(p)
+            for c in evaluate(list(new.items()), screening):
+                scored[c.key] = c
             return np.array([scored[k].score if k is not None else -np.inf for k in keys])
 
         budget = self.search.num_evaluations
@@ -927,6 +957,11 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                 extra = self._random_points(n, excluded | set(scored), rng)
                 score([p for p, _ in extra])
         eligible = [c for k, c in scored.items() if k not in excluded and self._space.contains(c.params)]
+        if screening < self._num_samples and eligible:
+            # Second stage: the best screened candidates, scored again with all samples.
+            eligible.sort(key=lambda c: c.score, reverse=True)
+            finalists = eligible[: max(self.search.finalists, 2 * n)]
+            eligible = evaluate([(c.key, c.params) for c in finalists], self._num_samples)
         picks = self._select(eligible, n, rng)
         out = []
         for c in picks:

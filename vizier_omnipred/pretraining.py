@@ -55,6 +55,9 @@ class PretrainConfig:
     out_dir: str
     corpus: tuple[str, ...] = ()
     synthetic_studies: int = 0  # synthetic BBOB studies generated on the fly
+    # Start from this checkpoint's weights and tokenizers instead of a fresh model (continued
+    # pretraining, e.g. the shipped checkpoint on a user's corpus); its preset must be `preset`.
+    init_checkpoint: str | None = None
     synthetic_seed: int = 0
     preset: str = "small"
     steps: int = 2000
@@ -81,6 +84,8 @@ class PretrainConfig:
         for path in self.corpus:
             if not Path(path).is_file():
                 raise ValueError(f"corpus file {path} does not exist")
+        if self.init_checkpoint is not None and not Path(self.init_checkpoint).is_dir():
+            raise ValueError(f"init checkpoint {self.init_checkpoint} is not a directory")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
 
@@ -97,14 +102,24 @@ SHIPPED_RECIPE = dict(preset="small", synthetic_studies=4000, synthetic_seed=0, 
 
 # ----- data -------------------------------------------------------------------------------
 def iter_studies(config: PretrainConfig):
-    """All studies of the run, corpus files first, then the synthetic ones."""
+    """All studies of the run: one from each source in turn (corpus files, then synthetic).
+
+    Interleaving the sources, rather than reading them one after another, lets the shuffle
+    buffer mix them from the first step, so a run shorter than an epoch still sees all.
+    """
     from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
     from vizier_omnipred.corpus.format import read_corpus
 
-    for path in config.corpus:
-        yield from read_corpus(path)
+    sources = [iter(read_corpus(path)) for path in config.corpus]
     if config.synthetic_studies > 0:
-        yield from synthetic_bbob_studies(config.synthetic_seed, config.synthetic_studies)
+        sources.append(synthetic_bbob_studies(config.synthetic_seed, config.synthetic_studies))
+    while sources:
+        for source in list(sources):
+            record = next(source, None)
+            if record is None:
+                sources.remove(source)
+            else:
+                yield record
 
 
 def study_examples(vocab: Vocabulary, codec: TextCodec, record) -> tuple[list[Example], int]:
@@ -201,6 +216,19 @@ def normalized_mae_on_studies(model, vocab, codec, studies, device, *, num_sampl
 
 
 # ----- the loop ---------------------------------------------------------------------------
+def _initial_model(config: PretrainConfig):
+    """Model and vocabulary of `config.init_checkpoint`, checked against the run's config."""
+    ckpt = model_lib.load_checkpoint(config.init_checkpoint)
+    if ckpt.preset.name != config.preset:
+        raise ValueError(
+            f"init checkpoint {config.init_checkpoint} is preset {ckpt.preset.name!r}, the run asks for "
+            f"{config.preset!r}; pass --preset {ckpt.preset.name}"
+        )
+    if ckpt.codec != TextCodec():
+        raise ValueError(f"init checkpoint {config.init_checkpoint} uses a different text codec")
+    return ckpt.model, ckpt.vocab
+
+
 def _schedule(config: PretrainConfig):
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -258,8 +286,11 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
             config_json["corpus"] = list(config_json["corpus"])
             (out / CONFIG_FILE).write_text(json.dumps(config_json, indent=2, sort_keys=True))
         torch.manual_seed(config.seed)
-        vocab = build_vocab(config, codec)
-        model = model_lib.build_model(model_lib.get_preset(config.preset), vocab.size)
+        if config.init_checkpoint is not None:
+            model, vocab = _initial_model(config)
+        else:
+            vocab = build_vocab(config, codec)
+            model = model_lib.build_model(model_lib.get_preset(config.preset), vocab.size)
         state, start_step = None, 0
 
     model.to(device)
@@ -362,6 +393,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", required=True, help="run directory (checkpoints, log, config); resumes if it has one")
     p.add_argument("--recipe", choices=["shipped"], help="use the recipe of the shipped checkpoint")
     p.add_argument("--corpus", nargs="*", default=[], help="corpus files (.jsonl/.jsonl.gz)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="continue from this checkpoint's weights and tokenizers ('shipped': the packaged one)")
     p.add_argument("--synthetic-studies", type=int, default=None)
     p.add_argument("--synthetic-seed", type=int, default=None)
     p.add_argument("--preset", choices=sorted(model_lib.PRESETS), default=None)
@@ -386,8 +419,13 @@ def config_from_args(args) -> PretrainConfig:
         v = getattr(args, field)
         if v is not None:
             values[field] = v
+    init = args.init_from
+    if init == "shipped":
+        from vizier_omnipred.regressor import SHIPPED_CHECKPOINT
+
+        init = str(SHIPPED_CHECKPOINT)
     return PretrainConfig(out_dir=args.out, corpus=tuple(args.corpus), device=args.device,
-                          num_threads=args.num_threads, **values)
+                          num_threads=args.num_threads, init_checkpoint=init, **values)
 
 
 def _run_cli(args) -> int:

@@ -160,6 +160,8 @@ class FinetuneConfig:
     learning_rate: None means a tenth of the checkpoint's pretraining rate, or the
       preset's full rate for a model trained from scratch (decided by the regressor).
     max_epochs: upper bound on passes over the study (OmniPred: 30).
+    max_steps: upper bound on optimizer steps (None: no bound), so a refit's cost stops
+      growing with the study's size; epochs end early when it is reached.
     patience: epochs without a validation improvement before stopping.
     validation_fraction: share of the study's trials held out for early stopping; studies
       with fewer than `min_validation_trials / validation_fraction` trials train all
@@ -168,6 +170,7 @@ class FinetuneConfig:
 
     learning_rate: float | None = None
     max_epochs: int = 30
+    max_steps: int | None = None
     patience: int = 3
     batch_size: int = 64
     validation_fraction: float = 0.2
@@ -179,6 +182,8 @@ class FinetuneConfig:
     def __attrs_post_init__(self):
         if self.max_epochs < 1:
             raise ValueError("max_epochs must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1 or None")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("validation_fraction must be in [0, 1)")
         if self.batch_size < 1:
@@ -197,10 +202,13 @@ class FitReport:
     validation_loss: float | None
     learning_rate: float
     seconds: float
+    steps: int = 0  # optimizer steps taken
+    batch_size: int = 0
 
     @property
     def examples_per_second(self) -> float:
-        return self.epochs * (self.num_train_examples + self.num_prior_examples) / max(self.seconds, 1e-9)
+        seen = min(self.steps * self.batch_size, self.epochs * (self.num_train_examples + self.num_prior_examples))
+        return seen / max(self.seconds, 1e-9)
 
 
 def split_validation(n: int, config: FinetuneConfig) -> tuple[list[int], list[int]]:
@@ -247,11 +255,15 @@ def finetune(
     best_state = copy.deepcopy(model.state_dict()) if validation else None
     best_epoch, bad_epochs, epoch, train_loss = 0, 0, 0, math.nan
     order = list(train)
+    steps = 0
     model.train()
     for epoch in range(1, config.max_epochs + 1):
         rng.shuffle(order)
         losses = []
         for i in range(0, len(order), config.batch_size):
+            if config.max_steps is not None and steps >= config.max_steps:
+                break
+            steps += 1
             batch = Batch.collate(order[i : i + config.batch_size], device)
             loss = y_loss(model, batch, masks)
             optimizer.zero_grad(set_to_none=True)
@@ -259,9 +271,12 @@ def finetune(
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             losses.append(loss.item())
-        train_loss = float(np.mean(losses))
+        train_loss = float(np.mean(losses)) if losses else train_loss
+        out_of_steps = config.max_steps is not None and steps >= config.max_steps
         if not validation:
             best_epoch = epoch
+            if out_of_steps:
+                break
             continue
         val_loss = evaluate_loss(model, validation, masks, device)
         if val_loss < best_loss - 1e-4:
@@ -271,6 +286,8 @@ def finetune(
             bad_epochs += 1
             if bad_epochs >= config.patience:
                 break
+        if out_of_steps:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -285,4 +302,6 @@ def finetune(
         validation_loss=best_loss if validation else None,
         learning_rate=learning_rate,
         seconds=time.perf_counter() - started,
+        steps=steps,
+        batch_size=config.batch_size,
     )

@@ -1,4 +1,4 @@
-"""`vizier-omnipred bench {regression,ab,speed}`.
+"""`vizier-omnipred bench {regression,ab,speed,loo-pretrain}`.
 
 Argument parsing only builds typed configs (RegressionConfig, ABConfig, SpeedConfig); the
 work is in the modules, so everything here can be done from Python the same way.
@@ -134,6 +134,33 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_loo_pretrain(args: argparse.Namespace) -> int:
+    from vizier_omnipred.bench import loo
+
+    try:
+        config = loo.LooPretrainConfig(
+            out_dir=str(args.out),
+            datasets=args.datasets or loo.HPOBENCH_DATASETS,
+            init_checkpoint=args.init_from,
+            trials_per_dataset=args.trials_per_dataset,
+            synthetic_studies=args.synthetic_studies,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            device=args.device,
+            num_threads=args.threads or 0,
+            seed=args.seed,
+        )
+    except ValueError as e:
+        print(f"bench loo-pretrain: {e}", file=sys.stderr)
+        return 2
+    finals = loo.build_loo_checkpoints(config, progress=not args.no_progress)
+    for dataset, path in finals.items():
+        print(f"{dataset}: {path}")
+    print(f"use: --hpobench-checkpoint-pattern '{args.out}/{{dataset}}/final'")
+    return 0
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
         "bench",
@@ -232,3 +259,27 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--out", type=Path, default=Path("runs/bench/speed"))
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_speed)
+
+    # ----- loo-pretrain ------------------------------------------------------------------
+    lo = sub.add_parser(
+        "loo-pretrain",
+        help="HPOBench leave-one-out checkpoints: pretrain once per held-out dataset",
+        description=(
+            "For each HPOBench dataset D, continue pretraining a base checkpoint (default: the shipped "
+            "one) on the other seven datasets plus synthetic studies; writes OUT/D/final. Resumable; "
+            "finished datasets are skipped."
+        ),
+    )
+    lo.add_argument("--out", type=Path, default=Path("runs/loo"))
+    lo.add_argument("--datasets", type=_csv, default=None, help="held-out datasets (default: all 8)")
+    lo.add_argument("--init-from", default=None, help="base checkpoint (default: the shipped one)")
+    lo.add_argument("--trials-per-dataset", type=int, default=3000, help="configurations per other dataset")
+    lo.add_argument("--synthetic-studies", type=int, default=300, help="synthetic BBOB studies mixed in")
+    lo.add_argument("--steps", type=int, default=400)
+    lo.add_argument("--batch-size", type=int, default=32)
+    lo.add_argument("--learning-rate", type=float, default=None)
+    lo.add_argument("--device", default="cpu")
+    lo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    lo.add_argument("--seed", type=int, default=0)
+    lo.add_argument("--no-progress", action="store_true")
+    lo.set_defaults(func=_cmd_loo_pretrain)

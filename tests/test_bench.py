@@ -500,6 +500,10 @@ def test_cli_registers_bench_commands():
     assert args.train_sizes == (10, 30) and args.plot and callable(args.func)
     args = parser.parse_args(["bench", "speed", "--trial-counts", "10,50"])
     assert args.trial_counts == (10, 50)
+    args = parser.parse_args(["bench", "loo-pretrain", "--datasets", "car,kc1", "--steps", "3"])
+    assert args.datasets == ("car", "kc1") and args.steps == 3 and callable(args.func)
+    args = parser.parse_args(["bench", "loo-pretrain", "--datasets", "iris", "--out", "/nonexistent/never"])
+    assert args.func(args) == 2  # unknown dataset: a clear error before anything is written
     # an unknown designer is a clear error with exit status 2, before anything runs
     args = parser.parse_args(["bench", "ab", "--designers", "nope", "--out", "/nonexistent/never"])
     assert args.func(args) == 2

@@ -472,6 +472,26 @@ def test_regression_runner_writes_json_table_and_plot(tmp_path):
         )
 
 
+def test_regression_workers_give_the_same_cells_as_one_process(tmp_path):
+    from vizier_omnipred.bench import regression
+
+    config = regression.RegressionConfig(
+        suites=("bbob",), train_sizes=(8,), test_size=12, models=("rf", "gp"), bbob_dims=(2,),
+        bbob_functions=("Sphere", "Rastrigin"), out_dir=tmp_path / "one", threads=1,
+    )
+    one = regression.run_regression(config, log=lambda m: None)
+    two = regression.run_regression(attrs.evolve(config, workers=2, out_dir=tmp_path / "two"), log=lambda m: None)
+
+    def key(cells):
+        return [(c["task"], c["model"], c["status"], round(c["normalized_mae"], 9)) for c in cells]
+
+    assert len(one.cells) == 4 and key(two.cells) == key(one.cells)
+    saved = json.loads((tmp_path / "two" / "results.json").read_text())["summary"]
+    assert [r["median_normalized_mae"] for r in saved] == [r["median_normalized_mae"] for r in one.rows]
+    with pytest.raises(regression.RegressionConfigError, match="workers"):
+        regression.validate_config(attrs.evolve(config, workers=0))
+
+
 def test_hpobench_pretrained_cells_need_a_leave_one_out_checkpoint():
     from vizier_omnipred.bench import regression
 

@@ -28,13 +28,6 @@ def _int_csv(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _threads(value: int | None) -> None:
-    if value:
-        import torch
-
-        torch.set_num_threads(value)
-
-
 def _cmd_regression(args: argparse.Namespace) -> int:
     from vizier_omnipred.bench import regression as reg
 
@@ -60,9 +53,10 @@ def _cmd_regression(args: argparse.Namespace) -> int:
         out_dir=args.out,
         plot=args.plot,
         seed=args.seed,
+        workers=args.workers,
+        threads=args.threads,
     )
     try:
-        _threads(args.threads)
         report = reg.run_regression(config)
     except reg.RegressionConfigError as e:
         print(f"bench regression: {e}", file=sys.stderr)
@@ -204,6 +198,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     r.add_argument("--out", type=Path, default=Path("runs/bench/regression"))
     r.add_argument("--plot", action="store_true", help="write pred_vs_true_n{n}.png")
+    r.add_argument("--workers", type=int, default=1, help="run tasks in this many processes")
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=_cmd_regression)
 

@@ -121,9 +121,13 @@ class RegressionConfig:
     out_dir: Path = attrs.field(default=Path("runs/bench/regression"), converter=Path)
     plot: bool = False
     seed: int = 0
+    workers: int = 1  # tasks run in this many spawned processes
+    threads: int | None = None  # torch threads per worker process (None: torch's default)
 
 
 def validate_config(config: RegressionConfig) -> None:
+    if config.workers < 1:
+        raise RegressionConfigError(f"workers must be >= 1, got {config.workers}")
     bad = [s for s in config.suites if s not in SUITES]
     if bad or not config.suites:
         raise RegressionConfigError(f"unknown suite(s) {bad}; valid: {', '.join(SUITES)}, all")
@@ -487,6 +491,61 @@ class RegressionReport:
     table: str
 
 
+def configured_tasks(config: RegressionConfig) -> list[RegressionTask]:
+    """The tasks of the configured suites, in a fixed order (the same in every process)."""
+    tasks: list[RegressionTask] = []
+    for suite in config.suites:
+        tasks += bbob_tasks(config) if suite == "bbob" else hpobench_tasks(config)
+    return tasks
+
+
+def _cell_line(task: RegressionTask, cell: dict[str, Any]) -> str:
+    if cell["status"] == "ok":
+        msg = (f"nMAE {cell['normalized_mae']:.3f} spearman {cell['spearman']:.3f} "
+               f"calib {cell['calibration']:.2f} ({cell['seconds']:.1f} s fit+predict)")
+    else:
+        msg = f"{cell['status']}: {cell.get('error') or cell.get('reason')}"
+    return f"{task.suite}/{task.name} r{task.repeat} n={cell['train_size']} {cell['model']}: {msg}"
+
+
+def _cell_lines(task: RegressionTask, cells: Sequence[dict[str, Any]]) -> list[str]:
+    return [_cell_line(task, c) for c in cells]
+
+
+def task_cells_of(task: RegressionTask, config: RegressionConfig, *, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every (train size, model) cell of one task."""
+    out = []
+    for n in config.train_sizes:
+        for model in config.models:
+            cell = run_cell(task, n, model, config)
+            out.append(cell)
+            log(_cell_line(task, cell))
+    return out
+
+
+def _failed_cell(task: RegressionTask, n: int, model: str, exc: BaseException) -> dict[str, Any]:
+    return {"suite": task.suite, "task": task.name, "repeat": task.repeat, "train_size": n, "model": model,
+            "status": "failed", "error": f"worker died: {type(exc).__name__}: {exc}"}
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+_WORKER_TASKS: dict[RegressionConfig, list[RegressionTask]] = {}
+
+
+def _worker_task_cells(config: RegressionConfig, index: int) -> list[dict[str, Any]]:
+    """Worker process: task `index` of the configured tasks (built once per process)."""
+    if config.threads:
+        _set_torch_threads(config.threads)
+    if config not in _WORKER_TASKS:
+        _WORKER_TASKS[config] = configured_tasks(config)
+    return task_cells_of(_WORKER_TASKS[config][index], config, log=lambda _msg: None)
+
+
 def run_regression(
     config: RegressionConfig,
     *,
@@ -500,11 +559,8 @@ def run_regression(
     its progress and keeps what it finished if interrupted.
     """
     validate_config(config)
-    if tasks is None:
-        tasks = []
-        for suite in config.suites:
-            tasks += bbob_tasks(config) if suite == "bbob" else hpobench_tasks(config)
-    tasks = list(tasks)
+    configured = tasks is None
+    tasks = configured_tasks(config) if configured else list(tasks)
     for t in tasks:
         if len(t.pool) < max(config.train_sizes):
             raise RegressionConfigError(f"task {t.name}: pool of {len(t.pool)} < train size {max(config.train_sizes)}")
@@ -526,18 +582,39 @@ def run_regression(
             },
         )
 
-    for i, task in enumerate(tasks):
-        for n in config.train_sizes:
-            for model in config.models:
-                cell = run_cell(task, n, model, config)
-                cells.append(cell)
-                if cell["status"] == "ok":
-                    msg = (f"nMAE {cell['normalized_mae']:.3f} spearman {cell['spearman']:.3f} "
-                           f"calib {cell['calibration']:.2f} ({cell['seconds']:.1f} s fit+predict)")
-                else:
-                    msg = f"{cell['status']}: {cell.get('error') or cell.get('reason')}"
-                log(f"regression: [{i + 1}/{len(tasks)}] {task.suite}/{task.name} r{task.repeat} n={n} {model}: {msg}")
+    def task_log(i: int) -> Callable[[str], None]:
+        return lambda msg: log(f"regression: [{i + 1}/{len(tasks)}] {msg}")
+
+    done: dict[int, list[dict[str, Any]]] = {}
+
+    def finished(i: int, task_cells: list[dict[str, Any]]) -> None:
+        done[i] = task_cells
+        cells[:] = [c for j in sorted(done) for c in done[j]]  # task order, whatever finished first
         save()
+
+    if config.workers > 1 and configured and len(tasks) > 1:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        # spawn, not fork (torch and JAX threads); each worker rebuilds the same tasks from
+        # the config, which is cheaper and safer than pickling them.
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=config.workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_worker_task_cells, config, i): i for i in range(len(tasks))}
+            for fut in cf.as_completed(futures):
+                i = futures[fut]
+                try:
+                    task_cells = fut.result()
+                except BaseException as e:  # noqa: BLE001 - a dead worker fails its task's cells, not the run
+                    task_cells = [_failed_cell(tasks[i], n, m, e) for n in config.train_sizes for m in config.models]
+                for line in _cell_lines(tasks[i], task_cells):
+                    task_log(i)(line)
+                finished(i, task_cells)
+    else:
+        if config.threads:
+            _set_torch_threads(config.threads)
+        for i, task in enumerate(tasks):
+            finished(i, task_cells_of(task, config, log=task_log(i)))
     save()
     rows = aggregate(cells)
     table = markdown_table(rows, cells)

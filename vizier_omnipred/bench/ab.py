@@ -328,6 +328,7 @@ class ABConfig:
     seed: int = 0
     reference_samples: int = 1000
     plot: bool = True
+    threads: int | None = None  # torch threads per run (None: torch's default); 1 with --workers on few cores
 
 
 @attrs.frozen
@@ -341,6 +342,7 @@ class ABJob:
     options: DesignerOptions
     reference_samples: int
     reads_options: bool = False
+    threads: int | None = None  # how the run is executed, not what it computes: not in `key`
 
     @property
     def task_seed(self) -> int:
@@ -433,6 +435,7 @@ def plan_jobs(
             options=config.options,
             reference_samples=config.reference_samples,
             reads_options=registry[designer].reads_options,
+            threads=config.threads,
         )
         for repeat in range(config.repeats)
         for task in tasks
@@ -481,6 +484,10 @@ def run_job(job: ABJob, spec: DesignerSpec) -> dict[str, Any]:
     from vizier import algorithms as vza
 
     ensure_jax_x64()  # before any Vizier GP code, also in spawned workers
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
     start = time.time()
     record: dict[str, Any] = {
         "job_key": job.key,

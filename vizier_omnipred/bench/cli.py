@@ -89,6 +89,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         seed=args.seed,
         reference_samples=args.reference_samples,
         plot=not args.no_plot,
+        threads=args.threads,
     )
     try:
         report = ab.run_ab(config)
@@ -233,6 +234,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--reference-samples", type=int, default=1000,
                    help="random points per task for the regret normalisation (BBOB)")
     a.add_argument("--no-plot", action="store_true")
+    a.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     a.set_defaults(func=_cmd_ab)
 
     # ----- speed -------------------------------------------------------------------------

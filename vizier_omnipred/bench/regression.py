@@ -508,10 +508,6 @@ def _cell_line(task: RegressionTask, cell: dict[str, Any]) -> str:
     return f"{task.suite}/{task.name} r{task.repeat} n={cell['train_size']} {cell['model']}: {msg}"
 
 
-def _cell_lines(task: RegressionTask, cells: Sequence[dict[str, Any]]) -> list[str]:
-    return [_cell_line(task, c) for c in cells]
-
-
 def task_cells_of(task: RegressionTask, config: RegressionConfig, *, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Every (train size, model) cell of one task."""
     out = []
@@ -607,8 +603,8 @@ def run_regression(
                     task_cells = fut.result()
                 except BaseException as e:  # noqa: BLE001 - a dead worker fails its task's cells, not the run
                     task_cells = [_failed_cell(tasks[i], n, m, e) for n in config.train_sizes for m in config.models]
-                for line in _cell_lines(tasks[i], task_cells):
-                    task_log(i)(line)
+                for cell in task_cells:
+                    task_log(i)(_cell_line(tasks[i], cell))
                 finished(i, task_cells)
     else:
         if config.threads:

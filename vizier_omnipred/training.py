@@ -255,13 +255,13 @@ def finetune(
     best_state = copy.deepcopy(model.state_dict()) if validation else None
     best_epoch, bad_epochs, epoch, train_loss = 0, 0, 0, math.nan
     order = list(train)
-    steps = 0
+    steps, step_limit = 0, config.max_steps or math.inf
     model.train()
     for epoch in range(1, config.max_epochs + 1):
         rng.shuffle(order)
         losses = []
         for i in range(0, len(order), config.batch_size):
-            if config.max_steps is not None and steps >= config.max_steps:
+            if steps >= step_limit:
                 break
             steps += 1
             batch = Batch.collate(order[i : i + config.batch_size], device)
@@ -271,22 +271,19 @@ def finetune(
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             losses.append(loss.item())
-        train_loss = float(np.mean(losses)) if losses else train_loss
-        out_of_steps = config.max_steps is not None and steps >= config.max_steps
+        train_loss = float(np.mean(losses))  # an epoch starts only below the step limit
         if not validation:
             best_epoch = epoch
-            if out_of_steps:
-                break
-            continue
-        val_loss = evaluate_loss(model, validation, masks, device)
-        if val_loss < best_loss - 1e-4:
-            best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
         else:
-            bad_epochs += 1
-            if bad_epochs >= config.patience:
-                break
-        if out_of_steps:
+            val_loss = evaluate_loss(model, validation, masks, device)
+            if val_loss < best_loss - 1e-4:
+                best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+                if bad_epochs >= config.patience:
+                    break
+        if steps >= step_limit:
             break
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -218,3 +219,35 @@ def test_cuda_request_without_cuda_is_a_clear_error():
     else:
         with pytest.raises(ValueError, match="CUDA"):
             resolve_device("cuda")
+
+
+def _encoder_and_decoder_weights(reg):
+    model = reg.checkpoint.model
+    enc = torch.cat([p.detach().flatten().clone() for p in model.get_encoder().parameters()])
+    dec = torch.cat([p.detach().flatten().clone() for n, p in model.named_parameters() if n.startswith("decoder.block")])
+    return enc, dec
+
+
+def test_pretrained_fit_freezes_the_encoder_and_scratch_fit_trains_it(tiny_regressor_factory, problem_2d):
+    from vizier_omnipred.regressor import OmniPredRegressor
+
+    trials = make_trials(np.random.default_rng(3).uniform(-1, 1, (12, 2)))
+    config = FinetuneConfig(max_epochs=2, batch_size=4, validation_fraction=0.0)
+    scratch = tiny_regressor_factory(seed=5)
+    enc0, dec0 = _encoder_and_decoder_weights(scratch)
+    assert scratch.fit(problem_2d, trials, config=config).trained_encoder
+    enc1, dec1 = _encoder_and_decoder_weights(scratch)
+    assert not torch.equal(enc0, enc1) and not torch.equal(dec0, dec1)
+
+    # The same weights marked as pretrained: the default fine-tune leaves the encoder alone,
+    # and every parameter is trainable again afterwards (the freeze is for the call only).
+    pretrained = OmniPredRegressor(scratch.checkpoint, pretrained=True)
+    report = pretrained.fit(problem_2d, trials, config=config)
+    assert not report.trained_encoder and report.steps == 6
+    enc2, dec2 = _encoder_and_decoder_weights(pretrained)
+    assert torch.equal(enc1, enc2) and not torch.equal(dec1, dec2)
+    assert all(p.requires_grad for p in pretrained.checkpoint.model.parameters())
+
+    # An explicit choice wins over the default.
+    assert pretrained.fit(problem_2d, trials, config=attrs.evolve(config, train_encoder=True)).trained_encoder
+    assert not torch.equal(enc2, _encoder_and_decoder_weights(pretrained)[0])

@@ -504,9 +504,9 @@ def _copy_regressor(
     """A regressor with its own copy of the weights (tokenizers are shared: immutable)."""
     ckpt = regressor.checkpoint
     own = attrs.evolve(ckpt, model=copy.deepcopy(ckpt.model), training=copy.deepcopy(ckpt.training))
-    pretrained = getattr(regressor, "_pretrained", bool(ckpt.training.get("steps")))
     return OmniPredRegressor(
-        own, device=device, num_samples=num_samples, temperature=regressor.temperature, seed=seed, pretrained=pretrained
+        own, device=device, num_samples=num_samples, temperature=regressor.temperature, seed=seed,
+        pretrained=regressor.pretrained,
     )
 
 

@@ -155,6 +155,11 @@ class OmniPredRegressor(vza.Predictor):
         return self._ckpt.vocab
 
     @property
+    def pretrained(self) -> bool:
+        """Whether the weights come from pretraining: it sets the fine-tune defaults."""
+        return self._pretrained
+
+    @property
     def problem(self) -> vz.ProblemStatement | None:
         return self._problem
 
@@ -205,6 +210,8 @@ class OmniPredRegressor(vza.Predictor):
         train = [examples[i] for i in train_idx] + prior_examples
         validation = [examples[i] for i in val_idx]
         lr = config.learning_rate or self.default_learning_rate()
+        if config.train_encoder is None:
+            config = attrs.evolve(config, train_encoder=not self._pretrained)
         self.last_fit = finetune(
             self._ckpt.model,
             train,

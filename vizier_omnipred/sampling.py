@@ -225,7 +225,8 @@ def _sample_chunk(
         keys = (torch.arange(draws.shape[0], device=device)[:, None] * vocab_y + draws)[used]
         keys, counts = torch.unique(keys, sorted=True, return_counts=True)
         parent, token = keys // vocab_y, keys % vocab_y
-        cache.batch_select_indices(parent)
+        if position < length - 1:  # the last step's cache is never read: skip the copy
+            cache.batch_select_indices(parent)
         row_input, row_count = row_input[parent], counts
         prefix = torch.cat([prefix[parent], token[:, None]], dim=1)
         classes = masks.first_class[prefix[:, 0] + y_offset]

@@ -163,6 +163,12 @@ class FinetuneConfig:
     max_steps: upper bound on optimizer steps (None: no bound), so a refit's cost stops
       growing with the study's size; epochs end early when it is reached.
     patience: epochs without a validation improvement before stopping.
+    train_encoder: whether the encoder and the token embeddings are updated. None lets the
+      regressor decide: False for a pretrained checkpoint, True for a model from scratch.
+      A pretrained encoder's reading of the input is what ranks trials of an unseen study;
+      updating it on 10-30 trials overfits that ranking away, while a decoder-only
+      fine-tune moves the predicted level and keeps the order (see docs/BENCHMARKS.md).
+      It also skips the encoder's backward pass.
     validation_fraction: share of the study's trials held out for early stopping; studies
       with fewer than `min_validation_trials / validation_fraction` trials train all
       `max_epochs` on every trial instead (a 1-trial validation set only adds noise).
@@ -172,6 +178,7 @@ class FinetuneConfig:
     max_epochs: int = 30
     max_steps: int | None = None
     patience: int = 3
+    train_encoder: bool | None = None
     batch_size: int = 64
     validation_fraction: float = 0.2
     min_validation_trials: int = 3
@@ -204,6 +211,7 @@ class FitReport:
     seconds: float
     steps: int = 0  # optimizer steps taken
     batch_size: int = 0
+    trained_encoder: bool = True
 
     @property
     def examples_per_second(self) -> float:
@@ -245,12 +253,53 @@ def finetune(
     data: DataSummary,
     num_prior_examples: int = 0,
 ) -> FitReport:
-    """AdamW over `train` for up to `max_epochs`; early stopping restores the best state."""
+    """AdamW over `train` for up to `max_epochs`; early stopping restores the best state.
+
+    `config.train_encoder` must be decided (True/False) by the caller; with False the
+    encoder and the shared embeddings are frozen for this call only.
+    """
     if not train:
         raise ValueError("no training examples")
+    if config.train_encoder is None:
+        raise ValueError("finetune: config.train_encoder must be True or False (the regressor decides None)")
+    frozen = [] if config.train_encoder else frozen_encoder_parameters(model)
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        return _finetune(model, train, validation, config=config, learning_rate=learning_rate, masks=masks,
+                         device=device, data=data, num_prior_examples=num_prior_examples)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def frozen_encoder_parameters(model) -> list[torch.nn.Parameter]:
+    """The encoder's and the shared embeddings' parameters that currently require grad.
+
+    T5 ties the token embeddings (and, in our presets, the output layer) to `shared`, so
+    freezing the encoder's input side means freezing `shared` too.
+    """
+    params = list(model.get_encoder().parameters()) + list(model.get_input_embeddings().parameters())
+    unique = {id(p): p for p in params if p.requires_grad}
+    return list(unique.values())
+
+
+def _finetune(
+    model,
+    train: Sequence[Example],
+    validation: Sequence[Example],
+    *,
+    config: FinetuneConfig,
+    learning_rate: float,
+    masks: GrammarMasks,
+    device: torch.device,
+    data: DataSummary,
+    num_prior_examples: int,
+) -> FitReport:
     started = time.perf_counter()
     rng = random.Random(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=config.weight_decay)
     best_loss = evaluate_loss(model, validation, masks, device) if validation else math.inf
     best_state = copy.deepcopy(model.state_dict()) if validation else None
     best_epoch, bad_epochs, epoch, train_loss = 0, 0, 0, math.nan
@@ -268,7 +317,7 @@ def finetune(
             loss = y_loss(model, batch, masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
             losses.append(loss.item())
         train_loss = float(np.mean(losses))  # an epoch starts only below the step limit
@@ -301,4 +350,5 @@ def finetune(
         seconds=time.perf_counter() - started,
         steps=steps,
         batch_size=config.batch_size,
+        trained_encoder=bool(config.train_encoder),
     )

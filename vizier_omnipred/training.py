@@ -15,6 +15,7 @@ tokens that can never be emitted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -262,40 +263,34 @@ def finetune(
         raise ValueError("no training examples")
     if config.train_encoder is None:
         raise ValueError("finetune: config.train_encoder must be True or False (the regressor decides None)")
-    frozen = [] if config.train_encoder else frozen_encoder_parameters(model)
+    with contextlib.nullcontext() if config.train_encoder else encoder_frozen(model):
+        return _train_with_early_stopping(
+            model, train, validation, config=config, learning_rate=learning_rate, masks=masks,
+            device=device, data=data, num_prior_examples=num_prior_examples,
+        )
+
+
+@contextlib.contextmanager
+def encoder_frozen(model):
+    """Freezes the encoder and the token embeddings inside the block, then restores them.
+
+    T5 ties the token embeddings (and, in our presets, the output layer) to `shared`, so
+    freezing the encoder's input side means freezing `shared` too. Parameters that were
+    already frozen stay frozen afterwards.
+    """
+    params = list(model.get_encoder().parameters()) + list(model.get_input_embeddings().parameters())
+    frozen = list({id(p): p for p in params if p.requires_grad}.values())
     for p in frozen:
         p.requires_grad_(False)
     try:
-        return _finetune(model, train, validation, config=config, learning_rate=learning_rate, masks=masks,
-                         device=device, data=data, num_prior_examples=num_prior_examples)
+        yield
     finally:
         for p in frozen:
             p.requires_grad_(True)
 
 
-def frozen_encoder_parameters(model) -> list[torch.nn.Parameter]:
-    """The encoder's and the shared embeddings' parameters that currently require grad.
-
-    T5 ties the token embeddings (and, in our presets, the output layer) to `shared`, so
-    freezing the encoder's input side means freezing `shared` too.
-    """
-    params = list(model.get_encoder().parameters()) + list(model.get_input_embeddings().parameters())
-    unique = {id(p): p for p in params if p.requires_grad}
-    return list(unique.values())
-
-
-def _finetune(
-    model,
-    train: Sequence[Example],
-    validation: Sequence[Example],
-    *,
-    config: FinetuneConfig,
-    learning_rate: float,
-    masks: GrammarMasks,
-    device: torch.device,
-    data: DataSummary,
-    num_prior_examples: int,
-) -> FitReport:
+def _train_with_early_stopping(model, train, validation, *, config, learning_rate, masks, device, data,
+                               num_prior_examples) -> FitReport:
     started = time.perf_counter()
     rng = random.Random(config.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]

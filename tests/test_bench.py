@@ -517,7 +517,7 @@ def test_cli_registers_bench_commands():
     assert args.designers == ("random", "gp_bandit") and args.dims == (2, 3) and args.resume and callable(args.func)
     args = parser.parse_args(["bench", "regression", "--suite", "hpobench", "--train-sizes", "10,30",
                               "--hpobench-checkpoint-pattern", "c/{dataset}", "--plot"])
-    assert args.train_sizes == (10, 30) and args.plot and callable(args.func)
+    assert args.train_sizes == (10, 30) and args.plot and callable(args.func) and args.train_encoder == "auto"
     args = parser.parse_args(["bench", "speed", "--trial-counts", "10,50"])
     assert args.trial_counts == (10, 50)
     args = parser.parse_args(["bench", "loo-pretrain", "--datasets", "car,kc1", "--steps", "3"])
@@ -550,3 +550,16 @@ def test_hpobench_warmstart_uses_only_the_other_datasets_as_priors(tmp_path, tin
     bbob_task = attrs.evolve(task, suite="bbob", prior_studies=())
     model, reason = regression.make_model("omnipred-warmstart", bbob_task, config, seed=0)
     assert model is None and "prior" in reason
+
+
+def test_regression_train_encoder_option_reaches_the_fine_tune(tmp_path, tiny_regressor_factory, problem_2d):
+    from conftest import make_trials
+    from vizier_omnipred.bench import regression
+
+    ckpt = str(tiny_regressor_factory().save(tmp_path / "tiny-ckpt"))  # saved from scratch: not "pretrained"
+    trials = make_trials(np.random.default_rng(0).uniform(-1, 1, (6, 2)))
+    for option, trained in ((None, True), (False, False), (True, True)):
+        model = regression.OmniPredModel(
+            "finetuned", regression.OmniPredOptions(num_samples=4, train_encoder=option), checkpoint=ckpt)
+        model.fit(problem_2d, trials)
+        assert model._regressor.last_fit.trained_encoder is trained

@@ -49,6 +49,7 @@ def _cmd_regression(args: argparse.Namespace) -> int:
             hpobench_checkpoint_pattern=args.hpobench_checkpoint_pattern,
             prior_trials=args.prior_trials,
             warmstart_epochs=args.warmstart_epochs,
+            train_encoder={"auto": None, "yes": True, "no": False}[args.train_encoder],
         ),
         out_dir=args.out,
         plot=args.plot,
@@ -193,6 +194,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--prior-trials", type=int, default=32,
                    help="omnipred-warmstart: trials of each other HPOBench dataset used as prior studies")
     r.add_argument("--warmstart-epochs", type=int, default=10, help="omnipred-warmstart fine-tuning epochs")
+    r.add_argument("--train-encoder", choices=("auto", "yes", "no"), default="auto",
+                   help="fine-tuning a checkpoint also updates its encoder (auto: FinetuneConfig's default, "
+                        "frozen for a pretrained checkpoint)")
     r.add_argument("--preset", default="small", help="model preset of omnipred-scratch")
     r.add_argument("--num-samples", type=int, default=64, help="OmniPred samples per test point")
     r.add_argument("--device", default="cpu")

@@ -86,6 +86,7 @@ class OmniPredOptions:
     hpobench_checkpoint_pattern: str | None = None  # must contain '{dataset}'
     prior_trials: int = 32  # omnipred-warmstart: trials drawn from each other HPOBench dataset
     warmstart_epochs: int = 10  # fine-tuning epochs over new trials + priors (priors make epochs long)
+    train_encoder: bool | None = None  # FinetuneConfig.train_encoder of the fine-tuned/warm-started cells
 
     def checkpoint_for(self, task: "RegressionTask") -> tuple[bool, str | None, str]:
         """(usable, path, reason). HPOBench needs a leave-one-out checkpoint per dataset."""
@@ -291,6 +292,7 @@ class OmniPredModel:
 
     def fit(self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial]) -> None:
         from vizier_omnipred.regressor import OmniPredRegressor
+        from vizier_omnipred.training import FinetuneConfig
 
         o = self.options
         if self.mode == "scratch":
@@ -300,11 +302,11 @@ class OmniPredModel:
         else:
             raise ValueError(f"unknown OmniPred mode {self.mode!r}")
         if self.mode == "warmstart":
-            from vizier_omnipred.training import FinetuneConfig
-
             reg.fit(problem, list(trials), prior_studies=self.prior_studies,
-                    config=FinetuneConfig(max_epochs=o.warmstart_epochs, seed=self.seed))
-        elif self.mode != "pretrained":
+                    config=FinetuneConfig(max_epochs=o.warmstart_epochs, seed=self.seed, train_encoder=o.train_encoder))
+        elif self.mode == "finetuned":
+            reg.fit(problem, list(trials), config=FinetuneConfig(train_encoder=o.train_encoder))
+        elif self.mode == "scratch":
             reg.fit(problem, list(trials))
         self._regressor, self._problem = reg, problem
 

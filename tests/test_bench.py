@@ -563,3 +563,32 @@ def test_regression_train_encoder_option_reaches_the_fine_tune(tmp_path, tiny_re
             "finetuned", regression.OmniPredOptions(num_samples=4, train_encoder=option), checkpoint=ckpt)
         model.fit(problem_2d, trials)
         assert model._regressor.last_fit.trained_encoder is trained
+
+
+def test_speed_benchmark_times_each_count_several_times_with_designers_taking_turns(tmp_path, tiny_regressor_factory):
+    from vizier_omnipred.bench import speed
+
+    ckpt = str(tiny_regressor_factory().save(tmp_path / "tiny-ckpt"))
+    lines: list[str] = []
+    config = speed.SpeedConfig(
+        trial_counts=(6, 9), suggests_per_count=2, designers=("omnipred", "random"), dim=2, checkpoint=ckpt,
+        num_samples=4, sample_candidates=4, finetune_trials=8, matmul_size=64, threads=1, out_dir=tmp_path / "out",
+    )
+    result = speed.run_speed(config, log=lines.append)
+    for name in ("omnipred", "random"):
+        rec = result["suggest"][name]
+        assert "error" not in rec, rec.get("error")
+        assert {n: len(v) for n, v in rec["all_seconds"].items()} == {"6": 2, "9": 2}
+        assert rec["seconds"]["6"] == pytest.approx(float(np.median(rec["all_seconds"]["6"])))
+    # each timing follows a new trial, the designers alternating: 6, 7 (count 6), then 9, 10 (count 9)
+    timed = [m.split(" suggest(1)")[0].split()[-1] + "@" + m.split("after ")[1].split()[0] for m in lines
+             if "suggest(1) after" in m]
+    assert timed == ["omnipred@6", "random@6", "omnipred@7", "random@7", "omnipred@9", "random@9",
+                     "omnipred@10", "random@10"]
+    assert result["finetune"]["trials"] == 8 and result["sampling"]["values_per_second"] > 0
+    assert (tmp_path / "out" / "speed.json").is_file() and "Median of 2" in (tmp_path / "out" / "speed.md").read_text()
+    # counts closer together than the timings they need are a clear error
+    with pytest.raises(ValueError, match="apart"):
+        speed.run_speed(attrs.evolve(config, trial_counts=(6, 7)), log=lines.append)
+    with pytest.raises(ValueError, match="unknown designer"):
+        speed.run_speed(attrs.evolve(config, designers=("nope",)), log=lines.append)

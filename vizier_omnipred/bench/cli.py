@@ -107,6 +107,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
 
     config = speed.SpeedConfig(
         trial_counts=args.trial_counts,
+        suggests_per_count=args.suggests_per_count,
         designers=args.designers,
         dim=args.dim,
         function_name=args.function,
@@ -247,6 +248,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         help="suggest latency OmniPred vs GP bandit, sampling throughput, fine-tune cost, memory",
     )
     s.add_argument("--trial-counts", type=_int_csv, default=(10, 50, 200))
+    s.add_argument("--suggests-per-count", type=int, default=3,
+                   help="timed suggestions per trial count, one new trial before each (median reported)")
     s.add_argument("--designers", type=_csv, default=("omnipred", "gp_bandit"))
     s.add_argument("--dim", type=int, default=4)
     s.add_argument("--function", default="Sphere")

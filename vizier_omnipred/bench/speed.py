@@ -5,7 +5,11 @@ Measured in one process on one shifted BBOB task:
 1. `suggest(1)` latency of each designer at 10, 50, 200 completed trials. The designer
    gets the new trials through `update` and is timed on the suggest right after, which is
    the cost a user sees (the GP refits its hyperparameters then; OmniPred may fine-tune).
-   The OmniPred/GP ratio per trial count is the headline number.
+   At each count it is timed `suggests_per_count` times, one new trial arriving before
+   each (at n, n+1, ...), and the median is reported: one suggestion on a shared machine
+   is one draw of its load. The designers take turns (both at n, then both at n+1), so a
+   change of load over the run hits both sides of the ratio. The ratio of the medians
+   per trial count is the headline number.
 2. OmniPred sampling throughput: sampled y values per second for a batch of candidates,
    and the model FLOP/s that implies, next to torch's own float32 matmul FLOP/s on this
    machine (so "the sampler reaches x% of what the hardware does on a big matmul").
@@ -44,6 +48,7 @@ from vizier_omnipred.bench.common import environment_info, fmt, stable_seed, wri
 @attrs.frozen
 class SpeedConfig:
     trial_counts: tuple[int, ...] = attrs.field(default=(10, 50, 200), converter=tuple)
+    suggests_per_count: int = 3  # timed suggestions per trial count (median reported)
     designers: tuple[str, ...] = attrs.field(default=("omnipred", "gp_bandit"), converter=tuple)
     dim: int = 4
     function_name: str = "Sphere"
@@ -148,29 +153,47 @@ def _random_trials(task: BuiltTask, n: int, seed: int) -> list[Any]:
 
 
 def suggest_latency(config: SpeedConfig, task: BuiltTask, trials: list[Any], log: Callable[[str], None]) -> dict[str, Any]:
-    """Per designer: seconds of suggest(1) right after reaching each trial count."""
+    """Per designer: seconds of suggest(1) right after new trials arrive, around each trial count.
+
+    `seconds[n]` is the median of the `suggests_per_count` timings taken at n, n+1, ...
+    completed trials (`all_seconds[n]` keeps them). A designer that fails is recorded with
+    its error and dropped; the others go on.
+    """
     from vizier import algorithms as vza
 
     ensure_jax_x64()
-    out: dict[str, Any] = {}
     options = DesignerOptions(omnipred_checkpoint=config.checkpoint, device=config.device)
+    out: dict[str, Any] = {name: {"seconds": {}, "all_seconds": {}} for name in config.designers}
+    designers: dict[str, Any] = {}
+    fed: dict[str, int] = {}
+
+    def fail(name: str, e: BaseException) -> None:
+        out[name].update(_error(e))
+        designers.pop(name, None)
+        log(f"speed: {name} failed: {out[name]['error']}")
+
     for name in config.designers:
-        record: dict[str, Any] = {"seconds": {}}
-        out[name] = record
         try:
-            with _Phase(record, config.tracemalloc):
-                designer = DESIGNERS[name].make(task.problem, seed=config.seed, options=options, task=task)
-                fed = 0
-                for n in sorted(config.trial_counts):
-                    designer.update(vza.CompletedTrials(trials[fed:n]), vza.ActiveTrials())
-                    fed = n
-                    t0 = time.perf_counter()
-                    designer.suggest(1)
-                    record["seconds"][str(n)] = time.perf_counter() - t0
-                    log(f"speed: {name} suggest(1) after {n} trials: {record['seconds'][str(n)]:.2f} s")
+            designers[name] = DESIGNERS[name].make(task.problem, seed=config.seed, options=options, task=task)
+            fed[name] = 0
         except Exception as e:  # noqa: BLE001 - record and measure the others
-            record.update(_error(e))
-            log(f"speed: {name} failed: {record['error']}")
+            fail(name, e)
+    for n in sorted(config.trial_counts):
+        for j in range(config.suggests_per_count):
+            for name in list(designers):
+                try:
+                    designers[name].update(vza.CompletedTrials(trials[fed[name] : n + j]), vza.ActiveTrials())
+                    fed[name] = n + j
+                    t0 = time.perf_counter()
+                    designers[name].suggest(1)
+                    seconds = time.perf_counter() - t0
+                except Exception as e:  # noqa: BLE001
+                    fail(name, e)
+                    continue
+                out[name]["all_seconds"].setdefault(str(n), []).append(seconds)
+                log(f"speed: {name} suggest(1) after {n + j} trials: {seconds:.2f} s")
+        for name in designers:
+            out[name]["seconds"][str(n)] = float(np.median(out[name]["all_seconds"][str(n)]))
     return out
 
 
@@ -242,7 +265,9 @@ def finetune_speed(config: SpeedConfig, task: BuiltTask, trials: list[Any]) -> d
 def markdown(result: dict[str, Any]) -> str:
     lat = result["suggest"]
     counts = [str(n) for n in result["config"]["trial_counts"]]
-    lines = ["| designer | " + " | ".join(f"s/suggest @{n}" for n in counts) + " |",
+    k = result["config"].get("suggests_per_count", 1)
+    lines = [f"Median of {k} suggest(1) timings per trial count (at n, n+1, ... completed trials), designers taking turns.", "",
+             "| designer | " + " | ".join(f"s/suggest @{n}" for n in counts) + " |",
              "|---|" + "---|" * len(counts)]
     for name, rec in lat.items():
         cells = [fmt(rec["seconds"].get(n), 2) for n in counts]
@@ -252,7 +277,7 @@ def markdown(result: dict[str, Any]) -> str:
         for n in counts:
             a, b = lat["omnipred"]["seconds"].get(n), lat["gp_bandit"]["seconds"].get(n)
             ratios.append(fmt(a / b, 2) if a is not None and b else "-")
-        lines.append("| ratio omnipred/gp_bandit | " + " | ".join(ratios) + " |")
+        lines.append("| ratio omnipred/gp_bandit (medians) | " + " | ".join(ratios) + " |")
     s = result.get("sampling", {})
     lines.append("")
     if "values_per_second" in s:
@@ -279,21 +304,32 @@ def run_speed(
     unknown = [d for d in config.designers if d not in DESIGNERS]
     if unknown:
         raise ValueError(f"unknown designer(s) {unknown}; valid: {', '.join(sorted(DESIGNERS))}")
-    if not config.trial_counts or min(config.trial_counts) < 1:
+    counts = sorted(config.trial_counts)
+    if not counts or counts[0] < 1:
         raise ValueError(f"trial counts must be positive, got {config.trial_counts}")
+    if config.suggests_per_count < 1:
+        raise ValueError(f"suggests_per_count must be >= 1, got {config.suggests_per_count}")
+    if any(b - a < config.suggests_per_count for a, b in zip(counts, counts[1:])):
+        raise ValueError(
+            f"trial counts {tuple(counts)} must be at least suggests_per_count={config.suggests_per_count} apart: "
+            "each count is timed at n, n+1, ..., n+suggests_per_count-1 trials"
+        )
     if config.threads:
         import torch
 
         torch.set_num_threads(config.threads)
     task = _bbob_task(config)
-    n_trials = max(max(config.trial_counts), config.finetune_trials, config.sample_candidates)
+    n_trials = max(max(counts) + config.suggests_per_count - 1, config.finetune_trials, config.sample_candidates)
     trials = _random_trials(task, n_trials, stable_seed("speed-trials", config.seed))
     result: dict[str, Any] = {
         "config": attrs.asdict(config, value_serializer=lambda _, __, v: str(v) if isinstance(v, Path) else v),
         "environment": environment_info(),
         "task": task.label,
     }
-    result["suggest"] = suggest_latency(config, task, trials, log)
+    phase: dict[str, Any] = {}
+    with _Phase(phase, config.tracemalloc):
+        result["suggest"] = suggest_latency(config, task, trials, log)
+    result["suggest_phase"] = phase
     try:
         result["sampling"] = sampling_throughput(config, task, trials)
     except Exception as e:  # noqa: BLE001

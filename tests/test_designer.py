@@ -592,3 +592,32 @@ def test_a_pretrained_model_is_used_zero_shot_once_seeds_are_spent(make, tiny_re
     out = designer.suggest(2)
     assert [s.metadata.ns("omnipred")["source"] for s in out] == ["model", "model"]
     assert designer.num_fits == 0 and designer.last_fit is None  # nothing to fit on: zero-shot
+
+
+def test_picks_stay_in_the_trust_region_around_completed_trials(make):
+    assert designer_lib.trust_radius(0, 3) == math.inf
+    assert designer_lib.trust_radius(20, 3) == pytest.approx(0.5)  # Vizier GP bandit's rule
+    space = vz.SearchSpace()
+    space.root.add_float_param("x", 0.0, 10.0)
+    space.root.add_float_param("y", 0.0, 10.0)
+    space.root.add_categorical_param("c", ["a", "b"])  # categorical values never limit the region
+    corner = [{"x": 0.1 * i, "y": 0.2 * i, "c": "a"} for i in range(4)]
+    trials = [vz.Trial(parameters=p, id=i + 1) for i, p in enumerate(corner)]
+    for t in trials:
+        t.complete(vz.Measurement(metrics={"objective": t.parameters["x"].value}))
+    radius = designer_lib.trust_radius(4, 3) * 10.0  # in raw units: the space is 10 wide
+
+    def farthest(trust_region: bool) -> float:
+        designer = make(problem_of(space), num_candidates=64, num_seed_trials=2)
+        designer.search = attrs.evolve(designer.search, trust_region=trust_region)
+        designer.update(vza.CompletedTrials(trials), vza.ActiveTrials())
+        picks = designer.suggest(4)
+        assert len(picks) == 4
+        return max(
+            min(max(abs(s.parameters["x"].value - p["x"]), abs(s.parameters["y"].value - p["y"])) for p in corner)
+            for s in picks
+        )
+
+    assert farthest(True) <= radius + 1e-9
+    # the untrained model's scores are noise: without the region its picks roam the space
+    assert farthest(False) > radius

@@ -26,6 +26,9 @@ The loop (one `suggest` call):
    finite space with at most `num_candidates` points is enumerated and scored whole.
    The search scores with `SearchConfig.screening_samples` samples per candidate (16);
    its best `finalists` are scored again with all `num_samples` before the pick.
+   Picks stay within a trust region around the completed trials (L-inf balls whose
+   radius grows with the number of trials, Vizier GP bandit's rule;
+   `SearchConfig.trust_region`): the model is least reliable where it has seen nothing.
 4. **Selection.** Candidates are compared by their text (`TextCodec`, which rounds
    floats to 3 significant digits): two points with the same text get the same
    prediction, so a candidate whose text matches a completed, active or previously
@@ -56,7 +59,7 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +163,14 @@ class SearchConfig:
       those scores. Sampling dominates a suggestion's cost, so this cuts it about
       `num_samples / screening_samples` times.
     finalists: candidates rescored with the full sample count (at least 2x the count asked for).
+    trust_region: pick only candidates within `trust_radius` (L-inf distance, numeric
+      parameters scaled to [0, 1]; categorical ones never limit) of a completed trial,
+      as Vizier's GP bandit does. A language model's samples far from every observed
+      point reflect how it reads unseen digits more than the objective, and a wide
+      spread there is what an upper quantile rewards. Outside points still reach the
+      search, with a penalty that grows with their distance (so Eagle is drawn back),
+      and are picked only when nothing inside is left. The radius grows with the
+      number of trials until the region is the whole space.
     """
 
     strategy: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "eagle", "pool")))
@@ -170,6 +181,7 @@ class SearchConfig:
     max_enumeration: int = 100_000
     screening_samples: int | None = attrs.field(default=16)
     finalists: int = attrs.field(default=16)
+    trust_region: bool = True
 
     @screening_samples.validator
     def _check_screening(self, _, value):
@@ -431,6 +443,28 @@ def _distances(x: np.ndarray, is_cat: np.ndarray, i: int) -> np.ndarray:
     return np.sqrt(np.mean(diff**2, axis=1))
 
 
+def trust_radius(num_trials: int, num_parameters: int) -> float:
+    """Radius of the trust region around completed trials, Vizier GP bandit's rule:
+    0.2 + 0.3 * n / (5 (d + 1)) for n trials and d parameters (0.5 after 5 (d + 1) trials,
+    and on), infinite before the first trial."""
+    if num_trials <= 0:
+        return math.inf
+    return 0.2 + 0.3 * num_trials / (5.0 * (num_parameters + 1))
+
+
+def _linf_to_nearest(x: np.ndarray, is_cat: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+    """L-inf distance of every row of x to its nearest row of `trusted`, over numeric
+    columns; a column absent (nan) on either side does not count."""
+    numeric = ~is_cat
+    if len(trusted) == 0:
+        return np.full(len(x), np.inf)
+    if not numeric.any() or len(x) == 0:
+        return np.zeros(len(x))
+    diff = np.abs(x[:, None, numeric] - trusted[None, :, numeric])  # (N, T, D)
+    diff = np.where(np.isnan(diff), 0.0, diff)
+    return diff.max(axis=2).min(axis=1)
+
+
 # --------------------------------------------------------------------- study key
 def default_cache_root() -> Path:
     """Where fine-tuned weights live by default: $VIZIER_OMNIPRED_CACHE or ~/.cache/vizier-omnipred."""
@@ -587,6 +621,13 @@ class _Candidate:
     key: str
     score: float = -math.inf
     median: float = math.nan
+    outside: float = 0.0  # L-inf distance beyond the trust radius (0: inside)
+
+    @property
+    def search_score(self) -> float:
+        """The score the search optimises: outside the trust region, below every score
+        inside it, less the further out (finite, and within Eagle's float32)."""
+        return self.score if self.outside <= 0.0 else -1e20 * (1.0 + self.outside)
 
 
 # ---------------------------------------------------------------------- designer
@@ -904,6 +945,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         best = self._best_value()
         scored: dict[str, _Candidate] = {}
         screening = min(self.search.screening_samples or self._num_samples, self._num_samples)
+        beyond_region = self._trust_region()
 
         def evaluate(items: Sequence[tuple[str, dict[str, Any]]], num_samples: int) -> list[_Candidate]:
             out: list[_Candidate] = []
@@ -922,8 +964,9 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                     )
                 values = np.where(np.isnan(values), -np.inf, values)
                 medians = samples.quantiles([0.5])[0]
-                out += [_Candidate(params=p, key=k, score=float(v), median=float(m))
-                        for (k, p), v, m in zip(chunk, values, medians)]
+                outside = beyond_region([p for _, p in chunk])
+                out += [_Candidate(params=p, key=k, score=float(v), median=float(m), outside=float(o))
+                        for (k, p), v, m, o in zip(chunk, values, medians, outside)]
             return out
 
         def score(points: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -934,7 +977,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                     new[k] = dict(p)
             for c in evaluate(list(new.items()), screening):
                 scored[c.key] = c
-            return np.array([scored[k].score if k is not None else -np.inf for k in keys])
+            return np.array([scored[k].search_score if k is not None else -np.inf for k in keys])
 
         budget = self.search.num_evaluations
         finite = self._space.enumerate(budget) if not self._space.has_continuous else None
@@ -957,12 +1000,18 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                 extra = self._random_points(n, excluded | set(scored), rng)
                 score([p for p, _ in extra])
         eligible = [c for k, c in scored.items() if k not in excluded and self._space.contains(c.params)]
-        if screening < self._num_samples and eligible:
+        # Inside the trust region first; outside points only fill a batch that the
+        # region cannot (best search score first: the nearest to it, when scores tie).
+        inside = [c for c in eligible if c.outside <= 0.0]
+        outside = [attrs.evolve(c, score=c.search_score) for c in eligible if c.outside > 0.0]
+        if screening < self._num_samples and inside:
             # Second stage: the best screened candidates, scored again with all samples.
-            eligible.sort(key=lambda c: c.score, reverse=True)
-            finalists = eligible[: max(self.search.finalists, 2 * n)]
-            eligible = evaluate([(c.key, c.params) for c in finalists], self._num_samples)
-        picks = self._select(eligible, n, rng)
+            inside.sort(key=lambda c: c.score, reverse=True)
+            finalists = inside[: max(self.search.finalists, 2 * n)]
+            inside = evaluate([(c.key, c.params) for c in finalists], self._num_samples)
+        picks = self._select(inside, n, rng)
+        if len(picks) < n:
+            picks += self._select(outside, n - len(picks), rng)
         out = []
         for c in picks:
             excluded.add(c.key)
@@ -975,6 +1024,22 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                 md["predicted_median"] = repr(c.median)
             out.append(s)
         return out
+
+    def _trust_region(self) -> Callable[[Sequence[Mapping[str, Any]]], np.ndarray]:
+        """Distance beyond the trust radius of each point (0 inside; all 0 when the
+        region is off or covers the space). Every completed trial is trusted, infeasible
+        ones included: the model was told what happened there."""
+        trusted = [r.params for r in self._history.values() if self._space.contains(r.params)]
+        radius = trust_radius(len(trusted), len(self._space.names))
+        if not self.search.trust_region or radius >= 1.0:
+            return lambda points: np.zeros(len(points))
+
+        def beyond(points: Sequence[Mapping[str, Any]]) -> np.ndarray:
+            x, is_cat = self._space.features(list(points) + trusted)
+            d = _linf_to_nearest(x[: len(points)], is_cat, x[len(points) :])
+            return np.maximum(0.0, d - radius)
+
+        return beyond
 
     def _eagle_search(self, score, budget: int, rng: np.random.Generator) -> bool:
         """Vizier's Eagle strategy on the acquisition, its pool primed with the best

@@ -1001,7 +1001,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                 score([p for p, _ in extra])
         eligible = [c for k, c in scored.items() if k not in excluded and self._space.contains(c.params)]
         # Inside the trust region first; outside points only fill a batch that the
-        # region cannot (best search score first: the nearest to it, when scores tie).
+        # region cannot, nearest to it first (their search score falls with distance).
         inside = [c for c in eligible if c.outside <= 0.0]
         outside = [attrs.evolve(c, score=c.search_score) for c in eligible if c.outside > 0.0]
         if screening < self._num_samples and inside:
@@ -1022,6 +1022,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             md["acquisition"] = repr(c.score)
             if math.isfinite(c.median):
                 md["predicted_median"] = repr(c.median)
+            if c.outside > 0.0:
+                md["beyond_trust_region"] = repr(c.outside)
             out.append(s)
         return out
 

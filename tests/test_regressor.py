@@ -251,3 +251,26 @@ def test_pretrained_fit_freezes_the_encoder_and_scratch_fit_trains_it(tiny_regre
     # An explicit choice wins over the default.
     assert pretrained.fit(problem_2d, trials, config=attrs.evolve(config, train_encoder=True)).trained_encoder
     assert not torch.equal(enc2, _encoder_and_decoder_weights(pretrained)[0])
+
+
+@pytest.mark.parametrize("train_encoder", [False, True], ids=["decoder-only", "all-parameters"])
+def test_early_stopping_restores_the_best_state(tiny_regressor_factory, problem_2d, train_encoder):
+    from vizier_omnipred.training import DataSummary, evaluate_loss, finetune, make_examples
+
+    torch.manual_seed(0)
+    reg = tiny_regressor_factory(seed=3)
+    rng = np.random.default_rng(0)
+    # Noise targets: a high rate overfits them and the validation loss turns up.
+    trials = make_trials(rng.uniform(-1, 1, (40, 2)), fn=lambda a, b: float(rng.uniform(0, 100)))
+    examples, _ = make_examples(reg.vocab, reg.codec, problem_2d, trials)
+    train, validation = examples[:30], examples[30:]
+    model = reg.checkpoint.model
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("encoder.")}
+    config = FinetuneConfig(learning_rate=3e-2, max_epochs=25, patience=3, batch_size=8, train_encoder=train_encoder)
+    report = finetune(model, train, validation, config=config, learning_rate=3e-2, masks=reg._masks,
+                      device=torch.device("cpu"), data=DataSummary())
+    assert report.best_epoch < report.epochs, "the validation loss never turned up: nothing to restore"
+    # The weights in the model are the best epoch's: its validation loss, not the last epoch's.
+    assert evaluate_loss(model, validation, reg._masks, torch.device("cpu")) == pytest.approx(report.validation_loss, rel=1e-5)
+    if not train_encoder:
+        assert all(torch.equal(p, frozen_before[n]) for n, p in model.named_parameters() if n in frozen_before)

@@ -16,7 +16,6 @@ tokens that can never be emitted.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 import time
@@ -289,14 +288,30 @@ def encoder_frozen(model):
             p.requires_grad_(True)
 
 
-def _train_with_early_stopping(model, train, validation, *, config, learning_rate, masks, device, data,
-                               num_prior_examples) -> FitReport:
+def _train_with_early_stopping(
+    model: torch.nn.Module,
+    train: Sequence[Example],
+    validation: Sequence[Example],
+    *,
+    config: FinetuneConfig,
+    learning_rate: float,
+    masks: GrammarMasks,
+    device: torch.device,
+    data: DataSummary,
+    num_prior_examples: int,
+) -> FitReport:
+    """The loop of `finetune`. The best state kept for early stopping holds only the
+    parameters being trained: with the encoder frozen, the rest cannot change."""
     started = time.perf_counter()
     rng = random.Random(config.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=config.weight_decay)
+
+    def snapshot() -> list[torch.Tensor]:
+        return [p.detach().clone() for p in trainable]
+
     best_loss = evaluate_loss(model, validation, masks, device) if validation else math.inf
-    best_state = copy.deepcopy(model.state_dict()) if validation else None
+    best_state = snapshot() if validation else None
     best_epoch, bad_epochs, epoch, train_loss = 0, 0, 0, math.nan
     order = list(train)
     steps, step_limit = 0, config.max_steps or math.inf
@@ -322,7 +337,7 @@ def _train_with_early_stopping(model, train, validation, *, config, learning_rat
             val_loss = evaluate_loss(model, validation, masks, device)
             if val_loss < best_loss - 1e-4:
                 best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = snapshot()
             else:
                 bad_epochs += 1
                 if bad_epochs >= config.patience:
@@ -330,7 +345,9 @@ def _train_with_early_stopping(model, train, validation, *, config, learning_rat
         if steps >= step_limit:
             break
     if best_state is not None:
-        model.load_state_dict(best_state)
+        with torch.no_grad():
+            for p, saved in zip(trainable, best_state):
+                p.copy_(saved)
     model.eval()
     return FitReport(
         data=data,

@@ -241,34 +241,6 @@ def evaluate_loss(model, examples: Sequence[Example], masks: GrammarMasks, devic
     return total / max(len(examples), 1)
 
 
-def finetune(
-    model,
-    train: Sequence[Example],
-    validation: Sequence[Example],
-    *,
-    config: FinetuneConfig,
-    learning_rate: float,
-    masks: GrammarMasks,
-    device: torch.device,
-    data: DataSummary,
-    num_prior_examples: int = 0,
-) -> FitReport:
-    """AdamW over `train` for up to `max_epochs`; early stopping restores the best state.
-
-    `config.train_encoder` must be decided (True/False) by the caller; with False the
-    encoder and the shared embeddings are frozen for this call only.
-    """
-    if not train:
-        raise ValueError("no training examples")
-    if config.train_encoder is None:
-        raise ValueError("finetune: config.train_encoder must be True or False (the regressor decides None)")
-    with contextlib.nullcontext() if config.train_encoder else encoder_frozen(model):
-        return _train_with_early_stopping(
-            model, train, validation, config=config, learning_rate=learning_rate, masks=masks,
-            device=device, data=data, num_prior_examples=num_prior_examples,
-        )
-
-
 @contextlib.contextmanager
 def encoder_frozen(model):
     """Freezes the encoder and the token embeddings inside the block, then restores them.
@@ -288,7 +260,7 @@ def encoder_frozen(model):
             p.requires_grad_(True)
 
 
-def _train_with_early_stopping(
+def finetune(
     model: torch.nn.Module,
     train: Sequence[Example],
     validation: Sequence[Example],
@@ -298,69 +270,80 @@ def _train_with_early_stopping(
     masks: GrammarMasks,
     device: torch.device,
     data: DataSummary,
-    num_prior_examples: int,
+    num_prior_examples: int = 0,
 ) -> FitReport:
-    """The loop of `finetune`. The best state kept for early stopping holds only the
-    parameters being trained: with the encoder frozen, the rest cannot change."""
-    started = time.perf_counter()
-    rng = random.Random(config.seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=config.weight_decay)
+    """AdamW over `train` for up to `max_epochs`; early stopping restores the best state.
 
-    def snapshot() -> list[torch.Tensor]:
-        return [p.detach().clone() for p in trainable]
+    `config.train_encoder` must be decided (True/False) by the caller; with False the
+    encoder and the shared embeddings are frozen for this call only. The best state kept
+    for early stopping holds only the parameters being trained: the rest cannot change.
+    """
+    if not train:
+        raise ValueError("no training examples")
+    if config.train_encoder is None:
+        raise ValueError("finetune: config.train_encoder must be True or False (the regressor decides None)")
+    with contextlib.nullcontext() if config.train_encoder else encoder_frozen(model):
+        started = time.perf_counter()
+        rng = random.Random(config.seed)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=config.weight_decay)
 
-    best_loss = evaluate_loss(model, validation, masks, device) if validation else math.inf
-    best_state = snapshot() if validation else None
-    best_epoch, bad_epochs, epoch, train_loss = 0, 0, 0, math.nan
-    order = list(train)
-    steps, step_limit = 0, config.max_steps or math.inf
-    model.train()
-    for epoch in range(1, config.max_epochs + 1):
-        rng.shuffle(order)
-        losses = []
-        for i in range(0, len(order), config.batch_size):
+        def snapshot() -> list[torch.Tensor]:
+            return [p.detach().clone() for p in trainable]
+
+        best_loss = evaluate_loss(model, validation, masks, device) if validation else math.inf
+        best_state = snapshot() if validation else None
+        best_epoch, bad_epochs, epoch, train_loss = 0, 0, 0, math.nan
+        order = list(train)
+        steps, step_limit = 0, config.max_steps or math.inf
+        model.train()
+        for epoch in range(1, config.max_epochs + 1):
+            rng.shuffle(order)
+            losses = []
+            for i in range(0, len(order), config.batch_size):
+                if steps >= step_limit:
+                    break
+                steps += 1
+                batch = Batch.collate(order[i : i + config.batch_size], device)
+                loss = y_loss(model, batch, masks)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+                optimizer.step()
+                losses.append(loss.item())
+            train_loss = float(np.mean(losses))  # an epoch starts only below the step limit
+            if not validation:
+                best_epoch = epoch
+            else:
+                val_loss = evaluate_loss(model, validation, masks, device)
+                if val_loss < best_loss - 1e-4:
+                    best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
+                    best_state = snapshot()
+                else:
+                    bad_epochs += 1
+                    if bad_epochs >= config.patience:
+                        break
             if steps >= step_limit:
                 break
-            steps += 1
-            batch = Batch.collate(order[i : i + config.batch_size], device)
-            loss = y_loss(model, batch, masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-        train_loss = float(np.mean(losses))  # an epoch starts only below the step limit
-        if not validation:
-            best_epoch = epoch
-        else:
-            val_loss = evaluate_loss(model, validation, masks, device)
-            if val_loss < best_loss - 1e-4:
-                best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
-                best_state = snapshot()
-            else:
-                bad_epochs += 1
-                if bad_epochs >= config.patience:
-                    break
-        if steps >= step_limit:
-            break
-    if best_state is not None:
-        with torch.no_grad():
-            for p, saved in zip(trainable, best_state):
-                p.copy_(saved)
-    model.eval()
-    return FitReport(
-        data=data,
-        num_train_examples=len(train) - num_prior_examples,
-        num_validation_examples=len(validation),
-        num_prior_examples=num_prior_examples,
-        epochs=epoch,
-        best_epoch=best_epoch,
-        train_loss=train_loss,
-        validation_loss=best_loss if validation else None,
-        learning_rate=learning_rate,
-        seconds=time.perf_counter() - started,
-        steps=steps,
-        batch_size=config.batch_size,
-        trained_encoder=bool(config.train_encoder),
-    )
+        if best_state is not None:
+            with torch.no_grad():
+                for p, saved in zip(trainable, best_state):
+                    p.copy_(saved)
+        model.eval()
+        return FitReport(
+            data=data,
+            num_train_examples=len(train) - num_prior_examples,
+            num_validation_examples=len(validation),
+            num_prior_examples=num_prior_examples,
+            epochs=epoch,
+            best_epoch=best_epoch,
+            train_loss=train_loss,
+            validation_loss=best_loss if validation else None,
+            learning_rate=learning_rate,
+            seconds=time.perf_counter() - started,
+            steps=steps,
+            batch_size=config.batch_size,
+            trained_encoder=bool(config.train_encoder),
+        )
+
+

@@ -1036,10 +1036,13 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         if not self.search.trust_region or radius >= 1.0:
             return lambda points: np.zeros(len(points))
 
+        # Numeric columns are scaled the same way in every call (categorical ids are not,
+        # but they do not count), so the trusted points' features are computed once.
+        trusted_x, is_cat = self._space.features(trusted)
+
         def beyond(points: Sequence[Mapping[str, Any]]) -> np.ndarray:
-            x, is_cat = self._space.features(list(points) + trusted)
-            d = _linf_to_nearest(x[: len(points)], is_cat, x[len(points) :])
-            return np.maximum(0.0, d - radius)
+            x, _ = self._space.features(points)
+            return np.maximum(0.0, _linf_to_nearest(x, is_cat, trusted_x) - radius)
 
         return beyond
 

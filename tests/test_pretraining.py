@@ -49,6 +49,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file):
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The kill may land between a checkpoint write's two renames; a resume puts the
+    # previous checkpoint back first, and so does this read.
+    model_lib.restore_interrupted_save(out / "last")
     killed_at = json.loads((out / "last" / "omnipred.json").read_text())["training"]["steps"]
     assert 0 < killed_at < 400
 
@@ -59,6 +62,23 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file):
     final = json.loads((out / "final" / "omnipred.json").read_text())["training"]
     assert final["steps"] == target
     model_lib.load_checkpoint(out / "final")  # a complete, loadable checkpoint
+
+
+def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tmp_path, corpus_file, capsys):
+    out = tmp_path / "run"
+    base = dict(out_dir=str(out), corpus=(str(corpus_file),), preset="tiny", steps=2, batch_size=8,
+                shuffle_buffer=32, warmup_steps=1, eval_every=1000, checkpoint_every=1)
+    pretrain(PretrainConfig(**base), progress=False)
+    # What save_checkpoint leaves when killed after moving `last` aside: no `last`, only `.last.old`.
+    (out / "last").rename(out / ".last.old")
+    (out / "final").rename(out / "final-first")  # so the run is not already finished
+    final = pretrain(PretrainConfig(**{**base, "steps": 3}), progress=False)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "loss" in e][-1] == 3
+    assert json.loads((final / "omnipred.json").read_text())["training"]["steps"] == 3
+    assert "restored" in capsys.readouterr().err  # resumed from the set-aside checkpoint, not restarted
+    assert not (out / ".last.old").exists()
+    assert not model_lib.restore_interrupted_save(out / "last")  # nothing to do when `last` is there
 
 
 def test_resume_with_another_config_is_refused(tmp_path, corpus_file):

@@ -146,6 +146,7 @@ def save_checkpoint(
     """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted_save(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -171,7 +172,7 @@ def save_checkpoint(
                 os.fsync(f.fileno())
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
+            old = _previous_copy(target)
             if old.exists():
                 shutil.rmtree(old)
             os.replace(target, old)
@@ -182,6 +183,26 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _previous_copy(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def restore_interrupted_save(directory: str | os.PathLike[str]) -> bool:
+    """Puts back the previous checkpoint if a save was killed between its two renames.
+
+    `save_checkpoint` moves the old checkpoint aside, then moves the new one in; a SIGKILL
+    between the two leaves no `directory`, only `.NAME.old`. Returns True if it restored
+    it. Resuming a run calls this, so such a kill costs the steps since the previous
+    checkpoint, not the whole run.
+    """
+    target = Path(directory)
+    previous = _previous_copy(target)
+    if target.exists() or not previous.is_dir():
+        return False
+    os.replace(previous, target)
+    return True
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -272,6 +273,10 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
     last = out / "last"
     codec = TextCodec()
 
+    if rank == 0 and model_lib.restore_interrupted_save(last):
+        print(f"pretrain: restored {last}, whose last write was interrupted", file=sys.stderr)
+    if distributed:
+        dist.barrier()  # every rank reads `last` below, after rank 0 has restored it
     resumed = (last / STATE_FILE).is_file()
     if resumed:
         _check_resumable(config, out)

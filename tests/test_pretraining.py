@@ -135,6 +135,23 @@ def test_continued_pretraining_starts_from_the_init_checkpoint(tmp_path, corpus_
         attrs.evolve(config, init_checkpoint=str(tmp_path / "missing"))
 
 
+def test_a_continued_checkpoint_fine_tunes_at_its_lineage_peak_rate(tmp_path, corpus_file, tiny_regressor_factory):
+    """Continuing at a low rate must not drag the fine-tuning rate down with it."""
+    from vizier_omnipred.regressor import OmniPredRegressor
+
+    init = tiny_regressor_factory(seed=3).save(tmp_path / "init")
+    parent = PretrainConfig(out_dir=str(tmp_path / "parent"), corpus=(str(corpus_file),), preset="tiny", steps=2,
+                            batch_size=8, shuffle_buffer=32, warmup_steps=1, learning_rate=2e-3, eval_every=1000,
+                            checkpoint_every=1000, init_checkpoint=str(init))
+    child = attrs.evolve(parent, out_dir=str(tmp_path / "child"), steps=3, learning_rate=3e-4,
+                         init_checkpoint=str(pretrain(parent, progress=False)))
+    training = model_lib.read_training_metadata(pretrain(child, progress=False))
+    assert training["steps"] == 3 and training["total_steps"] == 5
+    assert training["learning_rate"] == 3e-4 and training["peak_learning_rate"] == 2e-3
+    reg = OmniPredRegressor.from_pretrained(tmp_path / "child" / "final")
+    assert reg.pretrained and reg.default_learning_rate() == pytest.approx(2e-4)
+
+
 def test_sources_are_interleaved(tmp_path, corpus_file):
     from vizier_omnipred.pretraining import iter_studies
 

@@ -215,6 +215,15 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_training_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """How a checkpoint was trained (steps, rates, corpus), without loading its weights."""
+    meta = _read_json(Path(directory) / META_FILE)
+    training = meta.get("training", {})
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{Path(directory) / META_FILE}: 'training' must be a JSON object")
+    return training
+
+
 def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Checkpoint:
     """Loads and cross-checks a checkpoint; every failure names the offending file."""
     root = Path(directory)

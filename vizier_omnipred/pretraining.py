@@ -230,6 +230,26 @@ def _initial_model(config: PretrainConfig):
     return ckpt.model, ckpt.vocab
 
 
+def lineage_training(config: PretrainConfig, step: int) -> dict:
+    """Training metadata for a checkpoint of this run, including what it inherited.
+
+    A continued run (`init_checkpoint`) is often run at a lower rate than its parent. Fine-tuning
+    takes its rate from the checkpoint (a tenth of the pretraining rate), so recording only this
+    run's rate would make a checkpoint continued at 3e-4 fine-tune at 3e-5, too slow to move the
+    predicted level. `peak_learning_rate` is the highest rate anywhere in the lineage, and
+    `total_steps` counts the parent's steps too.
+    """
+    peak, inherited_steps = config.lr, 0
+    if config.init_checkpoint is not None:
+        parent = model_lib.read_training_metadata(config.init_checkpoint)
+        parent_peak = parent.get("peak_learning_rate", parent.get("learning_rate"))
+        if parent_peak is not None:
+            peak = max(peak, float(parent_peak))
+        inherited_steps = int(parent.get("total_steps", parent.get("steps", 0)))
+    return {"steps": step, "total_steps": inherited_steps + step, "learning_rate": config.lr,
+            "peak_learning_rate": peak}
+
+
 def _schedule(config: PretrainConfig):
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -325,7 +345,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buf)
         model_lib.save_checkpoint(
             target, model, vocab, codec, preset,
-            training={"steps": step, "learning_rate": config.lr, "batch_size": config.batch_size * world_size,
+            training={**lineage_training(config, step), "batch_size": config.batch_size * world_size,
                       "corpus": list(config.corpus), "synthetic_studies": config.synthetic_studies},
             extra_files={STATE_FILE: buf.getvalue()},
         )

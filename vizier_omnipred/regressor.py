@@ -169,8 +169,14 @@ class OmniPredRegressor(vza.Predictor):
         self._problem, self._metric_name = problem, metric.name
 
     def default_learning_rate(self) -> float:
-        """A tenth of the pretraining rate for a pretrained model, the full rate otherwise."""
-        base = float(self._ckpt.training.get("learning_rate", self._ckpt.preset.learning_rate))
+        """A tenth of the pretraining rate for a pretrained model, the full rate otherwise.
+
+        The pretraining rate is the lineage's peak: a checkpoint continued at a lower rate than
+        its parent still fine-tunes at a tenth of the parent's (`pretraining.lineage_training`).
+        """
+        training = self._ckpt.training
+        base = float(training.get("peak_learning_rate",
+                                  training.get("learning_rate", self._ckpt.preset.learning_rate)))
         return base / 10.0 if self._pretrained else base
 
     # ----- training ----------------------------------------------------------------------

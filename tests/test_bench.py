@@ -413,6 +413,15 @@ def test_ab_config_errors_are_clear(tmp_path):
     assert not list(tmp_path.glob("bbob/**/*.json"))  # nothing ran
 
 
+def test_ab_trust_region_ablation_builds_the_designer_without_it():
+    task = VizierShiftedSphere(2).build(seed=0)
+    options = ab.DesignerOptions()
+    with_region = ab.DESIGNERS["omnipred"].make(task.problem, seed=0, options=options, task=task)
+    ablated = ab.DESIGNERS["omnipred_no_trust_region"].make(task.problem, seed=0, options=options, task=task)
+    assert with_region.search.trust_region and not ablated.search.trust_region
+    assert attrs.evolve(ablated.search, trust_region=True) == with_region.search  # nothing else differs
+
+
 def test_ab_ray_address_without_ray_is_a_clear_error(tmp_path):
     try:
         import ray  # noqa: F401

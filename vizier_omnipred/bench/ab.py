@@ -280,6 +280,14 @@ def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: Designer
     )
 
 
+def _make_omnipred_no_trust_region(problem: vz.ProblemStatement, *, seed: int, options: DesignerOptions,
+                                   task: BuiltTask):
+    """The ablation of the designer's trust region: candidates anywhere in the search space."""
+    designer = _make_omnipred(problem, seed=seed, options=options, task=task)
+    designer.search = attrs.evolve(designer.search, trust_region=False)
+    return designer
+
+
 def _omnipred_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement) -> int | None:
     """The explicit setting, else the designer's own default for this problem."""
     if options.omnipred_seed_trials is not None:
@@ -294,6 +302,10 @@ DESIGNERS: Mapping[str, DesignerSpec] = {
     for spec in (
         DesignerSpec(
             "omnipred", _make_omnipred, _omnipred_seed_trials, "OmniPredDesigner (this package)", reads_options=True
+        ),
+        DesignerSpec(
+            "omnipred_no_trust_region", _make_omnipred_no_trust_region, _omnipred_seed_trials,
+            "OmniPredDesigner with SearchConfig(trust_region=False) (ablation)", reads_options=True,
         ),
         DesignerSpec("gp_bandit", _make_gp_bandit, _gp_bandit_seed_trials, "Vizier VizierGPBandit"),
         DesignerSpec("gp_ucb_pe", _make_gp_ucb_pe, _gp_ucb_pe_seed_trials, "Vizier VizierGPUCBPEBandit"),

@@ -220,7 +220,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--suite", choices=("bbob", "hpobench"), default="bbob")
     a.add_argument("--designers", type=_csv, default=("omnipred", "gp_bandit", "gp_ucb_pe", "random"),
-                   help="comma list of omnipred,gp_bandit,gp_ucb_pe,random")
+                   help="comma list of designers: omnipred, gp_bandit, gp_ucb_pe, random, omnipred_no_trust_region "
+                        "(the trust-region ablation)")
     a.add_argument("--budget", type=int, default=30, help="trials per run")
     a.add_argument("--repeats", type=int, default=5, help="repeats per task (new random shift each)")
     a.add_argument("--workers", type=int, default=1, help="parallel worker processes")

@@ -132,7 +132,13 @@ class Batch:
 
 
 def y_loss(model, batch: Batch, masks: GrammarMasks, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of the y tokens under the number grammar (teacher forcing)."""
+    """Cross-entropy of the y tokens under the number grammar (teacher forcing).
+
+    reduction: "mean" over examples, "none" one sum per example (B,), "tokens" one value per
+    example and y position (B, L), to see which digits the loss is spent on.
+    """
+    if reduction not in ("mean", "none", "tokens"):
+        raise ValueError(f"reduction must be 'mean', 'none' or 'tokens', got {reduction!r}")
     decoder_input_ids = torch.cat(
         [torch.full_like(batch.labels[:, :1], PAD_ID), batch.labels[:, :-1]], dim=1
     )
@@ -147,6 +153,8 @@ def y_loss(model, batch: Batch, masks: GrammarMasks, reduction: str = "mean") ->
     allowed[:, 0] = masks.first
     logp = torch.log_softmax(logits + allowed, dim=-1)
     nll = -logp.gather(-1, batch.labels[..., None]).squeeze(-1)  # (B, L)
+    if reduction == "tokens":
+        return nll
     per_example = nll.sum(dim=1)
     if reduction == "none":
         return per_example

@@ -158,6 +158,48 @@ def _cmd_loo_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_token_loss(args: argparse.Namespace) -> int:
+    import json
+    import itertools
+
+    from vizier_omnipred.bench import token_loss
+    from vizier_omnipred.corpus.format import read_corpus
+    from vizier_omnipred.corpus.hpobench import hpobench_studies
+    from vizier_omnipred.model import CheckpointError, load_checkpoint
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if not args.corpus and not args.hpobench:
+        print("bench token-loss: give --corpus files and/or --hpobench datasets", file=sys.stderr)
+        return 2
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        studies = itertools.chain(
+            *(read_corpus(path) for path in args.corpus),
+            hpobench_studies(args.hpobench, seed=args.seed) if args.hpobench else (),
+        )
+        rows = token_loss.compare_token_loss(checkpoint, studies, num_scored=args.num_scored, seed=args.seed,
+                                             device=args.device)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"bench token-loss: {e}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"bench token-loss: no study has the {2 * args.num_scored} usable trials needed "
+              "(lower --num-scored)", file=sys.stderr)
+        return 2
+    table = token_loss.format_table(rows, checkpoint.vocab.float_tokenizer)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "token_loss.json").write_text(json.dumps(
+        {"checkpoint": str(args.checkpoint), "num_scored": args.num_scored, "seed": args.seed,
+         "studies": [r.to_dict() for r in rows]}, indent=2))
+    (args.out / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"results in {args.out}")
+    return 0
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
         "bench",
@@ -264,6 +306,26 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--out", type=Path, default=Path("runs/bench/speed"))
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_speed)
+
+    # ----- token-loss --------------------------------------------------------------------
+    t = sub.add_parser(
+        "token-loss",
+        help="per-digit y loss of a checkpoint against an x-blind per-study marginal",
+        description=(
+            "Scores random trials of each study with the checkpoint and with a count model of the "
+            "study's y tokens fitted on its other trials (blind to the parameters). A checkpoint that "
+            "only beats the marginal by little has learned each study's spread of y, not how y depends on x."
+        ),
+    )
+    t.add_argument("--checkpoint", required=True)
+    t.add_argument("--corpus", type=Path, action="append", default=[], help="corpus file (repeatable)")
+    t.add_argument("--hpobench", type=_csv, default=(), help="HPOBench datasets to score, e.g. a held-out one")
+    t.add_argument("--num-scored", type=int, default=300, help="trials scored per study")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", type=Path, default=Path("runs/bench/token-loss"))
+    t.set_defaults(func=_cmd_token_loss)
 
     # ----- loo-pretrain ------------------------------------------------------------------
     lo = sub.add_parser(

@@ -422,6 +422,25 @@ def test_ab_trust_region_ablation_builds_the_designer_without_it():
     assert attrs.evolve(ablated.search, trust_region=True) == with_region.search  # nothing else differs
 
 
+def test_ab_ablation_gets_a_win_rate_against_its_original():
+    """Head to head on the same (task, repeat): the ablation's table has a column for it."""
+    def record(designer: str, repeat: int, final: float) -> dict:
+        return {"suite": "bbob", "task": "Sphere-2d", "repeat": repeat, "designer": designer, "status": "ok",
+                "goal": "MINIMIZE", "known_optimum": 0.0, "reference_best": 0.0, "reference_median": 10.0,
+                "best_so_far": [10.0, final], "suggest_seconds": [0.1, 0.1], "seed_trials": 1}
+
+    designers = ("omnipred", "gp_bandit", "omnipred_no_trust_region")
+    finals = {"omnipred": [1.0, 2.0, 3.0], "gp_bandit": [0.5, 0.5, 0.5], "omnipred_no_trust_region": [2.0, 3.0, 1.0]}
+    records = [record(d, r, v) for d, vs in finals.items() for r, v in enumerate(vs)]
+    summary = ab.summarize(records, designers, budget=2)
+    rates = summary["suites"]["bbob"]["designers"]
+    assert set(rates["omnipred"]["win_rates"]) == {"gp_bandit"}
+    head_to_head = rates["omnipred_no_trust_region"]["win_rates"]["omnipred"]
+    assert (head_to_head["wins"], head_to_head["losses"]) == (1, 2)
+    table = ab.markdown_table(summary)
+    assert "win vs gp_bandit | win vs omnipred |" in table
+
+
 def test_ab_ray_address_without_ray_is_a_clear_error(tmp_path):
     try:
         import ray  # noqa: F401

@@ -215,6 +215,7 @@ class DesignerSpec:
     seed_trials: Callable[[DesignerOptions, vz.ProblemStatement], int | None]
     description: str = ""
     reads_options: bool = False  # DesignerOptions change its results (part of the resume key)
+    compare_to: tuple[str, ...] = ()  # designers it also gets win rates against (an ablation's original)
 
 
 def _attrs_default(cls: type, *names: str) -> int | None:
@@ -306,6 +307,7 @@ DESIGNERS: Mapping[str, DesignerSpec] = {
         DesignerSpec(
             "omnipred_no_trust_region", _make_omnipred_no_trust_region, _omnipred_seed_trials,
             "OmniPredDesigner with SearchConfig(trust_region=False) (ablation)", reads_options=True,
+            compare_to=("omnipred",),
         ),
         DesignerSpec("gp_bandit", _make_gp_bandit, _gp_bandit_seed_trials, "Vizier VizierGPBandit"),
         DesignerSpec("gp_ucb_pe", _make_gp_ucb_pe, _gp_ucb_pe_seed_trials, "Vizier VizierGPUCBPEBandit"),
@@ -657,9 +659,16 @@ def _regret_curves(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray
     return {d: metrics.normalized_regret(c, optimum, reference) for d, c in curves_loss.items()}
 
 
+def _opponents(designer: str, designers: Sequence[str]) -> list[str]:
+    """Whom `designer`'s win rates are against: the GP bandits run, and its spec's `compare_to`."""
+    spec = DESIGNERS.get(designer)
+    wanted = [*GP_BASELINES, *(spec.compare_to if spec else ())]
+    return [o for o in dict.fromkeys(wanted) if o in designers and o != designer]
+
+
 def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], budget: int) -> dict[str, Any]:
-    """Per suite and designer: runs, final regret quantiles, s/suggest, win rates vs GP bandits,
-    and median/IQR regret curves. `records` are run files (any mix of suites)."""
+    """Per suite and designer: runs, final regret quantiles, s/suggest, win rates vs GP bandits
+    (and an ablation vs its original), and median/IQR regret curves. `records` are run files (any mix of suites)."""
     by_group: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
     for r in records:
         by_group.setdefault((r["suite"], r["task"], int(r["repeat"])), []).append(r)
@@ -719,9 +728,8 @@ def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], bu
                 "curve_q75": q[2].tolist(),
                 "win_rates": {},
             }
-            for gp in GP_BASELINES:
-                if gp in designers and gp != d:
-                    entry["win_rates"][gp] = metrics.win_rate(final[d], final[gp]).to_dict()
+            for other in _opponents(d, designers):
+                entry["win_rates"][other] = metrics.win_rate(final[d], final[other]).to_dict()
             per_designer[d] = entry
         suites[suite] = {"num_problems": len(groups), "designers": per_designer}
     return {"budget": budget, "designers": list(designers), "suites": suites, "failures": failures}
@@ -729,7 +737,8 @@ def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], bu
 
 def markdown_table(summary: Mapping[str, Any]) -> str:
     designers = summary["designers"]
-    gps = [g for g in GP_BASELINES if g in designers]
+    gps = list(dict.fromkeys([*(g for g in GP_BASELINES if g in designers),
+                              *(o for d in designers for o in _opponents(d, designers))]))
     lines = [
         f"Budget {summary['budget']} trials. Regret: normalized (0 = optimum, 1 = median random point), "
         "at the budget, over (task, repeat) pairs. Win rate: share of pairs with lower regret "

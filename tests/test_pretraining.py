@@ -160,3 +160,56 @@ def test_sources_are_interleaved(tmp_path, corpus_file):
     assert len(names) == 12 + 3
     assert [n.startswith("bbob-s9-") for n in names[:6]] == [False, True] * 3  # one from each source in turn
     assert not any(n.startswith("bbob-s9-") for n in names[6:])
+
+
+def _first_batches(config, vocab, count):
+    import torch
+
+    from vizier_omnipred.pretraining import training_batches
+    from vizier_omnipred.text import TextCodec
+
+    batches = training_batches(config, vocab, TextCodec(), torch.device("cpu"), rank=0, world_size=1, seed=3)
+    return [next(batches) for _ in range(count)]
+
+
+def test_replayed_passes_give_the_same_batches_as_rereading(tmp_path, corpus_file, tiny_regressor_factory):
+    """The example cache changes the cost of a pass, never its batches (cached, overflowing, off)."""
+    import warnings
+
+    import torch
+
+    from vizier_omnipred.pretraining import _rank_study_examples
+    from vizier_omnipred.text import TextCodec
+
+    vocab = tiny_regressor_factory().vocab
+    config = PretrainConfig(out_dir=str(tmp_path), corpus=(str(corpus_file),), synthetic_studies=2, preset="tiny",
+                            batch_size=8, shuffle_buffer=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fixture's truncated last line warns on every read
+        per_pass = sum(len(e) for e in _rank_study_examples(config, vocab, TextCodec(), rank=0, world_size=1))
+        count = 3 * per_pass // 8 + 2  # a little over three passes
+        runs = {mb: _first_batches(attrs.evolve(config, example_cache_mb=mb), vocab, count) for mb in (64, 0.002, 0)}
+    for mb in (0.002, 0):
+        for a, b in zip(runs[64], runs[mb]):
+            assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels), mb
+
+
+def test_a_corpus_without_one_usable_trial_is_an_error_not_an_endless_loop(tmp_path, tiny_regressor_factory):
+    import math
+
+    from vizier import pyvizier as vz
+
+    from vizier_omnipred.corpus.format import StudyRecord, write_corpus
+    from conftest import make_problem_2d, make_trials
+
+    nan_trials = make_trials([(0.1, 0.2), (0.3, 0.4)], fn=lambda a, b: math.nan)
+    pending = [vz.Trial(parameters={"x0": 0.5, "x1": 0.5}, id=3)]
+    corpus = tmp_path / "bad.jsonl"
+    write_corpus(corpus, [StudyRecord(f"bad-{i}", make_problem_2d(), nan_trials + pending) for i in range(20)])
+    config = PretrainConfig(out_dir=str(tmp_path / "run"), corpus=(str(corpus),), preset="tiny", batch_size=8,
+                            shuffle_buffer=16, validation_fraction=0.0)
+    for mb in (64, 0):
+        with pytest.raises(ValueError, match="no usable trials"):
+            _first_batches(attrs.evolve(config, example_cache_mb=mb), tiny_regressor_factory().vocab, 1)
+    with pytest.raises(ValueError, match="example_cache_mb"):
+        attrs.evolve(config, example_cache_mb=-1)

@@ -46,7 +46,8 @@ STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "pretrain_config.json"
 LOG_FILE = "train_log.jsonl"
 # Fields that may change between an interrupted run and its resumption.
-_RESUMABLE_CHANGES = frozenset({"steps", "device", "eval_every", "checkpoint_every", "num_threads", "out_dir"})
+_RESUMABLE_CHANGES = frozenset({"steps", "device", "eval_every", "checkpoint_every", "num_threads", "out_dir",
+                                "example_cache_mb"})
 
 
 @attrs.frozen
@@ -76,9 +77,14 @@ class PretrainConfig:
     tokenizer_studies: int = 400  # studies whose text trains the input BPE
     device: str = "cpu"
     num_threads: int = 0  # 0: torch's default
+    # Memory for this rank's tokenized studies, so that passes after the first skip reading,
+    # generating and tokenizing them again (`training_batches`); 0 disables the cache.
+    example_cache_mb: float = 2048.0
     seed: int = 0
 
     def __attrs_post_init__(self):
+        if self.example_cache_mb < 0:
+            raise ValueError("example_cache_mb must be >= 0")
         if not self.corpus and self.synthetic_studies <= 0:
             raise ValueError("nothing to train on: give corpus files and/or synthetic_studies > 0")
         model_lib.get_preset(self.preset)
@@ -134,25 +140,82 @@ def study_examples(vocab: Vocabulary, codec: TextCodec, record) -> tuple[list[Ex
     return examples, summary.num_excluded
 
 
+@attrs.frozen(eq=False)
+class PackedStudy:
+    """One study's examples in flat int32 arrays: 4 bytes a token, where a list of Python
+    ints costs about 36, so a pass over a large corpus fits in memory."""
+
+    input_ids: np.ndarray  # every example's input ids, concatenated
+    offsets: np.ndarray  # example i is input_ids[offsets[i]:offsets[i + 1]]
+    y_ids: np.ndarray  # (num_examples, y length)
+
+    @classmethod
+    def pack(cls, examples: list[Example]) -> "PackedStudy":
+        lengths = [len(e.input_ids) for e in examples]
+        flat = [i for e in examples for i in e.input_ids]
+        y_length = len(examples[0].y_ids) if examples else 0
+        return cls(np.asarray(flat, dtype=np.int32), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                   np.asarray([e.y_ids for e in examples], dtype=np.int32).reshape(len(examples), y_length))
+
+    def unpack(self) -> list[Example]:
+        ids, ys, off = self.input_ids.tolist(), self.y_ids.tolist(), self.offsets.tolist()
+        return [Example(tuple(ids[off[i]:off[i + 1]]), tuple(ys[i])) for i in range(len(ys))]
+
+    @property
+    def nbytes(self) -> int:
+        return self.input_ids.nbytes + self.offsets.nbytes + self.y_ids.nbytes
+
+
+def _rank_study_examples(config: PretrainConfig, vocab: Vocabulary, codec: TextCodec, *, rank: int,
+                         world_size: int) -> Iterator[list[Example]]:
+    """Examples of each training study of this rank (its share, validation studies left out)."""
+    any_study = False
+    for i, record in enumerate(iter_studies(config)):
+        if i % world_size != rank or in_validation_split(record.name, config.validation_fraction):
+            continue
+        any_study = True
+        yield study_examples(vocab, codec, record)[0]
+    if not any_study:
+        raise ValueError("no training studies: the corpus is empty or entirely in the validation split")
+
+
 def training_batches(
     config: PretrainConfig, vocab: Vocabulary, codec: TextCodec, device: torch.device,
     *, rank: int, world_size: int, seed: int,
 ) -> Iterator[Batch]:
-    """Endless shuffled batches over the training studies (this rank's share)."""
+    """Endless shuffled batches over the training studies (this rank's share).
+
+    The first pass reads, generates and tokenizes every study; that is most of a CPU's time
+    per example (reading a corpus and making synthetic studies cost more than the BPE), and
+    on a GPU it would starve the model on every pass. So the first pass also keeps each
+    study's examples, packed (`PackedStudy`), and later passes replay them, unless they do not
+    fit in `config.example_cache_mb`: then every pass reads the sources again. Both paths
+    give the same batches: the studies and their order are the same on every pass.
+    """
     rng = random.Random(seed)
     buffer: list[Example] = []
+    cache: list[PackedStudy] | None = [] if config.example_cache_mb > 0 else None
+    cached_bytes, budget = 0, int(config.example_cache_mb * 2**20)
+    replay = False
     while True:
-        any_study = False
-        for i, record in enumerate(iter_studies(config)):
-            if i % world_size != rank or in_validation_split(record.name, config.validation_fraction):
-                continue
-            any_study = True
-            examples, _ = study_examples(vocab, codec, record)
+        source = (p.unpack() for p in cache) if replay else _rank_study_examples(
+            config, vocab, codec, rank=rank, world_size=world_size)
+        num_examples = 0
+        for examples in source:
+            num_examples += len(examples)
+            if not replay and cache is not None:
+                packed = PackedStudy.pack(examples)
+                cached_bytes += packed.nbytes
+                if cached_bytes <= budget:
+                    cache.append(packed)
+                else:
+                    cache = None
             buffer.extend(examples)
             while len(buffer) >= config.shuffle_buffer:
                 yield _pop_batch(buffer, config.batch_size, rng, device)
-        if not any_study:
-            raise ValueError("no training studies: the corpus is empty or entirely in the validation split")
+        if num_examples == 0:
+            raise ValueError("no usable trials in the training studies (every trial was unusable)")
+        replay = cache is not None
         while len(buffer) >= config.batch_size:
             yield _pop_batch(buffer, config.batch_size, rng, device)
 
@@ -432,6 +495,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-threads", type=int, default=0)
+    p.add_argument("--example-cache-mb", type=float, default=None,
+                   help="memory for tokenized studies replayed after the first pass (default 2048; 0: off)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_cli)
@@ -440,7 +505,7 @@ def add_cli(subparsers) -> None:
 def config_from_args(args) -> PretrainConfig:
     values: dict[str, Any] = dict(SHIPPED_RECIPE) if args.recipe == "shipped" else {}
     for field in ("synthetic_studies", "synthetic_seed", "preset", "steps", "batch_size", "learning_rate",
-                  "warmup_steps", "shuffle_buffer", "eval_every", "checkpoint_every", "seed"):
+                  "warmup_steps", "shuffle_buffer", "eval_every", "checkpoint_every", "example_cache_mb", "seed"):
         v = getattr(args, field)
         if v is not None:
             values[field] = v

@@ -441,6 +441,20 @@ def test_ab_ablation_gets_a_win_rate_against_its_original():
     assert "win vs gp_bandit | win vs omnipred |" in table
 
 
+def test_ab_resume_token_is_stable_across_releases():
+    # The tokens that run directories written by earlier releases carry (runs/bench/*/o...).
+    assert ab.DesignerOptions().resume_token == "6e8d94a9"
+    assert ab.DesignerOptions(omnipred_checkpoint="runs/loo/v1/{dataset}/final").resume_token == "87f9573e"
+    assert ab.DesignerOptions(device="cuda").resume_token != ab.DesignerOptions().resume_token
+
+    @attrs.frozen
+    class WithALaterField(ab.DesignerOptions):
+        omnipred_trust_region: bool = True
+
+    assert WithALaterField().resume_token == "6e8d94a9"  # a new field at its default: same key
+    assert WithALaterField(omnipred_trust_region=False).resume_token != "6e8d94a9"
+
+
 def test_ab_ray_address_without_ray_is_a_clear_error(tmp_path):
     try:
         import ray  # noqa: F401

@@ -190,6 +190,24 @@ class DesignerOptions:
     omnipred_seed_trials: int | None = None  # None: OmniPredDesigner's default for the problem
     device: str = "cpu"
 
+    # The fields the resume key has always covered; see `resume_token`.
+    _KEYED_SINCE_V1: ClassVar[tuple[str, ...]] = ("omnipred_checkpoint", "omnipred_seed_trials", "device")
+
+    @property
+    def resume_token(self) -> str:
+        """Part of a run's resume key: equal exactly when the options are.
+
+        A checksum of the options as first released, plus any later field that is set away
+        from its default. Adding a field with a default therefore leaves the keys of
+        existing runs, and `--resume` of their directories, intact.
+        """
+        text = "DesignerOptions(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self._KEYED_SINCE_V1) + ")"
+        later = [f"{f.name}={getattr(self, f.name)!r}" for f in attrs.fields(type(self))
+                 if f.name not in self._KEYED_SINCE_V1 and getattr(self, f.name) != f.default]
+        if later:
+            text += "+" + ",".join(later)
+        return f"{zlib.crc32(text.encode()):08x}"
+
     def checkpoint_for(self, dataset: str | None) -> str | None:
         if self.omnipred_checkpoint is None or "{dataset}" not in self.omnipred_checkpoint:
             return self.omnipred_checkpoint
@@ -368,7 +386,7 @@ class ABJob:
         """Identity of the run for --resume: a file with another key is not reused."""
         key = f"{self.suite}/{self.task.task_id}/{self.designer}/r{self.repeat}/b{self.budget}/s{self.task_seed}"
         if self.reads_options:  # e.g. another OmniPred checkpoint is another experiment
-            key += f"/o{zlib.crc32(repr(self.options).encode()):08x}"
+            key += f"/o{self.options.resume_token}"
         return key
 
     @property

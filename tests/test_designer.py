@@ -185,6 +185,34 @@ def test_zero_completed_trials_seeds_and_keeps_seeding(make):
     assert not set(keys_of(second)) & set(keys_of(first))
 
 
+def test_a_new_study_starts_at_the_center_like_vizier_gp_bandit(make):
+    from vizier._src.algorithms.designers import gp_bandit
+
+    space = test_studies.flat_continuous_space_with_scaling()  # linear, log and reverse-log doubles
+    problem = problem_of(space)
+    first = make(problem, num_seed_trials=3).suggest(1)[0]
+    assert first.metadata.ns("omnipred")["source"] == "seed"
+    gp_first = gp_bandit.VizierGPBandit(problem).suggest(1)[0]
+    assert gp_first.metadata.get("seeded") == "center"
+    ours, theirs = first.parameters.as_dict(), gp_first.parameters.as_dict()
+    for pc in space.parameters:
+        assert ours[pc.name] == pytest.approx(theirs[pc.name], rel=1e-6), pc.name
+
+    mixed = make(problem_of(test_studies.flat_space_with_all_types()), num_seed_trials=3)
+    center = mixed.suggest(1)[0].parameters.as_dict()
+    for pc in test_studies.flat_space_with_all_types().parameters:
+        if pc.type == vz.ParameterType.CATEGORICAL:
+            assert center[pc.name] == pc.feasible_values[0]
+        elif pc.type != vz.ParameterType.DISCRETE:
+            lo, hi = pc.bounds
+            assert lo < center[pc.name] < hi or lo == hi
+    # a study that already has trials does not go back to the center
+    resumed = make(problem, num_seed_trials=3)
+    trials = [vz.Trial(parameters=first.parameters, id=1).complete(vz.Measurement({"objective": 1.0}))]
+    resumed.update(vza.CompletedTrials(trials), vza.ActiveTrials())
+    assert resumed.suggest(1)[0].parameters.as_dict() != ours
+
+
 def test_every_trial_infeasible(make):
     space = test_studies.flat_continuous_space_with_scaling()
     for acquisition in ("ucb", "ei", "pi", "thompson"):

@@ -2,7 +2,8 @@
 
 The loop (one `suggest` call):
 
-1. **Seeding.** The first `num_seed_trials` suggestions of a study come from Vizier's
+1. **Seeding.** The first `num_seed_trials` suggestions of a study: the center of a flat
+   space first (as Vizier's GP bandits seed), then points from Vizier's
    own `QuasiRandomDesigner` (Halton; flat spaces, all parameter types) or, where it
    refuses the space (conditional spaces; Vizier's `RandomDesigner` refuses those
    too), from this module's tree-walking random sampler. Default:
@@ -320,6 +321,27 @@ class _Space:
         return others[int(rng.integers(len(others)))]
 
     # -- points
+    def center(self) -> dict[str, float | int | str] | None:
+        """The middle of a flat space (None for a conditional one), as Vizier's GP bandit
+        seeds: numeric parameters at the midpoint of their (log) scale, discrete ones at the
+        feasible value nearest it, categorical ones at their first value."""
+        if self.is_conditional:
+            return None
+        point: dict[str, float | int | str] = {}
+        for name, (pc,) in self.configs.items():
+            if pc.type == vz.ParameterType.CATEGORICAL:
+                point[name] = _py(pc.feasible_values[0])
+                continue
+            lo, hi = (float(b) for b in pc.bounds)
+            mid = math.sqrt(lo * hi) if pc.type == vz.ParameterType.DOUBLE and _is_log(pc) else (lo + hi) / 2
+            if pc.type == vz.ParameterType.DOUBLE:
+                point[name] = float(mid)
+            elif pc.type == vz.ParameterType.INTEGER:
+                point[name] = int(round(mid))
+            else:
+                point[name] = _py(min(pc.feasible_values, key=lambda v: abs(float(v) - mid)))
+        return point
+
     def sample(
         self,
         rng: np.random.Generator,
@@ -891,6 +913,12 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
     # ----------------------------------------------------------------- seeding
     def _seed_suggestions(self, n: int, excluded: set[str], rng: np.random.Generator) -> list[vz.TrialSuggestion]:
         points: list[tuple[dict[str, Any], str]] = []
+        if not self._history and not self._active_keys and not self._num_seed_suggested and not self._suggested:
+            # A study's first trial is the space's center, as Vizier's GP bandits seed: a sane
+            # default configuration, and the same start as the designers this one is compared to.
+            center = self._space.center()
+            if center is not None:
+                points += self._take_new([center], excluded, n)
         if self._seed_designer is not None:
             for _ in range(3):
                 if len(points) >= n:

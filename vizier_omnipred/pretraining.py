@@ -293,14 +293,14 @@ def _initial_model(config: PretrainConfig):
     return ckpt.model, ckpt.vocab
 
 
-def lineage_training(config: PretrainConfig, step: int) -> dict:
-    """Training metadata for a checkpoint of this run, including what it inherited.
+def inherited_training(config: PretrainConfig) -> tuple[float, int]:
+    """(peak learning rate, steps) of this run's lineage: its own rate and its parent's record.
 
     A continued run (`init_checkpoint`) is often run at a lower rate than its parent. Fine-tuning
     takes its rate from the checkpoint (a tenth of the pretraining rate), so recording only this
     run's rate would make a checkpoint continued at 3e-4 fine-tune at 3e-5, too slow to move the
-    predicted level. `peak_learning_rate` is the highest rate anywhere in the lineage, and
-    `total_steps` counts the parent's steps too.
+    predicted level. Checkpoints therefore record `peak_learning_rate`, the highest rate anywhere
+    in the lineage, and `total_steps`, which counts the parent's steps too.
     """
     peak, inherited_steps = config.lr, 0
     if config.init_checkpoint is not None:
@@ -309,8 +309,7 @@ def lineage_training(config: PretrainConfig, step: int) -> dict:
         if parent_peak is not None:
             peak = max(peak, float(parent_peak))
         inherited_steps = int(parent.get("total_steps", parent.get("steps", 0)))
-    return {"steps": step, "total_steps": inherited_steps + step, "learning_rate": config.lr,
-            "peak_learning_rate": peak}
+    return peak, inherited_steps
 
 
 def _schedule(config: PretrainConfig):
@@ -403,12 +402,15 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
     batches = training_batches(config, vocab, codec, device, rank=rank, world_size=world_size,
                                seed=config.seed * 1_000_003 + start_step)
 
+    peak_lr, inherited_steps = inherited_training(config)
+
     def save(step: int, target: Path) -> None:
         buf = io.BytesIO()
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buf)
         model_lib.save_checkpoint(
             target, model, vocab, codec, preset,
-            training={**lineage_training(config, step), "batch_size": config.batch_size * world_size,
+            training={"steps": step, "total_steps": inherited_steps + step, "learning_rate": config.lr,
+                      "peak_learning_rate": peak_lr, "batch_size": config.batch_size * world_size,
                       "corpus": list(config.corpus), "synthetic_studies": config.synthetic_studies},
             extra_files={STATE_FILE: buf.getvalue()},
         )

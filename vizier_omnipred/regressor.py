@@ -172,7 +172,7 @@ class OmniPredRegressor(vza.Predictor):
         """A tenth of the pretraining rate for a pretrained model, the full rate otherwise.
 
         The pretraining rate is the lineage's peak: a checkpoint continued at a lower rate than
-        its parent still fine-tunes at a tenth of the parent's (`pretraining.lineage_training`).
+        its parent still fine-tunes at a tenth of the parent's (`pretraining.inherited_training`).
         """
         training = self._ckpt.training
         base = float(training.get("peak_learning_rate",

@@ -686,7 +686,8 @@ def _opponents(designer: str, designers: Sequence[str]) -> list[str]:
 
 def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], budget: int) -> dict[str, Any]:
     """Per suite and designer: runs, final regret quantiles, s/suggest, win rates vs GP bandits
-    (and an ablation vs its original), and median/IQR regret curves. `records` are run files (any mix of suites)."""
+    (and an ablation vs its original), and median/IQR regret curves. `records` are run files
+    (any mix of suites)."""
     by_group: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
     for r in records:
         by_group.setdefault((r["suite"], r["task"], int(r["repeat"])), []).append(r)

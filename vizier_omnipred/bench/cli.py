@@ -159,8 +159,8 @@ def _cmd_loo_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_token_loss(args: argparse.Namespace) -> int:
-    import json
     import itertools
+    import json
 
     from vizier_omnipred.bench import token_loss
     from vizier_omnipred.corpus.format import read_corpus

@@ -11,8 +11,9 @@ mantissa digit, exponent), on trials the checkpoint is scored on:
   token counts conditioned on the tokens before it, smoothed towards shorter contexts and
   finally towards the tokens the grammar allows there (`marginal_token_nll`). It knows
   the study's marginal better than any zero-shot model can (it has seen the study's
-  other values), so on a held-out study the model may lose to it; on the studies the checkpoint was trained on, a model that has
-  learned the x -> y map must beat it, above all on the leading digit.
+  other values), so on a held-out study the model may lose to it; on the studies the
+  checkpoint was trained on, a model that has learned the x -> y map must beat it,
+  above all on the leading digit.
 
 Later mantissa digits are close to uniform (log 10 = 2.30 nats) for most objectives;
 they are where most of the loss sits, and where neither model can do much.

@@ -238,15 +238,27 @@ def split_validation(n: int, config: FinetuneConfig) -> tuple[list[int], list[in
 
 
 @torch.no_grad()
-def evaluate_loss(model, examples: Sequence[Example], masks: GrammarMasks, device, batch_size: int = 256) -> float:
+def _eval_losses(model, examples: Sequence[Example], masks: GrammarMasks, device, batch_size: int, reduction: str):
+    """`y_loss` of each batch of `examples`, in eval mode; the model's mode is restored after."""
     was_training = model.training
     model.eval()
-    total = 0.0
-    for i in range(0, len(examples), batch_size):
-        batch = Batch.collate(examples[i : i + batch_size], device)
-        total += float(y_loss(model, batch, masks, reduction="none").sum())
-    model.train(was_training)
+    try:
+        for i in range(0, len(examples), batch_size):
+            yield y_loss(model, Batch.collate(examples[i : i + batch_size], device), masks, reduction=reduction)
+    finally:
+        model.train(was_training)
+
+
+def evaluate_loss(model, examples: Sequence[Example], masks: GrammarMasks, device, batch_size: int = 256) -> float:
+    total = sum(float(t.sum()) for t in _eval_losses(model, examples, masks, device, batch_size, "none"))
     return total / max(len(examples), 1)
+
+
+def model_token_nll(model, examples: Sequence[Example], masks: GrammarMasks, device,
+                    batch_size: int = 128) -> np.ndarray:
+    """The model's NLL (nats) of each example's y tokens, per position: shape (N, L)."""
+    parts = [t.cpu().numpy() for t in _eval_losses(model, examples, masks, device, batch_size, "tokens")]
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ import torch
 
 from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.sampling import GrammarMasks
-from vizier_omnipred.training import Batch, make_examples, y_loss
+from vizier_omnipred.training import make_examples, model_token_nll
 
 __all__ = ["StudyTokenLoss", "marginal_token_nll", "model_token_nll", "compare_token_loss", "format_table"]
 
@@ -88,18 +88,6 @@ def marginal_token_nll(train: Sequence[Sequence[str]], test: Sequence[Sequence[s
     full = _LeadingContextCounts(train, length)
     return np.array([[full.nll(seq, p, contexts[p], ft) for p in range(length)] for seq in test]).reshape(
         len(test), length)
-
-
-@torch.no_grad()
-def model_token_nll(model, examples: Sequence[Any], masks: GrammarMasks, device: torch.device,
-                    batch_size: int = 128) -> np.ndarray:
-    """The model's NLL (nats) of each example's y tokens, per position: shape (N, L)."""
-    was_training = model.training
-    model.eval()
-    parts = [y_loss(model, Batch.collate(examples[i:i + batch_size], device), masks, reduction="tokens").cpu().numpy()
-             for i in range(0, len(examples), batch_size)]
-    model.train(was_training)
-    return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
 @attrs.frozen

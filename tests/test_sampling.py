@@ -10,15 +10,17 @@ from vizier_omnipred.sampling import GrammarMasks, sample_y, sample_y_indices
 from vizier_omnipred.vocab import PAD_ID
 
 
-def _greedy_full_forward(model, vocab, ids, masks):
+def _greedy_full_forward(model, vocab, ids, masks, values=None):
     """Reference decoder: recompute everything at every step, no cache, no repetition."""
-    from vizier_omnipred.sampling import pad_batch
+    from vizier_omnipred.sampling import pad_batch, pad_values
 
     x, attn = pad_batch(ids, torch.device("cpu"))
+    v = pad_values(values, x.shape[1], torch.device("cpu")) if values is not None else None
     dec = torch.full((len(ids), 1), PAD_ID, dtype=torch.long)
     classes = None
     for p in range(vocab.float_tokenizer.length):
-        logits = model(input_ids=x, attention_mask=attn, decoder_input_ids=dec, use_cache=False).logits[:, -1]
+        logits = model(input_ids=x, attention_mask=attn, decoder_input_ids=dec, input_values=v,
+                       use_cache=False).logits[:, -1]
         logits = logits + (masks.first if p == 0 else masks.rest[classes, p])
         nxt = logits.argmax(-1)
         if p == 0:
@@ -34,11 +36,13 @@ def test_cached_sampling_matches_full_forward(tiny_regressor_factory, problem_2d
         model.lm_head.weight.mul_(30.0) if not model.config.tie_word_embeddings else model.shared.weight.mul_(8.0)
     reg.set_problem(problem_2d)
     trials = [vz.TrialSuggestion({"x0": float(a), "x1": float(-a)}) for a in np.linspace(-2, 2, 5)]
-    ids = reg.input_ids(trials)
+    inputs = reg.model_inputs(trials)
+    ids, values = [i for i, _ in inputs], [v for _, v in inputs]
+    assert model.reads_numbers and all(v is not None for v in values)
     masks = GrammarMasks.build(vocab, torch.device("cpu"))
-    ref = _greedy_full_forward(model, vocab, ids, masks)
+    ref = _greedy_full_forward(model, vocab, ids, masks, values)
     ref_values, ref_inf = vocab.float_tokenizer.decode_indices(ref)
-    got = sample_y(model, vocab, ids, 3, temperature=1e-4, seed=0, masks=masks)
+    got = sample_y(model, vocab, ids, 3, temperature=1e-4, seed=0, masks=masks, input_values=values)
     for s in range(3):
         np.testing.assert_array_equal(got.infeasible[:, s], ref_inf)
         np.testing.assert_array_equal(np.nan_to_num(got.values[:, s]), np.nan_to_num(ref_values))

@@ -383,7 +383,7 @@ def test_metadata_namespaces_sorted_and_excluded():
     assert "SECRET" not in text
     assert text.endswith(
         ',metadata:{alpha:"first",other/designer_policy_v0/k:"kept: only the first'
-        ' component counts",user/sub/k:"nested",zeta:"last"}}'
+        ' component c",user/sub/k:"nested",zeta:"last"}}'  # values capped at 32 characters
     )
     # A codec with other exclusions.
     codec = TextCodec(excluded_metadata_namespaces=("user", "other"))
@@ -642,3 +642,90 @@ def test_module_exports():
         "serialize_trial",
         "parse_trial_text",
     }
+
+
+# ------------------------------------------------------------ numbers as numbers
+
+
+def _spans_problem() -> vz.ProblemStatement:
+    space = vz.SearchSpace()
+    space.root.add_float_param("lr", 1e-4, 1.0, scale_type=vz.ScaleType.LOG)
+    space.root.add_float_param("dropout", 0.0, 0.5)
+    space.root.add_categorical_param("opt", ["adam", "sgd"])
+    space.root.add_int_param("layers", 1, 9)
+    space.root.add_discrete_param("batch", [16, 32, 64, 128], scale_type=vz.ScaleType.LOG)
+    space.root.add_float_param("decay", 0.1, 1.0, scale_type=vz.ScaleType.REVERSE_LOG)
+    return _problem(space)
+
+
+def test_trial_texts_locate_every_numeric_value_and_its_position():
+    problem = _spans_problem()
+    trial = vz.Trial({"lr": 0.01, "dropout": 0.25, "opt": "sgd", "layers": 5, "batch": 32, "decay": 0.1})
+    (tt,) = TextCodec().trial_texts(problem, [trial])
+    assert tt.text == TextCodec().serialize(problem, trial)
+    written = {tt.text[a:b]: u for a, b, u in tt.numbers}
+    # categorical values are text only; every number is found by its characters
+    assert set(written) == {"0.01", "0.25", "5", "32", "0.1"} and len(tt.numbers) == 5
+    assert written["0.01"] == pytest.approx(0.5)  # log scale: 1e-2 is halfway between 1e-4 and 1
+    assert written["0.25"] == pytest.approx(0.5)
+    assert written["5"] == pytest.approx(0.5)
+    assert written["32"] == pytest.approx(1 / 3)  # log2 16..128
+    positions = [u for _, _, u in tt.numbers]
+    assert positions[-1] == pytest.approx(0.0)  # REVERSE_LOG lower bound -> 0
+
+
+def test_positions_of_values_outside_the_bounds_extrapolate_and_are_clamped():
+    problem = _spans_problem()
+    position = text_lib.unit_position(problem.search_space.get("dropout"))
+    assert position(0.75) == pytest.approx(1.5)
+    assert position(1e9) == text_lib.POSITION_LIMITS[1]
+    assert position(-1e9) == text_lib.POSITION_LIMITS[0]
+    log_position = text_lib.unit_position(problem.search_space.get("lr"))
+    assert log_position(0.0) == text_lib.POSITION_LIMITS[0]  # a log scale cannot place 0
+    assert log_position(-3.0) == text_lib.POSITION_LIMITS[0]
+    trial = vz.Trial({"lr": 5.0, "dropout": -0.1, "opt": "adam", "layers": 40, "batch": 1000, "decay": 3.0})
+    (tt,) = TextCodec().trial_texts(problem, [trial])
+    assert all(math.isfinite(u) and -1.0 <= u <= 2.0 for _, _, u in tt.numbers)
+
+
+def test_magnitude_positions_need_no_bounds_and_are_monotone():
+    values = [-1e12, -1e3, -1.0, -1e-6, 0.0, 1e-6, 1.0, 1e3, 1e12]
+    positions = [text_lib.magnitude_position(v) for v in values]
+    assert positions == sorted(positions) and positions[0] == 0.0 and positions[-1] == 1.0
+    assert text_lib.magnitude_position(0.0) == 0.5
+    problem = _spans_problem()
+    trial = vz.Trial({"lr": 0.01, "dropout": 0.25, "opt": "sgd", "layers": 5, "batch": 32, "decay": 0.5})
+    (tt,) = TextCodec(number_features="magnitude").trial_texts(problem, [trial])
+    assert [u for _, _, u in tt.numbers][0] == text_lib.magnitude_position(0.01)
+
+
+def test_pure_text_codec_writes_no_positions():
+    problem = _spans_problem()
+    trial = vz.Trial({"lr": 0.01, "dropout": 0.25, "opt": "sgd", "layers": 5, "batch": 32, "decay": 0.5})
+    codec = TextCodec(number_features="none")
+    (tt,) = codec.trial_texts(problem, [trial])
+    assert tt.numbers == () and tt.text == codec.serialize(problem, trial)
+    with pytest.raises(ValueError, match="number_features"):
+        TextCodec(number_features="digits")
+
+
+def test_conditional_spans_point_at_the_active_values():
+    space = vz.SearchSpace()
+    model = space.root.add_categorical_param("model", ["linear", "dnn"])
+    model.select_values(["dnn"]).add_float_param("lr", 1e-4, 1e-1, scale_type=vz.ScaleType.LOG)
+    model.select_values(["dnn"]).add_int_param("units", 8, 512)
+    model.select_values(["linear"]).add_float_param("l2", 0.0, 1.0)
+    problem = _problem(space)
+    trials = [vz.Trial({"model": "dnn", "lr": 0.001, "units": 64}), vz.Trial({"model": "linear", "l2": 0.5})]
+    dnn, linear = TextCodec().trial_texts(problem, trials)
+    assert [dnn.text[a:b] for a, b, _ in dnn.numbers] == ["0.001", "64"]
+    assert [linear.text[a:b] for a, b, _ in linear.numbers] == ["0.5"]
+    assert linear.numbers[0][2] == pytest.approx(0.5)
+
+
+def test_long_metadata_values_are_capped():
+    problem = _problem(metadata={"description": "x" * 500, "dataset": "kc1"})
+    trial = vz.Trial({"lr": 0.01, "optimizer": "adam", "layers": 2})
+    text = TextCodec().serialize(problem, trial)
+    assert '"' + "x" * 32 + '"' in text and "x" * 33 not in text and 'dataset:"kc1"' in text
+    assert "x" * 100 in TextCodec(max_metadata_value_chars=100).serialize(problem, trial)

@@ -122,8 +122,8 @@ class RefitSchedule:
     A fit happens at a `suggest` (or `predict`) when completed trials arrived since the
     last fit, on all completed trials of the study. The first fit of a study starts
     from the base checkpoint with `cold`; later fits continue from the previous
-    fine-tune's weights (warm start) with `ceil(cold.max_epochs * warm_epoch_fraction)`
-    epochs and at most `warm_max_steps` optimizer steps: the weights already fit all
+    fine-tune's weights (warm start) with at most `warm_max_steps` optimizer steps (and
+    `ceil(cold.max_epochs * warm_epoch_fraction)` epochs if `cold` bounds epochs): the weights already fit all
     but the newest trials, and a refit on a long study should not cost more than one
     on a short study.
     """
@@ -139,7 +139,7 @@ class RefitSchedule:
 
     @property
     def warm(self) -> FinetuneConfig:
-        epochs = max(1, math.ceil(self.cold.max_epochs * self.warm_epoch_fraction))
+        epochs = None if self.cold.max_epochs is None else max(1, math.ceil(self.cold.max_epochs * self.warm_epoch_fraction))
         steps = self.warm_max_steps if self.cold.max_steps is None else min(self.cold.max_steps, self.warm_max_steps)
         return attrs.evolve(self.cold, max_epochs=epochs, max_steps=steps, patience=min(self.cold.patience, 2))
 

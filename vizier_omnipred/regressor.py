@@ -31,6 +31,7 @@ from vizier_omnipred.training import (
     FinetuneConfig,
     FitReport,
     finetune,
+    leading_positions,
     make_examples,
     split_validation,
 )
@@ -115,7 +116,7 @@ class OmniPredRegressor(vza.Predictor):
                 train_input_tokenizer(texts, preset.input_vocab_size), float_tokenizer or FloatTokenizer()
             )
         torch.manual_seed(seed)
-        model = model_lib.build_model(preset, vocab.size)
+        model = model_lib.build_model(preset, vocab.size, reads_numbers=codec.writes_numbers)
         ckpt = model_lib.Checkpoint(model=model, vocab=vocab, codec=codec, preset=preset, training={})
         return cls(ckpt, device=device, seed=seed, pretrained=False, **kwargs)
 
@@ -216,8 +217,7 @@ class OmniPredRegressor(vza.Predictor):
         train = [examples[i] for i in train_idx] + prior_examples
         validation = [examples[i] for i in val_idx]
         lr = config.learning_rate or self.default_learning_rate()
-        if config.train_encoder is None:
-            config = attrs.evolve(config, train_encoder=not self._pretrained)
+        config = config.resolved(pretrained=self._pretrained, num_train=len(train))
         self.last_fit = finetune(
             self._ckpt.model,
             train,
@@ -228,6 +228,7 @@ class OmniPredRegressor(vza.Predictor):
             device=self._device,
             data=summary,
             num_prior_examples=len(prior_examples),
+            validation_positions=leading_positions(self.vocab.float_tokenizer, config.early_stopping_digits),
         )
         return self.last_fit
 
@@ -239,10 +240,16 @@ class OmniPredRegressor(vza.Predictor):
             raise ValueError("no study set: call fit(problem, trials) or set_problem(problem) first, or pass problem=")
         return self._problem, self._metric_name
 
-    def input_ids(self, trials: Sequence[vz.TrialSuggestion], problem: vz.ProblemStatement | None = None) -> list[list[int]]:
+    def model_inputs(
+        self, trials: Sequence[vz.TrialSuggestion], problem: vz.ProblemStatement | None = None
+    ) -> list[tuple[list[int], list[float] | None]]:
+        """(token ids, per-token number positions) of each trial, as the model reads them."""
         problem, metric_name = self._resolve_problem(problem)
-        texts = self.codec.serialize_many(problem, list(trials), metric_name=metric_name)
-        return self.vocab.encode_inputs(texts)
+        texts = self.codec.trial_texts(problem, list(trials), metric_name=metric_name)
+        return self.vocab.encode_trial_texts(texts)
+
+    def input_ids(self, trials: Sequence[vz.TrialSuggestion], problem: vz.ProblemStatement | None = None) -> list[list[int]]:
+        return [ids for ids, _ in self.model_inputs(trials, problem)]
 
     def sample(
         self,
@@ -260,11 +267,13 @@ class OmniPredRegressor(vza.Predictor):
         if seed is None:
             seed = self._seed * 1_000_003 + self._calls
             self._calls += 1
+        inputs = self.model_inputs(trials, problem)
         return sample_y(
             self._ckpt.model,
             self.vocab,
-            self.input_ids(trials, problem),
+            [ids for ids, _ in inputs],
             num_samples or self.num_samples,
+            input_values=[values for _, values in inputs],
             temperature=temperature or self.temperature,
             seed=seed,
             device=self._device,

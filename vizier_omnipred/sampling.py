@@ -17,6 +17,8 @@ every sample is a well-formed number or an explicit infeasible mark.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 import numpy as np
 import torch
@@ -71,6 +73,19 @@ def pad_batch(sequences: list[list[int]], device: torch.device) -> tuple[torch.T
     return ids.to(device), mask.to(device)
 
 
+def pad_values(
+    values: Sequence[Sequence[float] | None], width: int, device: torch.device
+) -> torch.Tensor | None:
+    """Per-token number positions as a (B, width) tensor, nan-padded; None if no row has any."""
+    if all(v is None for v in values):
+        return None
+    out = torch.full((len(values), width), float("nan"), dtype=torch.float32)
+    for i, row in enumerate(values):
+        if row is not None:
+            out[i, : len(row)] = torch.as_tensor(row, dtype=torch.float32)
+    return out.to(device)
+
+
 @attrs.frozen(eq=False)
 class GrammarMasks:
     """Additive logit masks (0 or -inf) of the y grammar, on the model's device."""
@@ -96,7 +111,7 @@ class GrammarMasks:
 
 @torch.no_grad()
 def sample_y(
-    model: T5ForConditionalGeneration,
+    model: T5ForConditionalGeneration,  # an OmniPredT5 (a subclass) to read numbers
     vocab: Vocabulary,
     input_ids: list[list[int]],
     num_samples: int,
@@ -110,7 +125,7 @@ def sample_y(
 
 @torch.no_grad()
 def sample_y_indices(
-    model: T5ForConditionalGeneration,
+    model: T5ForConditionalGeneration,  # an OmniPredT5 (a subclass) to read numbers
     vocab: Vocabulary,
     input_ids: list[list[int]],
     num_samples: int,
@@ -120,8 +135,12 @@ def sample_y_indices(
     device: str | torch.device = "cpu",
     max_rows: int = 8192,
     masks: GrammarMasks | None = None,
+    input_values: Sequence[Sequence[float] | None] | None = None,
 ) -> np.ndarray:
     """(N, S, length) sampled token indices into `vocab.float_tokenizer.tokens`.
+
+    `input_values` are the per-token number positions of each input (as
+    `Vocabulary.encode_trial_texts` returns them), for a model that reads numbers.
 
     `max_rows` bounds N*S per chunk: the decoder cache holds up to
     `rows x input_length x d_model` floats per layer, so inputs are processed in chunks
@@ -146,8 +165,12 @@ def sample_y_indices(
     try:
         for start in range(0, len(input_ids), chunk):
             ids, attention = pad_batch(input_ids[start : start + chunk], device)
+            values = None
+            if input_values is not None:
+                values = pad_values(input_values[start : start + chunk], ids.shape[1], device)
             out[start : start + ids.shape[0]] = _sample_chunk(
-                model, ids, attention, num_samples, temperature, generator, masks, length, vocab.y_offset
+                model, ids, attention, num_samples, temperature, generator, masks, length, vocab.y_offset,
+                values,
             ).cpu().numpy()
     finally:
         model.train(was_training)
@@ -178,7 +201,7 @@ def _decode_step(model, ids, encoded, attention, cache) -> torch.Tensor:
 
 
 def _sample_chunk(
-    model: T5ForConditionalGeneration,
+    model: T5ForConditionalGeneration,  # an OmniPredT5 (a subclass) to read numbers
     ids: torch.Tensor,
     attention: torch.Tensor,
     num_samples: int,
@@ -187,6 +210,7 @@ def _sample_chunk(
     masks: GrammarMasks,
     length: int,
     y_offset: int,
+    values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Returns (n, S, length) indices into the float tokenizer's tokens.
 
@@ -197,7 +221,10 @@ def _sample_chunk(
     """
     n = ids.shape[0]
     device = ids.device
-    encoded = model.get_encoder()(input_ids=ids, attention_mask=attention).last_hidden_state
+    if hasattr(model, "encode"):
+        encoded = model.encode(ids, attention, values)
+    else:  # a plain transformers T5
+        encoded = model.get_encoder()(input_ids=ids, attention_mask=attention).last_hidden_state
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     width, dim = encoded.shape[1], encoded.shape[2]
     # One row per distinct prefix: its input, its sample count, its tokens so far.

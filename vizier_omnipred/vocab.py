@@ -26,6 +26,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from vizier_omnipred.numbers import FloatTokenizer
+from vizier_omnipred.text import TrialText
 
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "</s>"
@@ -81,6 +82,33 @@ class Vocabulary:
         """Token ids of each text, `</s>` appended (T5's encoder convention)."""
         encodings = self.input_tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [enc.ids + [EOS_ID] for enc in encodings]
+
+    def encode_trial_texts(self, trial_texts: Sequence[TrialText]) -> list[tuple[list[int], list[float] | None]]:
+        """(ids, values) of each trial text: ids as `encode_inputs`, and per token the position
+        of the numeric value whose characters it covers (nan where none, `</s>` included).
+
+        values is None for a text without numbers, so a pure-text codec costs nothing here.
+        Digits are single tokens and a BPE token never spans two values (a value always
+        ends at a digit, followed by `,` or `}`), so each token gets at most one position.
+        """
+        encodings = self.input_tokenizer.encode_batch([t.text for t in trial_texts], add_special_tokens=False)
+        out: list[tuple[list[int], list[float] | None]] = []
+        nan = float("nan")
+        for trial_text, enc in zip(trial_texts, encodings):
+            ids = enc.ids + [EOS_ID]
+            if not trial_text.numbers:
+                out.append((ids, None))
+                continue
+            values = [nan] * len(ids)
+            spans = trial_text.numbers  # in text order
+            j = 0
+            for k, (a, b) in enumerate(enc.offsets):
+                while j < len(spans) and spans[j][1] <= a:
+                    j += 1
+                if j < len(spans) and a < spans[j][1] and b > spans[j][0]:
+                    values[k] = spans[j][2]
+            out.append((ids, values))
+        return out
 
     def y_ids(self, y_tokens: Sequence[str]) -> list[int]:
         index = self._y_index

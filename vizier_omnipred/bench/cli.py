@@ -118,6 +118,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         finetune_trials=args.finetune_trials,
         threads=args.threads,
         tracemalloc=args.tracemalloc,
+        train_steps=args.train_steps,
         out_dir=args.out,
         seed=args.seed,
     )
@@ -195,6 +196,44 @@ def _cmd_token_loss(args: argparse.Namespace) -> int:
         {"checkpoint": str(args.checkpoint), "num_scored": args.num_scored, "seed": args.seed,
          "studies": [r.to_dict() for r in rows]}, indent=2))
     (args.out / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"results in {args.out}")
+    return 0
+
+
+def _cmd_learning_curve(args: argparse.Namespace) -> int:
+    from vizier_omnipred.bench import learning_curve as lc
+
+    try:
+        config = lc.CurveConfig(
+            dataset=args.dataset, num_train=args.num_train, num_test=args.num_test,
+            number_features=args.number_features, presets=args.presets, steps=args.steps,
+            batch_size=args.batch_size, learning_rate=args.learning_rate, num_samples=args.num_samples,
+            seeds=args.seeds, threads=args.threads, rf=not args.no_rf, out_dir=args.out,
+        )
+    except ValueError as e:
+        print(f"bench learning-curve: {e}", file=sys.stderr)
+        return 2
+    table = lc.run_learning_curve(config, log=lambda line: print(line, flush=True))
+    print(table)
+    print(f"results in {args.out}")
+    return 0
+
+
+def _cmd_scratch_fit(args: argparse.Namespace) -> int:
+    from vizier_omnipred.bench import scratch_fit as sf
+
+    try:
+        config = sf.ScratchFitConfig(
+            tasks=args.tasks, num_train=args.num_train, num_test=args.num_test,
+            budgets=sf.parse_budgets(args.budgets), preset=args.preset, number_features=args.number_features,
+            seeds=args.seeds, threads=args.threads, checkpoint=args.checkpoint, skip_scratch=args.skip_scratch,
+            out_dir=args.out,
+        )
+        table = sf.run_scratch_fit(config, log=lambda line: print(line, flush=True))
+    except ValueError as e:
+        print(f"bench scratch-fit: {e}", file=sys.stderr)
+        return 2
     print(table)
     print(f"results in {args.out}")
     return 0
@@ -303,6 +342,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--finetune-trials", type=int, default=100)
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     s.add_argument("--tracemalloc", action="store_true", help="also record Python-heap peaks (slows timings)")
+    s.add_argument("--train-steps", type=int, default=30,
+                   help="training steps timed per side (this version vs before numbers as numbers); 0 skips")
     s.add_argument("--out", type=Path, default=Path("runs/bench/speed"))
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_speed)
@@ -326,6 +367,48 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=Path("runs/bench/token-loss"))
     t.set_defaults(func=_cmd_token_loss)
+
+    # ----- learning-curve ----------------------------------------------------------------
+    c = sub.add_parser(
+        "learning-curve",
+        help="from scratch on one HPOBench dataset: held-out accuracy per step and CPU-second, per input representation",
+    )
+    c.add_argument("--dataset", default="kc1")
+    c.add_argument("--num-train", type=int, default=2400)
+    c.add_argument("--num-test", type=int, default=1000)
+    c.add_argument("--number-features", type=_csv, default=("none", "position"),
+                   help="comma list of the codec's number_features: none, position, magnitude")
+    c.add_argument("--presets", type=_csv, default=("small",))
+    c.add_argument("--steps", type=_int_csv, default=(200, 400, 600), help="evaluation steps (default 200,400,600)")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--learning-rate", type=float, default=None)
+    c.add_argument("--num-samples", type=int, default=32)
+    c.add_argument("--seeds", type=_int_csv, default=(0,))
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--no-rf", action="store_true", help="skip the random-forest reference rows")
+    c.add_argument("--out", type=Path, default=Path("runs/bench/learning-curve"))
+    c.set_defaults(func=_cmd_learning_curve)
+
+    # ----- scratch-fit -------------------------------------------------------------------
+    f = sub.add_parser(
+        "scratch-fit",
+        help="OmniPredRegressor.from_scratch().fit() on small studies of several task families vs a random forest",
+    )
+    f.add_argument("--tasks", type=_csv, default=("smooth3", "bbob-Sphere-4", "bbob-Rastrigin-2", "hpobench-kc1"),
+                   help="comma list: smooth3, bbob-<Function>-<dim>, hpobench-<dataset>")
+    f.add_argument("--num-train", type=int, default=150)
+    f.add_argument("--num-test", type=int, default=100)
+    f.add_argument("--budgets", type=_csv, default=("default",),
+                   help="comma list of step budgets (FinetuneConfig.max_steps); 'default': the regressor's recipe")
+    f.add_argument("--preset", default="small")
+    f.add_argument("--number-features", default="position")
+    f.add_argument("--seeds", type=_int_csv, default=(0,))
+    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--checkpoint", default=None,
+                   help="also fine-tune this checkpoint on the same trials ('shipped': the packaged one)")
+    f.add_argument("--skip-scratch", action="store_true", help="only the random forest and --checkpoint rows")
+    f.add_argument("--out", type=Path, default=Path("runs/bench/scratch-fit"))
+    f.set_defaults(func=_cmd_scratch_fit)
 
     # ----- loo-pretrain ------------------------------------------------------------------
     lo = sub.add_parser(

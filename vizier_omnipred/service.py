@@ -30,6 +30,14 @@ OMNIPRED member, and the server forwards the string untouched to the policy fact
 
 A server started with Vizier's own `DefaultPolicyFactory` rejects the name with
 "Algorithm OMNIPRED is not registered."
+
+Many workers and faults. Vizier's servicer runs one Suggest per study at a time; the factory
+adds a lock per study (kept when the RAM designer is evicted), so a study's RAM designer, its
+weights folder and the designer state stored in the study always agree. Serve the factory with
+`start_server` / `OmniPredVizierServer`, not Vizier's plain `DefaultVizierServer`: in Vizier
+0.1.24 a policy that raises, or a server killed mid-Suggest, leaves the Suggest operation open in
+the datastore, and the same client's next Suggest then polls it forever. `OmniPredVizierServer`
+ends a failed operation with the error and, at start, closes the ones a killed server left open.
 """
 
 from __future__ import annotations

@@ -65,10 +65,10 @@ def _paths(obj, prefix=()):
 
 
 @st.composite
-def mutated(draw, obj):
+def mutated(draw, obj, max_depth: int = 99):
     """`obj` with one value deleted or replaced by arbitrary JSON (wrong type, wrong shape)."""
     obj = copy.deepcopy(obj)
-    paths = [p for p in _paths(obj) if p]
+    paths = [p for p in _paths(obj) if 0 < len(p) <= max_depth]
     path = draw(st.sampled_from(paths))
     parent = obj
     for key in path[:-1]:
@@ -197,9 +197,9 @@ def checkpoint(tmp_path_factory, tiny_regressor_factory):
     return path
 
 
-def _fuzz_checkpoint_file(tmp_path_factory, checkpoint, name, data):
+def _fuzz_checkpoint_file(tmp_path_factory, checkpoint, name, data, max_depth: int = 99):
     original = json.loads((checkpoint / name).read_text())
-    obj = data.draw(mutated(original))
+    obj = data.draw(mutated(original, max_depth))
     ckpt = tmp_path_factory.mktemp("fuzzed") / "ckpt"
     shutil.copytree(checkpoint, ckpt)
     (ckpt / name).write_text(json.dumps(obj))
@@ -315,3 +315,12 @@ def test_a_planted_pickle_in_a_run_folder_is_refused(tmp_path, capsys):
     assert "refused to load trainer state" in capsys.readouterr().err
     assert not marker.exists()
     assert os.listdir(out / "last")  # the run folder is left as it was
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzzed_tokenizer_json_loads_or_raises_checkpoint_error(tmp_path_factory, checkpoint, data):
+    from vizier_omnipred.vocab import TOKENIZER_FILE
+
+    # Its structure, not each of its hundreds of merges: values at most 3 levels deep.
+    _fuzz_checkpoint_file(tmp_path_factory, checkpoint, TOKENIZER_FILE, data, max_depth=3)

@@ -324,7 +324,12 @@ def _schedule(config: PretrainConfig):
 
 
 def _check_resumable(config: PretrainConfig, out: Path) -> None:
-    saved = json.loads((out / CONFIG_FILE).read_text())
+    try:
+        saved = json.loads((out / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{out / CONFIG_FILE}: cannot read the run's config to resume it ({e})") from e
+    if not isinstance(saved, dict):
+        raise ValueError(f"{out / CONFIG_FILE}: expected a JSON object (the run's config)")
     current = attrs.asdict(config)
     current["corpus"] = list(current["corpus"])
     diff = sorted(k for k in set(saved) | set(current)

@@ -44,9 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.add_cli(subparsers)
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
-    for sub in subparsers.choices.values():  # also accepted after the subcommand
-        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _accept_debug_after(parser)
     return parser
+
+
+def _accept_debug_after(parser: argparse.ArgumentParser) -> None:
+    """Lets `--debug` also follow a subcommand, at any depth (`bench speed --debug`)."""
+    for action in parser._actions:  # argparse has no public way to list subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                _accept_debug_after(sub)
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:

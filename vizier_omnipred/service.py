@@ -471,13 +471,16 @@ class OmniPredVizierServer(DefaultVizierServer):
         # Mirrors DefaultVizierServer.__attrs_post_init__, with the guarded servicer and
         # the port the OS actually bound.
         url = self._database_url
-        if url and url.startswith("sqlite:///") and not url.endswith(":memory:"):
+        sqlite_file = bool(url) and url.startswith("sqlite:///") and not url.endswith(":memory:")
+        if sqlite_file:
             check_sqlite_datastore(url[len("sqlite:///"):])
         self._servicer = _GuardedVizierServicer(
             database_url=self._database_url,
             early_stop_recycle_period=self._early_stop_recycle_period,
         )
-        if url:  # before serving: nothing of this process is in flight yet
+        # Before serving, nothing of this process is in flight. Only for a SQLite file, which
+        # one server owns; a database server may be shared by servers that are still running.
+        if sqlite_file:
             close_abandoned_operations(self._servicer, url)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=30))
         vizier_service_pb2_grpc.add_VizierServiceServicer_to_server(self._servicer, self._server)

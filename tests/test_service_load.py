@@ -69,4 +69,18 @@ def test_four_studies_served_at_once(tmp_path, factory):
         report = service_load.run_load(config, server.endpoint)
         _assert_consistent(report, factory)
     # Each study has its own weights folder.
-    assert len({_study for _study in (tmp_path / "work").iterdir()}) == 4
+    assert len(list((tmp_path / "work").iterdir())) == 4
+
+
+def test_bench_service_load_command_prints_the_latency_table(tmp_path, capsys):
+    from vizier_omnipred.cli import main
+
+    argv = ["bench", "service-load", "--tiny", "--layouts", "1x2", "--process-workers", "1",
+            "--algorithms", "OMNIPRED,RANDOM_SEARCH", "--timeout", "120", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| algorithm | studies x workers (threads+processes) | trials | p50 s |" in out
+    assert "| OMNIPRED | 1 x 2 (1+1) | 2 |" in out and "| RANDOM_SEARCH | 1 x 2 (1+1) | 2 |" in out
+    results = json.loads((tmp_path / "service_load.json").read_text())
+    assert [len(r["latencies_s"]) for r in results] == [2, 2]
+    assert all(r["problems"] == [] for r in results)

@@ -28,13 +28,14 @@ from vizier_omnipred.bench import service_load
 from vizier_omnipred.designer import OmniPredDesigner
 from vizier_omnipred.training import FinetuneConfig
 
-# The server process: a tiny from-scratch model whose fine-tune runs long enough to be
-# killed in the middle (a study too small for a validation split trains every epoch), and
-# `OmniPredRegressor.fit` wrapped to touch a file before it runs: that is how the test
-# knows the kill lands inside fine-tuning.
+# The server process: a tiny from-scratch model and `OmniPredRegressor.fit` wrapped so
+# that the study's first fit is short (its weights are saved with the study's state) and the
+# second is the real fit made long (many epochs, no step cap), announced by a file: that is
+# how the test knows the kill lands inside fine-tuning, with fine-tuned weights on disk.
 SERVER = r"""
 import os, sys, time
 from pathlib import Path
+import attrs
 import torch
 torch.set_num_threads(1)
 from vizier_omnipred import service
@@ -44,14 +45,18 @@ from vizier_omnipred.training import FinetuneConfig
 db, work, marker, endpoint_file = sys.argv[1:5]
 
 real_fit = OmniPredRegressor.fit
+fits = []
 
-def fit(self, *args, **kwargs):  # the real fit, announced
-    Path(marker).touch()
-    return real_fit(self, *args, **kwargs)
+def fit(self, *args, config=None, **kwargs):
+    fits.append(1)
+    if len(fits) >= 2:
+        Path(marker).touch()
+        config = attrs.evolve(config, max_epochs=20000, max_steps=None)
+    return real_fit(self, *args, config=config, **kwargs)
 
 OmniPredRegressor.fit = fit
 kwargs = {"regressor": OmniPredRegressor.from_scratch("tiny", seed=0), "num_seed_trials": 2,
-          "num_samples": 8, "num_candidates": 16, "finetune_config": FinetuneConfig(max_epochs=20000)}
+          "num_samples": 8, "num_candidates": 16, "finetune_config": FinetuneConfig(max_epochs=2)}
 factory = service.OmniPredPolicyFactory(work_dir=work, designer_kwargs=kwargs)
 server = service.start_server(db, policy_factory=factory)
 Path(endpoint_file + ".tmp").write_text(server.endpoint)
@@ -59,6 +64,11 @@ os.replace(endpoint_file + ".tmp", endpoint_file)
 while True:
     time.sleep(1)
 """
+
+
+def _stored_weights(study: clients.Study) -> dict:
+    md = study.materialize_study_config().metadata
+    return json.loads(md.ns("designer_policy_v0").ns("designer").ns("omnipred")["state"])["weights"]
 
 
 def _complete(trial) -> None:
@@ -81,21 +91,23 @@ def test_server_killed_while_fine_tuning_restarts_and_the_study_continues(tmp_pa
             time.sleep(0.2)
         clients.environment_variables.server_endpoint = endpoint_file.read_text()
         study = clients.Study.from_study_config(service_load.study_config("OMNIPRED"), owner="o", study_id="crash")
-        for _ in range(2):  # the seed trials: no model yet
+        for _ in range(3):  # two seed trials, then the first (short) fit
             (trial,) = study.suggest(count=1, client_id="worker")
             _complete(trial)
         assert not marker.exists()
+        weights_before = _stored_weights(study)
+        assert weights_before["fits"] == 1
 
-        # The third Suggest fine-tunes; the server dies in the middle of it.
+        # The fourth Suggest fine-tunes again; the server dies in the middle of it.
         errors = []
 
-        def third_suggest():
+        def fourth_suggest():
             try:
                 study.suggest(count=1, client_id="worker")
             except Exception as e:  # noqa: BLE001 - the connection breaks when the server dies
                 errors.append(e)
 
-        caller = threading.Thread(target=third_suggest, daemon=True)
+        caller = threading.Thread(target=fourth_suggest, daemon=True)
         caller.start()
         while not marker.exists():
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -119,9 +131,10 @@ def test_server_killed_while_fine_tuning_restarts_and_the_study_continues(tmp_pa
     with service.start_server(db, policy_factory=factory):
         study = clients.Study.from_owner_and_id("o", "crash")
         before = {t.id: t for t in study.trials().get()}
-        assert sorted(before) == [1, 2] and all(t.status == vz.TrialStatus.COMPLETED for t in before.values())
+        assert sorted(before) == [1, 2, 3] and all(t.status == vz.TrialStatus.COMPLETED for t in before.values())
+        assert _stored_weights(study) == weights_before  # the killed Suggest wrote nothing
         # The same worker asks again and is served at once (the abandoned operation was closed).
-        for _ in range(3):
+        for _ in range(2):
             (trial,) = study.suggest(count=1, client_id="worker")
             _complete(trial)
         trials = list(study.trials().get())
@@ -129,12 +142,13 @@ def test_server_killed_while_fine_tuning_restarts_and_the_study_continues(tmp_pa
         assert all(t.status == vz.TrialStatus.COMPLETED for t in trials)
         params = [tuple(sorted(t.parameters.as_dict().items())) for t in trials]
         assert len(set(params)) == 5
-        for i in (1, 2):  # nothing completed before the kill changed
+        for i in (1, 2, 3):  # nothing completed before the kill changed
             assert trials[i - 1].parameters == before[i].parameters
-        # The designer came back from the study's metadata (its two seed trials), not from zero.
+        # The designer came back from the study's metadata with the first fit's weights
+        # (fingerprint checked) and went on with warm fits: 1 restored + 2 new, not a cold start.
         assert factory.counters["designers_restored"] == 1
         assert factory.counters["designers_built"] == 1
-        assert factory.cached_designer(study.resource_name).num_fits >= 1
+        assert factory.cached_designer(study.resource_name).num_fits == 3
 
 
 def test_a_plain_vizier_server_leaves_the_operation_open_ours_closes_it_at_start(tmp_path, tiny_regressor_factory):

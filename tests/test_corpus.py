@@ -489,7 +489,7 @@ def test_datastore_errors(tmp_path):
     text.write_text("not a database at all\n" * 100)
     with pytest.raises(CorpusError):
         list(studies_from_datastore(text))
-    assert _run_cli(["export", str(missing), str(tmp_path / "x.jsonl")]) == 1
+    assert _run_cli(["export", str(missing), str(tmp_path / "x.jsonl")]) == 2
 
 
 def test_studies_from_folder(tmp_path):

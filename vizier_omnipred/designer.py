@@ -1273,6 +1273,9 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             path = Path(weights["path"])
             weights_file = path / model_lib.WEIGHTS_FILE
             problem = None
+            # A server killed between the two renames of a weights save left the previous
+            # copy aside; put it back (the fingerprint below decides whether it is the one).
+            model_lib.restore_interrupted_save(path)
             if not weights_file.is_file():
                 problem = f"the weights directory {path} is missing"
             elif _file_fingerprint(weights_file) != weights.get("fingerprint"):

@@ -300,8 +300,8 @@ def restore_interrupted_save(directory: str | os.PathLike[str]) -> bool:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint file ({e})") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint file ({type(e).__name__}: {e})") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
@@ -314,6 +314,27 @@ def read_training_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(training, dict):
         raise CheckpointError(f"{Path(directory) / META_FILE}: 'training' must be a JSON object")
     return training
+
+
+# T5Config fields that size the network: a wrong type there fails deep inside torch.
+_CONFIG_INT_FIELDS = ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                      "relative_attention_num_buckets", "relative_attention_max_distance", "number_embedding_frequencies")
+
+
+def _check_model_config(path: Path, config: dict[str, Any]) -> None:
+    """Refuses a `config.json` that transformers would choke on, naming that file.
+
+    Without this, a damaged config surfaces as an error about the weights file (or a
+    TypeError from inside a torch layer), which sends the user to the wrong file.
+    """
+    for key in _CONFIG_INT_FIELDS:
+        value = config.get(key)
+        if key in config and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise CheckpointError(f"{path}: {key!r} must be a non-negative integer, got {value!r}")
+    try:
+        T5Config(**config)
+    except Exception as e:  # noqa: BLE001 - transformers validates with many exception types
+        raise CheckpointError(f"{path}: not a valid T5 model config ({type(e).__name__}: {e})") from e
 
 
 def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Checkpoint:
@@ -333,6 +354,9 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
             f"{root / META_FILE}: checkpoint format version {meta.get('format_version')} "
             f"but this code reads version {CHECKPOINT_FORMAT_VERSION}"
         )
+    for key in ("text_codec", "float_tokenizer", "vocab", "preset", "training"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise CheckpointError(f"{root / META_FILE}: {key!r} must be a JSON object, got {type(meta[key]).__name__}")
     text_version = meta.get("text_codec", {}).get("version")
     if text_version != TEXT_CODEC_VERSION:
         raise CheckpointError(
@@ -344,8 +368,8 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
         codec = TextCodec.from_config(meta["text_codec"]["config"])
         float_tokenizer = FloatTokenizer.from_config(meta["float_tokenizer"])
         preset = ModelPreset(**meta["preset"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{root / META_FILE}: invalid codec or preset settings ({e})") from e
+    except Exception as e:  # noqa: BLE001 - any failure to read these settings means a bad file
+        raise CheckpointError(f"{root / META_FILE}: invalid codec or preset settings ({type(e).__name__}: {e})") from e
 
     try:
         vocab = Vocabulary.load(root, float_tokenizer)
@@ -366,6 +390,7 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
             f"{root / CONFIG_FILE}: model vocab_size {config.get('vocab_size')} does not match the "
             f"tokenizers' {vocab.size}"
         )
+    _check_model_config(root / CONFIG_FILE, config)
     if config.get("architectures") != ["OmniPredT5"]:
         raise CheckpointError(
             f"{root / CONFIG_FILE}: architectures {config.get('architectures')!r}, expected ['OmniPredT5'] "

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from vizier_omnipred import model as model_lib
-from vizier_omnipred.corpus.format import in_validation_split
+from vizier_omnipred.corpus.format import check_corpus_file, in_validation_split
 from vizier_omnipred.numbers import FloatTokenizer, OutOfRangeWarning
 from vizier_omnipred.sampling import GrammarMasks, sample_y
 from vizier_omnipred.text import TextCodec, TrialTextError
@@ -103,6 +103,7 @@ class PretrainConfig:
         for path in self.corpus:
             if not Path(path).is_file():
                 raise ValueError(f"corpus file {path} does not exist")
+            check_corpus_file(path)  # CorpusError naming what the file is not, before any work
         if self.init_checkpoint is not None and not Path(self.init_checkpoint).is_dir():
             raise ValueError(f"init checkpoint {self.init_checkpoint} is not a directory")
         if self.steps < 1 or self.batch_size < 1:
@@ -351,7 +352,12 @@ def _schedule(config: PretrainConfig):
 
 
 def _check_resumable(config: PretrainConfig, out: Path) -> None:
-    saved = json.loads((out / CONFIG_FILE).read_text())
+    try:
+        saved = json.loads((out / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{out / CONFIG_FILE}: cannot read the run's config to resume it ({e})") from e
+    if not isinstance(saved, dict):
+        raise ValueError(f"{out / CONFIG_FILE}: expected a JSON object (the run's config)")
     current = attrs.asdict(config)
     current["corpus"] = list(current["corpus"])
     current["hpobench_datasets"] = list(current["hpobench_datasets"])
@@ -363,6 +369,31 @@ def _check_resumable(config: PretrainConfig, out: Path) -> None:
             f"{out / CONFIG_FILE}: cannot resume, the run's config differs ({detail}). "
             "Use the original settings or a new --out directory."
         )
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """The optimizer and schedule state of a run folder, read without running any code.
+
+    A run folder may come from someone else, and a full pickle can execute anything on
+    load. `weights_only=True` is torch's restricted unpickler: tensors, containers and
+    plain numbers and strings (all an AdamW and a LambdaLR state hold); a pickle that
+    asks to import or call anything is refused. Raises `CheckpointError` naming the file.
+    """
+    try:
+        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for refused globals; many types for damaged files
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        # torch's message opens with advice to pass weights_only=False; the cause is the line
+        # naming what the pickle tried to load.
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
+                      lines[0] if lines else type(e).__name__)
+        raise model_lib.CheckpointError(
+            f"{path}: refused to load trainer state (only tensors and plain data are allowed): {reason}"
+        ) from e
+    if (not isinstance(state, dict) or not isinstance(state.get("step"), int)
+            or not isinstance(state.get("optimizer"), dict) or not isinstance(state.get("scheduler"), dict)):
+        raise model_lib.CheckpointError(f"{path}: not a trainer state (expected step, optimizer, scheduler)")
+    return state
 
 
 def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
@@ -393,7 +424,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
         _check_resumable(config, out)
         ckpt = model_lib.load_checkpoint(last)
         model, vocab = ckpt.model, ckpt.vocab
-        state = torch.load(io.BytesIO((last / STATE_FILE).read_bytes()), weights_only=False)
+        state = load_trainer_state(last / STATE_FILE)
         start_step = state["step"]
     else:
         if rank == 0:

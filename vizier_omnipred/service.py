@@ -30,19 +30,30 @@ OMNIPRED member, and the server forwards the string untouched to the policy fact
 
 A server started with Vizier's own `DefaultPolicyFactory` rejects the name with
 "Algorithm OMNIPRED is not registered."
+
+Many workers and faults. Vizier's servicer runs one Suggest per study at a time; the factory
+adds a lock per study (kept when the RAM designer is evicted), so a study's RAM designer, its
+weights folder and the designer state stored in the study always agree. Serve the factory with
+`start_server` / `OmniPredVizierServer`, not Vizier's plain `DefaultVizierServer`: in Vizier
+0.1.24 a policy that raises, or a server killed mid-Suggest, leaves the Suggest operation open in
+the datastore, and the same client's next Suggest then polls it forever. `OmniPredVizierServer`
+ends a failed operation with the error and, at start, closes the ones a killed server left open.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import functools
 import hashlib
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 import threading
+import urllib.parse
 import zlib
 from concurrent import futures
 from pathlib import Path
@@ -154,8 +165,10 @@ class _CachedDesignerPolicy(dp.PartiallySerializableDesignerPolicy):
         return md
 
     def suggest(self, request: pythia.SuggestRequest) -> pythia.SuggestDecision:
-        # The server already serialises Suggest per study; the slot lock also covers
-        # callers that drive the factory directly from several threads.
+        # Vizier's servicer already serialises Suggest per study (its per-study operation
+        # lock, held from reading the study to writing the new trials). The study lock here
+        # also covers callers that drive the factory directly from several threads: one
+        # request at a time reads and writes the RAM designer and the weights folder.
         with self._slot.lock:
             try:
                 decision = super().suggest(request)
@@ -212,6 +225,9 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
     _load_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _slots_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _slots: collections.OrderedDict = attrs.field(factory=collections.OrderedDict, init=False)
+    # One lock per study name, never evicted with the slots: a study whose designer left the
+    # cache while one of its requests still ran must not get a second, independent lock.
+    _study_locks: dict = attrs.field(factory=dict, init=False)
     _tmp_dir: Any = attrs.field(default=None, init=False)
 
     def __call__(
@@ -299,7 +315,8 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
 
     def _slot(self, study_name: str) -> _StudySlot:
         with self._slots_lock:
-            slot = self._slots.pop(study_name, None) or _StudySlot()
+            lock = self._study_locks.setdefault(study_name, threading.Lock())
+            slot = self._slots.pop(study_name, None) or _StudySlot(lock=lock)
             self._slots[study_name] = slot
             while len(self._slots) > self.max_cached_studies:
                 self._slots.popitem(last=False)
@@ -354,6 +371,88 @@ class _GuardedVizierServicer(vizier_service.VizierServicer):
             return open_ops[-1]
 
 
+class DatastoreError(ValueError):
+    """The database file given to the server is not a Vizier datastore (names the file)."""
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# Tables Vizier 0.1.24's SQLDataStore creates; a database holding other tables is someone else's.
+_VIZIER_TABLES = frozenset({"owners", "studies", "trials", "suggestion_operations", "early_stopping_operations"})
+
+
+def check_sqlite_datastore(path: str | os.PathLike[str]) -> None:
+    """Refuses an existing file that is not a SQLite Vizier datastore, before Vizier opens it.
+
+    Vizier's `SQLDataStore` creates its tables in whatever SQLite file it is given: pointed
+    at another application's database it would add five tables to it, and at a file that is
+    not SQLite it fails deep inside SQLAlchemy. A missing or empty file is fine (a new
+    datastore); so is a SQLite file with no tables or with Vizier's tables.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise DatastoreError(f"{path}: not a file (expected a SQLite Vizier datastore)")
+    with open(path, "rb") as f:
+        header = f.read(len(_SQLITE_HEADER))
+    if not header:
+        return
+    if header != _SQLITE_HEADER:
+        raise DatastoreError(f"{path}: not a SQLite database (expected a Vizier datastore or a new file)")
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as e:
+        raise DatastoreError(f"{path}: damaged SQLite database ({e})") from e
+    if tables and not {"owners", "studies", "trials"} <= tables:
+        raise DatastoreError(
+            f"{path}: a SQLite database of another schema (tables {sorted(tables)[:8]}), not a Vizier "
+            f"datastore; Vizier would add its tables {sorted(_VIZIER_TABLES)} to it"
+        )
+
+
+def close_abandoned_operations(servicer: vizier_service.VizierServicer, database_url: str) -> int:
+    """Ends the suggestion operations a previous server process left open; returns how many.
+
+    Vizier stores a Suggest operation as "not done" before it asks the policy, and marks it
+    done after the new trials are written. A server killed in between (here: while the
+    designer fine-tunes) leaves it open in the datastore, and Vizier answers every later
+    Suggest of that client with the open operation: the client would poll forever. At
+    start no operation of this process can be running, so every open one was abandoned:
+    it is closed with an error (ABORTED), and the client's next Suggest starts a new one.
+    The operation never wrote trials, or wrote them as ACTIVE for its client, who gets
+    them back on that next Suggest: no trial is lost or suggested twice.
+    """
+    import sqlalchemy as sqla
+    from google.longrunning import operations_pb2
+
+    engine = sqla.create_engine(database_url)
+    try:
+        if "suggestion_operations" not in sqla.inspect(engine).get_table_names():
+            return 0
+        table = sqla.Table("suggestion_operations", sqla.MetaData(), autoload_with=engine)
+        with engine.connect() as connection:
+            rows = connection.execute(sqla.select(table.c.serialized_op)).fetchall()
+    finally:
+        engine.dispose()
+    closed = 0
+    for (serialized,) in rows:
+        op = operations_pb2.Operation.FromString(serialized)
+        if op.done:
+            continue
+        op.done = True
+        op.error.CopyFrom(status_pb2.Status(
+            code=code_pb2.Code.ABORTED,
+            message="the server stopped while computing this suggestion; ask again (no trial was lost)",
+        ))
+        servicer.datastore.update_suggestion_operation(op)
+        closed += 1
+    if closed:
+        _log.warning("closed %d suggestion operation(s) left open by a server that stopped mid-request", closed)
+    return closed
+
+
 @attr.define
 class OmniPredVizierServer(DefaultVizierServer):
     """Vizier's in-process server (Vizier + Pythia servicers), plus what it lacks:
@@ -362,16 +461,27 @@ class OmniPredVizierServer(DefaultVizierServer):
       new server (as after a process restart) can open the same SQLite file;
     * `port=0` binds a free port chosen by the OS (no pick-then-bind race);
     * failed Suggest operations end as errors instead of hanging the client (see
-      `_GuardedVizierServicer`).
+      `_GuardedVizierServicer`), and so do those a killed server left open
+      (`close_abandoned_operations`, at start);
+    * a SQLite file of another schema, or not SQLite at all, is refused with
+      `DatastoreError` instead of being modified (`check_sqlite_datastore`).
     """
 
     def __attrs_post_init__(self):
         # Mirrors DefaultVizierServer.__attrs_post_init__, with the guarded servicer and
         # the port the OS actually bound.
+        url = self._database_url
+        sqlite_file = bool(url) and url.startswith("sqlite:///") and not url.endswith(":memory:")
+        if sqlite_file:
+            check_sqlite_datastore(url[len("sqlite:///"):])
         self._servicer = _GuardedVizierServicer(
             database_url=self._database_url,
             early_stop_recycle_period=self._early_stop_recycle_period,
         )
+        # Before serving, nothing of this process is in flight. Only for a SQLite file, which
+        # one server owns; a database server may be shared by servers that are still running.
+        if sqlite_file:
+            close_abandoned_operations(self._servicer, url)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=30))
         vizier_service_pb2_grpc.add_VizierServiceServicer_to_server(self._servicer, self._server)
         bound = self._server.add_insecure_port(f"{self._host}:{self._port}")

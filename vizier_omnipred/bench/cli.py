@@ -1,4 +1,4 @@
-"""`vizier-omnipred bench {regression,ab,speed,loo-pretrain}`.
+"""`vizier-omnipred bench {regression,ab,speed,service-load,token-loss,loo-pretrain}`.
 
 Argument parsing only builds typed configs (RegressionConfig, ABConfig, SpeedConfig); the
 work is in the modules, so everything here can be done from Python the same way.
@@ -130,6 +130,66 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     print(speed.markdown(result))
     print(f"results in {config.out_dir}")
     return 0
+
+
+def _layouts(text: str) -> tuple[tuple[int, int], ...]:
+    """'1x16,4x4' -> ((1, 16), (4, 4)): studies x workers per study."""
+    try:
+        out = tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(","))
+    except ValueError:
+        out = ()
+    if not out or any(len(p) != 2 or min(p) < 1 for p in out):
+        raise argparse.ArgumentTypeError(f"expected STUDIESxWORKERS[,...] such as 1x16,4x4, got {text!r}")
+    return out  # type: ignore[return-value]
+
+
+def _cmd_service_load(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from vizier_omnipred import service
+    from vizier_omnipred.bench import service_load as sl
+    from vizier_omnipred.bench.common import jsonable, write_json_atomic
+
+    torch.set_num_threads(args.threads)
+    regressor = None
+    designer_kwargs = None
+    if args.tiny:
+        from vizier_omnipred.regressor import OmniPredRegressor
+        from vizier_omnipred.training import FinetuneConfig
+
+        regressor = OmniPredRegressor.from_scratch("tiny", seed=0)
+        designer_kwargs = {"num_seed_trials": 2, "num_samples": 8, "num_candidates": 16,
+                           "finetune_config": FinetuneConfig(max_epochs=2)}
+
+    def make_factory(db: str):
+        kwargs = dict(designer_kwargs or {})
+        if regressor is not None:
+            kwargs["regressor"] = regressor
+        return service.OmniPredPolicyFactory(checkpoint=args.checkpoint, work_dir=service.default_work_dir(db),
+                                             designer_kwargs=kwargs or None)
+
+    configs = [
+        sl.LoadConfig(studies=studies, thread_workers=workers - min(args.process_workers, workers),
+                      process_workers=min(args.process_workers, workers), trials_per_worker=args.trials_per_worker,
+                      timeout_s=args.timeout)
+        for studies, workers in args.layouts
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.out, prefix="db-") as db_dir:
+        reports = sl.run_benchmark(args.algorithms, configs, make_factory, db_dir)
+    print(sl.markdown(reports))
+    write_json_atomic(args.out / "service_load.json", jsonable([
+        {"config": {"algorithm": r.config.algorithm, "studies": r.config.studies,
+                    "thread_workers": r.config.thread_workers, "process_workers": r.config.process_workers,
+                    "trials_per_worker": r.config.trials_per_worker},
+         "latencies_s": r.latencies, "wall_s": r.wall_s, "problems": r.problems, "counters": r.counters}
+        for r in reports
+    ]))
+    problems = sum(len(r.problems) for r in reports)
+    print(f"{problems} problem(s); results in {args.out / 'service_load.json'}")
+    return 1 if problems else 0
 
 
 def _cmd_loo_pretrain(args: argparse.Namespace) -> int:
@@ -347,6 +407,30 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--out", type=Path, default=Path("runs/bench/speed"))
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_speed)
+
+    # ----- service-load ------------------------------------------------------------------
+    sl = sub.add_parser(
+        "service-load",
+        help="Suggest latency with many workers on one server: OMNIPRED vs the GP bandit, plus checks",
+        description=(
+            "Starts the project's Vizier server on a SQLite file (loopback), creates STUDIES studies per "
+            "layout, and runs WORKERS clients per study (threads, and --process-workers OS processes), each "
+            "completing --trials-per-worker trials. Prints Suggest latency percentiles (queueing included) "
+            "and checks the datastore afterwards: every trial completed exactly once, no repeated "
+            "parameters, no worker errors or hangs. Exit status 1 if a check failed."
+        ),
+    )
+    sl.add_argument("--algorithms", type=_csv, default=("OMNIPRED", "GAUSSIAN_PROCESS_BANDIT"))
+    sl.add_argument("--layouts", type=_layouts, default=((1, 16), (4, 4)),
+                    help="STUDIESxWORKERS per run, comma-separated (default 1x16,4x4)")
+    sl.add_argument("--process-workers", type=int, default=4, help="of each study's workers, how many are processes")
+    sl.add_argument("--trials-per-worker", type=int, default=1)
+    sl.add_argument("--checkpoint", default=None, help="OmniPred checkpoint (default: the shipped one)")
+    sl.add_argument("--tiny", action="store_true", help="a tiny untrained model and a cheap designer (smoke run)")
+    sl.add_argument("--timeout", type=float, default=900.0, help="seconds per run before a worker counts as hung")
+    sl.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    sl.add_argument("--out", type=Path, default=Path("runs/bench/service-load"))
+    sl.set_defaults(func=_cmd_service_load)
 
     # ----- token-loss --------------------------------------------------------------------
     t = sub.add_parser(

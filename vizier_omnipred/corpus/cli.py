@@ -47,7 +47,7 @@ def _export(args: argparse.Namespace) -> int:
             write_corpus(args.out, studies_from_datastore(args.datastore, stats=stats))
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{args.out}: {stats.summary()} [{time.perf_counter() - start:.1f} s]")
     return 0
 
@@ -84,7 +84,7 @@ def _build(args: argparse.Namespace) -> int:
         write_corpus(args.out, counted(itertools.chain(*sources), stats))
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     elapsed = time.perf_counter() - start
     print(
         f"{args.out}: {stats.summary()} "

@@ -396,7 +396,7 @@ def record_from_json(obj: Any) -> StudyRecord:
         trials = tuple(_trial_from_json(t) for t in obj["trials"])
     except CorpusError:
         raise
-    except (KeyError, TypeError, ValueError, json_format.ParseError) as e:
+    except Exception as e:  # noqa: BLE001 - foreign data: any failure to convert means a bad line
         raise CorpusError(f"study {name!r}: {type(e).__name__}: {e}") from e
     return StudyRecord(name=name, problem=problem, trials=trials)
 
@@ -565,15 +565,26 @@ class _DamagedStream(Exception):
     """The compressed stream ends early or is corrupt; the lines before it were yielded."""
 
 
-def _gzip_lines(raw: Any) -> Iterator[bytes]:
+# A line longer than this is skipped (counted) rather than held in memory. A study line is
+# ~100-300 bytes per trial, so this leaves room for studies of about a million trials.
+MAX_LINE_BYTES = 256 * 2**20
+
+
+class _LongLine(bytes):
+    """Stands for a line longer than the limit: its first bytes only (the rest was dropped)."""
+
+
+def _gzip_lines(raw: Any, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[bytes]:
     """Lines of a (possibly multi-member) gzip stream, each complete line as soon as it is in.
 
     `gzip.GzipFile` loses the data it has buffered when the stream turns out truncated; this
     decompresses incrementally, so a cut-off file gives back every line before the cut,
-    then raises `_DamagedStream`.
+    then raises `_DamagedStream`. A line over `max_line_bytes` comes back as a `_LongLine`
+    holding its first bytes, and the rest of it is dropped as it streams past.
     """
     decompressor: Any = None
     pending = b""
+    dropping = False  # inside a line already reported as too long
     while True:
         chunk = raw.read(1 << 16)
         if not chunk:
@@ -593,7 +604,19 @@ def _gzip_lines(raw: Any) -> Iterator[bytes]:
             if data:
                 *lines, pending = (pending + data).split(b"\n")
                 for line in lines:
-                    yield line + b"\n"
+                    if dropping:
+                        dropping = False
+                    elif len(line) + 1 > max_line_bytes:
+                        yield _LongLine(line[:64])
+                    else:
+                        yield line + b"\n"
+                if dropping:
+                    pending = b""
+                elif len(pending) > max_line_bytes:
+                    yield _LongLine(pending[:64])
+                    pending, dropping = b"", True
+    if dropping:
+        pending = b""
     if pending:
         if decompressor is not None:
             raise _DamagedStream("compressed stream ends early (truncated file)")
@@ -602,21 +625,38 @@ def _gzip_lines(raw: Any) -> Iterator[bytes]:
         raise _DamagedStream("compressed stream ends early (truncated file)")
 
 
-def _binary_lines(path: str) -> Iterator[bytes]:
+def _plain_lines(raw: Any, max_line_bytes: int) -> Iterator[bytes]:
+    """Lines of an uncompressed file; one over `max_line_bytes` comes back as a `_LongLine`."""
+    while True:
+        line = raw.readline(max_line_bytes)
+        if not line:
+            return
+        if len(line) >= max_line_bytes and not line.endswith(b"\n"):
+            head = line[:64]
+            while line and not line.endswith(b"\n"):  # skip the rest, a bounded chunk at a time
+                line = raw.readline(1 << 20)
+            yield _LongLine(head)
+        else:
+            yield line
+
+
+def _binary_lines(path: str, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[bytes]:
     try:
         raw = open(path, "rb")
     except FileNotFoundError as e:
         raise CorpusError(f"{path}: no such corpus file") from e
+    except IsADirectoryError as e:
+        raise CorpusError(f"{path}: is a directory, not a corpus file") from e
     except OSError as e:
         raise CorpusError(f"{path}: cannot open: {e}") from e
     with raw:
         # Sniff instead of trusting the extension: a renamed file still reads.
         if raw.read(2) == _GZIP_MAGIC:
             raw.seek(0)
-            yield from _gzip_lines(raw)
+            yield from _gzip_lines(raw, max_line_bytes)
         else:
             raw.seek(0)
-            yield from raw
+            yield from _plain_lines(raw, max_line_bytes)
 
 
 def read_corpus(
@@ -624,16 +664,21 @@ def read_corpus(
     *,
     on_error: OnError = "skip",
     stats: CorpusStats | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[StudyRecord]:
     """Yields the studies of a corpus file one line at a time (never the whole file).
 
-    A corrupt line (cut off by a truncated write, invalid JSON, not a study) is skipped
+    A corrupt line (cut off by a truncated write, invalid JSON or UTF-8, not a study, a
+    study whose fields have the wrong types, longer than `max_line_bytes`) is skipped
     with a `CorpusWarning` naming the file and line, and counted in `stats.skipped_lines`;
     with ``on_error='raise'`` it raises `CorpusError` instead. A gzip stream that ends early
     yields every complete line before the cut. Yielded records are also added to `stats`.
+    A file that is not a corpus at all yields nothing: `check_corpus_file` tells why.
     """
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    if max_line_bytes < 2:
+        raise ValueError(f"max_line_bytes must be >= 2, got {max_line_bytes}")
     path = os.fspath(path)
 
     def bad(lineno: int, reason: str) -> None:
@@ -644,7 +689,7 @@ def read_corpus(
             stats.skipped_lines += 1
         warnings.warn(f"skipped corrupt corpus line: {message}", CorpusWarning, stacklevel=3)
 
-    lines = _binary_lines(path)
+    lines = _binary_lines(path, max_line_bytes)
     lineno = 0
     try:
         while True:
@@ -657,11 +702,14 @@ def read_corpus(
                 bad(lineno + 1, str(e))
                 break
             lineno += 1
+            if isinstance(raw, _LongLine):
+                bad(lineno, f"line longer than {max_line_bytes} bytes (starts {bytes(raw)[:32]!r})")
+                continue
             if not raw.strip():
                 continue
             try:
                 obj = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as e:
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nesting too deep
                 kind = "invalid JSON" if raw.endswith(b"\n") else "line is cut off (truncated file)"
                 bad(lineno, f"{kind}: {e}")
                 continue
@@ -675,6 +723,40 @@ def read_corpus(
             yield record
     finally:
         lines.close()  # closes the file now, also when the caller stops early
+
+
+def check_corpus_file(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    """Raises `CorpusError` unless `path` starts like a corpus: its first line is a study.
+
+    `read_corpus` skips bad lines so that one damaged line does not cost a whole corpus;
+    pointed at a file that is not a corpus at all (a CSV, a checkpoint, a Vizier
+    database), it would skip every line and leave the caller with "no studies". Commands
+    that take corpus files check them first, so the message says what the file is not.
+    """
+    path = os.fspath(path)
+    lines = _binary_lines(path, max_line_bytes)
+    try:
+        for lineno, raw in enumerate(lines, start=1):
+            if isinstance(raw, _LongLine):
+                reason = f"line {lineno} is longer than {max_line_bytes} bytes (starts {bytes(raw)[:32]!r})"
+            elif not raw.strip():
+                continue
+            else:
+                try:
+                    record_from_json(json.loads(raw.decode("utf-8")))
+                    return
+                except UnicodeDecodeError:
+                    reason = f"line {lineno} is not UTF-8 text (a binary file?)"
+                except (ValueError, RecursionError) as e:
+                    reason = f"line {lineno} is not JSON ({e})"
+                except CorpusError as e:
+                    reason = f"line {lineno}: {e}"
+            raise CorpusError(f"{path}: not a {FORMAT_NAME!r} corpus: {reason}")
+    except _DamagedStream as e:
+        raise CorpusError(f"{path}: not a readable corpus: {e}") from e
+    finally:
+        lines.close()
+    raise CorpusError(f"{path}: empty corpus file (no studies)")
 
 
 def summarize_corpus(path: str | os.PathLike[str]) -> CorpusStats:

@@ -291,7 +291,10 @@ def test_from_scratch_learns_how_y_depends_on_x_of_a_small_study():
     reg = OmniPredRegressor.from_scratch("tiny", seed=0, num_samples=32)
     report = reg.fit(task.problem, task.train, config=FinetuneConfig(max_steps=200))
     assert report.data.num_nonfinite == 1 and report.data.num_infeasible == 1
-    assert report.num_validation_examples == 30 and 0 < report.best_step <= report.steps <= 200
+    # from scratch: no early stopping, every usable trial trains (dropout keeps the fit stable)
+    assert report.num_validation_examples == 0 and report.num_train_examples == 149  # the infeasible one too
+    assert report.best_step == report.steps == 200
     pred = reg.predict(task.test).mean
     assert np.isfinite(pred).all()
-    assert spearman(task.y_test, pred) >= 0.6
+    rho = spearman(task.y_test, pred)
+    assert rho >= 0.6, rho

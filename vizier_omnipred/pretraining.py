@@ -121,7 +121,7 @@ class PretrainConfig:
 SHIPPED_RECIPE = dict(preset="small", synthetic_studies=1500, synthetic_seed=0,
                       hpobench_datasets=("australian", "blood_transfusion", "car", "credit_g", "kc1", "phoneme",
                                          "segment", "vehicle"),
-                      hpobench_trials=3000, steps=4000, batch_size=64, warmup_steps=200, shuffle_buffer=8192,
+                      hpobench_trials=3000, steps=3000, batch_size=64, warmup_steps=200, shuffle_buffer=8192,
                       eval_every=1000, checkpoint_every=250, seed=0)
 
 

@@ -213,11 +213,11 @@ class OmniPredRegressor(vza.Predictor):
                 f"'{self._metric_name}', {summary.num_nonfinite} NaN/inf). A pretrained model can still "
                 "predict without fitting: call set_problem(problem) instead."
             )
+        config = config.resolved(pretrained=self._pretrained, num_train=len(examples) + len(prior_examples))
         train_idx, val_idx = split_validation(len(examples), config)
         train = [examples[i] for i in train_idx] + prior_examples
         validation = [examples[i] for i in val_idx]
         lr = config.learning_rate or self.default_learning_rate()
-        config = config.resolved(pretrained=self._pretrained, num_train=len(train))
         self.last_fit = finetune(
             self._ckpt.model,
             train,

@@ -233,6 +233,11 @@ class FinetuneConfig:
       0.6M-parameter model memorises 150 trials within a few dozen steps (held-out
       Spearman 0.81 after 50 steps, 0.66 after 300 without dropout; 0.87 after 300 with
       0.1), and the model's own rate (0) for a pretrained checkpoint.
+    early_stopping: whether a validation split is held out to stop early and restore the
+      best state. None lets the regressor decide: on for a pretrained checkpoint, off from
+      scratch, where dropout keeps the fit stable and the loss of 30 held-out trials did not
+      track the ranking (it picked step 50 of 500, Spearman 0.62, on a 150-trial study that
+      the full budget ranks at ~0.9): those trials are worth more as training data there.
     validation_fraction: share of the study's trials held out for early stopping; studies
       with fewer than `min_validation_trials / validation_fraction` trials train the whole
       budget on every trial instead (a 1-trial validation set only adds noise).
@@ -248,6 +253,7 @@ class FinetuneConfig:
     eval_every: int | None = None
     train_encoder: bool | None = None
     dropout: float | None = None
+    early_stopping: bool | None = None
     batch_size: int = 64
     validation_fraction: float = 0.2
     min_validation_trials: int = 3
@@ -283,7 +289,8 @@ class FinetuneConfig:
                 steps = SCRATCH_STEPS
         encoder = (not pretrained) if self.train_encoder is None else self.train_encoder
         dropout = self.dropout if self.dropout is not None else (None if pretrained else SCRATCH_DROPOUT)
-        return attrs.evolve(self, max_steps=steps, train_encoder=encoder, dropout=dropout)
+        stopping = pretrained if self.early_stopping is None else self.early_stopping
+        return attrs.evolve(self, max_steps=steps, train_encoder=encoder, dropout=dropout, early_stopping=stopping)
 
 
 @attrs.frozen
@@ -310,7 +317,10 @@ class FitReport:
 
 
 def split_validation(n: int, config: FinetuneConfig) -> tuple[list[int], list[int]]:
-    """Deterministic (train, validation) index split of a study's examples."""
+    """Deterministic (train, validation) index split of a study's examples (no validation
+    examples when `config.early_stopping` is False)."""
+    if config.early_stopping is False:
+        return list(range(n)), []
     num_val = int(round(n * config.validation_fraction))
     if num_val < config.min_validation_trials or n - num_val < 1:
         return list(range(n)), []

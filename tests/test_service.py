@@ -123,9 +123,13 @@ def test_failed_suggest_raises_in_the_client_and_does_not_wedge_the_study(tmp_pa
     factory = service.OmniPredPolicyFactory(work_dir=tmp_path / "w", designer_kwargs=designer_kwargs)
     with service.start_server(tmp_path / "v.db", policy_factory=factory):
         unknown = clients.Study.from_study_config(_config("NOT_AN_ALGORITHM"), owner="tests", study_id="unknown")
-        # OMNIPRED refuses a multi-objective study without a metric to optimise.
-        two_metrics = clients.Study.from_study_config(_config("OMNIPRED", num_metrics=2), owner="tests", study_id="mo")
-        for study, message in ((unknown, "not registered"), (two_metrics, "metric")):
+        # OMNIPRED refuses a safety metric whose threshold is not a number.
+        config = _config("OMNIPRED")
+        config.metric_information.append(
+            svz.MetricInformation("mem", goal=svz.ObjectiveMetricGoal.MINIMIZE, safety_threshold=float("nan"))
+        )
+        bad_safety = clients.Study.from_study_config(config, owner="tests", study_id="nan-threshold")
+        for study, message in ((unknown, "not registered"), (bad_safety, "safety_threshold")):
             for _ in range(2):  # Vizier alone would leave the operation open: the 2nd call hangs.
                 with pytest.raises(RuntimeError, match=message):
                     study.suggest(count=1)

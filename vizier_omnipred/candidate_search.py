@@ -53,6 +53,7 @@ class Candidate:
     median: float = math.nan
     outside: float = 0.0  # L-inf distance beyond the trust radius (0: inside)
     info: dict[str, str] = attrs.field(factory=dict)
+    vector: np.ndarray | None = None  # per-scalarization optimistic values (several objectives)
 
     @property
     def search_score(self) -> float:
@@ -65,11 +66,13 @@ class Candidate:
 class Evaluation:
     """What an evaluator says about n points: acquisition scores (n,), higher is better,
     nan allowed (read as -inf); medians (n,) for the suggestion's metadata; optional
-    per-point metadata strings."""
+    per-point metadata strings and per-point vectors (kept on the candidates for the
+    multi-objective batch pick)."""
 
     scores: np.ndarray
     medians: np.ndarray
     info: Sequence[Mapping[str, str]] | None = None
+    vectors: np.ndarray | None = None  # (n, W) per-scalarization values (several objectives)
 
 
 class Evaluator(Protocol):
@@ -111,9 +114,10 @@ class CandidateScorer:
             values = np.where(np.isnan(values), -np.inf, values)
             outside = self.trust_region.beyond(points)
             infos = ev.info if ev.info is not None else [{}] * len(chunk)
+            vectors = ev.vectors if ev.vectors is not None else [None] * len(chunk)
             out += [
-                Candidate(params=p, key=k, score=float(v), median=float(m), outside=float(o), info=dict(i))
-                for (k, p), v, m, o, i in zip(chunk, values, ev.medians, outside, infos)
+                Candidate(params=p, key=k, score=float(v), median=float(m), outside=float(o), info=dict(i), vector=w)
+                for (k, p), v, m, o, i, w in zip(chunk, values, ev.medians, outside, infos, vectors)
             ]
         return out
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import math
 import os
@@ -94,7 +95,16 @@ from vizier_omnipred.designer_state import (
     id_order,
     problem_key,
 )
-from vizier_omnipred.regressor import SHIPPED_CHECKPOINT, OmniPredRegressor
+from vizier_omnipred.multimetric import (
+    HypervolumeScalarization,
+    greedy_front_picks,
+    is_safe,
+    pareto_mask,
+    safe_probability,
+    to_maximise,
+    unsafe_floor,
+)
+from vizier_omnipred.regressor import SHIPPED_CHECKPOINT, OmniPredRegressor, check_metrics
 from vizier_omnipred.search_space import Space, params_dict
 from vizier_omnipred.text import TrialTextError
 from vizier_omnipred.training import FinetuneConfig, FitReport
@@ -189,6 +199,12 @@ class SearchConfig:
       search, with a penalty that grows with their distance (so Eagle is drawn back),
       and are picked only when nothing inside is left. The radius grows with the
       number of trials until the region is the whole space.
+    safe_probability: a pick must be predicted safe (every safety metric on the safe side
+      of its threshold) in at least this fraction of its joint samples; candidates below
+      it are picked only when none passes (most likely safe first).
+    num_scalarizations: random hypervolume scalarization weights (several objectives).
+    front_quantile: the quantile, over a candidate's joint samples, of each
+      scalarization (several objectives): its optimism, as UCB's quantile is.
     """
 
     strategy: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "eagle", "pool")))
@@ -200,6 +216,19 @@ class SearchConfig:
     screening_samples: int | None = attrs.field(default=16)
     finalists: int = attrs.field(default=16)
     trust_region: bool = True
+    safe_probability: float = attrs.field(default=0.75)
+    num_scalarizations: int = attrs.field(default=128, validator=attrs.validators.ge(1))
+    front_quantile: float = attrs.field(default=0.9)
+
+    @safe_probability.validator
+    def _check_safe(self, _, value):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"safe_probability must be in [0, 1], got {value}")
+
+    @front_quantile.validator
+    def _check_front_quantile(self, _, value):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"front_quantile must be in [0, 1], got {value}")
 
     @screening_samples.validator
     def _check_screening(self, _, value):
@@ -274,7 +303,10 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
     acquisition over its sampled predictions (see the module docstring for the loop).
 
     Args:
-      problem: the study; single-objective, or pass `metric_name`.
+      problem: the study: one objective, or several (multi-objective: hypervolume
+        scalarizations of the sampled objective vectors), each optionally with safety
+        metrics (`MetricInformation.safety_threshold`: picks must be predicted safe with
+        probability `SearchConfig.safe_probability`). See "Several metrics" below.
       seed: makes suggestions reproducible (None: random, recorded in `dump`).
       checkpoint: a checkpoint directory to start from; None = the package's shipped
         checkpoint `vizier_omnipred.regressor.SHIPPED_CHECKPOINT`, or, if that is not
@@ -295,11 +327,30 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         with the study (transfer); they are part of every fit.
       finetune_config: the first (cold) fit's recipe; warm refits use a quarter of its
         epochs (`RefitSchedule`).
-      metric_name: the metric to optimise in a multi-objective problem.
+      metric_name: optimise only this objective of a multi-objective problem (the
+        designer is then single-objective; safety metrics still apply).
 
     Tuning beyond the constructor: `designer.search` (`SearchConfig`: strategy, batch
     size, diversity radius) and `designer.refit` (`RefitSchedule`) are plain attributes
     holding frozen configs; replace them with `attrs.evolve(...)`.
+
+    Several metrics: the regressor is fine-tuned on every metric of the study (one
+    example per trial and metric: the metric's name and goal are in the text), and each
+    candidate is sampled for every objective and safety metric.
+    - Several objectives: the acquisition is `multimetric.HypervolumeScalarization`
+      over the joint samples (`SearchConfig.num_scalarizations` random weights, the
+      `SearchConfig.front_quantile` of each scalarization over the samples, mean
+      improvement over the observed front); a batch is picked greedily so that each
+      pick adds where the front is still open (`multimetric.greedy_front_picks`).
+      `acquisition` is not used. `predict` returns every metric, shape (N, M).
+    - Safety metrics: a candidate's probability of being safe is the fraction of its
+      joint samples in which every safety metric is feasible and on the safe side of its
+      threshold. Below `SearchConfig.safe_probability` its score drops to
+      `multimetric.unsafe_floor(p)` (below every candidate that passes, ordered by p), so
+      such a point is picked only when no candidate passes, most likely safe first.
+      Unsafe trials (by Vizier's `SafetyChecker` rule) are trained on like any other
+      trial, so the model learns where the space is unsafe, but they are never
+      incumbents, front points or search primers.
     """
 
     def __init__(
@@ -335,7 +386,15 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._regressor = _base_regressor(
             checkpoint, regressor, device=device, num_samples=self._num_samples, seed=self._seed
         )
-        self._metric = self._regressor.codec.objective_metric(self._problem, metric_name)
+        check_metrics(self._problem)
+        self._metric = self._regressor.codec.objective_metric(
+            self._problem, metric_name if metric_name is not None else self._first_objective_name()
+        )
+        if metric_name is not None:
+            self._objectives = (self._metric,)
+        else:
+            self._objectives = tuple(m for m in self._problem.metric_information if m.type.is_objective)
+        self._safety = tuple(m for m in self._problem.metric_information if m.type == vz.MetricType.SAFETY)
         self._space = Space(self._problem.search_space)
         # Keys are the codec's text of the parameters alone (fixed metric, no metadata):
         # the same point always gets the same key, whatever the study text says.
@@ -365,6 +424,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self.last_fit: FitReport | None = None
         # How the last model suggestion searched: 'enumerate', 'eagle' or 'pool'.
         self.last_search: str | None = None
+        # The scalarizations of the last multi-objective suggestion.
+        self.last_scalarization: HypervolumeScalarization | None = None
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -378,7 +439,30 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
 
     @property
     def metric(self) -> vz.MetricInformation:
+        """The objective (the first one of a multi-objective problem)."""
         return self._metric
+
+    @property
+    def objectives(self) -> tuple[vz.MetricInformation, ...]:
+        """The objectives optimised: one, or several (multi-objective)."""
+        return self._objectives
+
+    @property
+    def safety_metrics(self) -> tuple[vz.MetricInformation, ...]:
+        return self._safety
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self._objectives) > 1
+
+    def _first_objective_name(self) -> str | None:
+        objectives = [m.name for m in self._problem.metric_information if m.type.is_objective]
+        return objectives[0] if objectives else None
+
+    def _fit_metric_name(self) -> str | None:
+        """What the regressor is fitted on: the one metric of a single-metric problem,
+        else every metric (None)."""
+        return self._metric.name if len(self._problem.metric_information) == 1 else None
 
     @property
     def num_seed_trials(self) -> int:
@@ -399,7 +483,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
     @property
     def completed_trials(self) -> list[vz.Trial]:
         """The completed trials the designer knows (as it would refit on them)."""
-        return [r.to_trial(self._metric.name) for r in self._history.values()]
+        return [r.to_trial() for r in self._history.values()]
 
     # ------------------------------------------------------------------- helpers
     def _make_seed_designer(self, seed: int):
@@ -432,17 +516,36 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         keys = {k for k in self._keys([r.params for r in self._history.values()]) if k}
         return keys | self._active_keys | set(self._suggested)
 
+    def _safe_records(self) -> list[Record]:
+        """Feasible trials with every objective and on the safe side of every threshold."""
+        return [
+            r for r in self._history.values()
+            if not r.infeasible and all(r.value(m.name) is not None for m in self._objectives)
+            and is_safe(r.metrics, self._safety)
+        ]
+
     def _best_value(self) -> float | None:
-        values = [r.value for r in self._history.values() if not r.infeasible and r.value is not None]
+        values = [r.value(self._metric.name) for r in self._safe_records()]
         if not values:
             return None
         return min(values) if self._metric.goal == vz.ObjectiveMetricGoal.MINIMIZE else max(values)
 
+    def _observed_objectives(self, records: Sequence[Record]) -> np.ndarray:
+        """(T, M) maximise-space objective values of records that have them all."""
+        values = np.array([[r.value(m.name) for m in self._objectives] for r in records], dtype=float)
+        return to_maximise(values.reshape(len(records), len(self._objectives)), [m.goal for m in self._objectives])
+
     def _top_records(self, k: int) -> list[Record]:
-        feasible = [r for r in self._history.values() if not r.infeasible and r.value is not None]
+        """The best safe trials (single objective), or the Pareto front's (several)."""
+        feasible = [r for r in self._safe_records() if self._space.contains(r.params)]
+        if self.multi_objective:
+            if not feasible:
+                return []
+            front = pareto_mask(self._observed_objectives(feasible))
+            return [r for r, keep in zip(feasible, front) if keep][:k]
         reverse = self._metric.goal != vz.ObjectiveMetricGoal.MINIMIZE
-        feasible.sort(key=lambda r: r.value, reverse=reverse)
-        return [r for r in feasible if self._space.contains(r.params)][:k]
+        feasible.sort(key=lambda r: r.value(self._metric.name), reverse=reverse)
+        return feasible[:k]
 
     def _usable_ids(self) -> set[str]:
         return {i for i, r in self._history.items() if r.usable}
@@ -459,13 +562,14 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         if self._fitted_ids is not None and usable <= self._fitted_ids:
             return
         if not usable and not self._prior_studies:
-            self._regressor.set_problem(self._problem, metric_name=self._metric.name)
+            self._regressor.set_problem(self._problem, metric_name=self._fit_metric_name())
             return
         warm = self._fitted_ids is not None
         config = self.refit.warm if warm else self.refit.cold
-        trials = [self._history[i].to_trial(self._metric.name) for i in sorted(usable, key=id_order)]
+        trials = [self._history[i].to_trial() for i in sorted(usable, key=id_order)]
         report = self._regressor.fit(
-            self._problem, trials, metric_name=self._metric.name, prior_studies=self._prior_studies, config=config
+            self._problem, trials, metric_name=self._fit_metric_name(), prior_studies=self._prior_studies,
+            config=config,
         )
         _log.info(
             "OmniPredDesigner: %s fit #%d on %d trials: %d epochs, %.1f s",
@@ -490,12 +594,13 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             else:
                 self._anonymous += 1
                 trial_id = f"anon-{self._anonymous}"
-            value, infeasible = None, bool(trial.infeasible)
+            metrics, infeasible = {}, bool(trial.infeasible)
             if not infeasible and trial.final_measurement is not None:
-                metric = trial.final_measurement.metrics.get(self._metric.name)
-                if metric is not None and math.isfinite(float(metric.value)):
-                    value = float(metric.value)
-            self._history[trial_id] = Record(params=params, value=value, infeasible=infeasible)
+                for m in self._problem.metric_information:
+                    metric = trial.final_measurement.metrics.get(m.name)
+                    if metric is not None and math.isfinite(float(metric.value)):
+                        metrics[m.name] = float(metric.value)
+            self._history[trial_id] = Record(params=params, metrics=metrics, infeasible=infeasible)
         self._active_keys = {
             k for k in self._keys([params_dict(t.parameters) for t in all_active.trials]) if k
         }
@@ -608,6 +713,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         picks = self._select(inside, n, rng)
         if len(picks) < n:
             picks += self._select(outside, n - len(picks), rng)
+        picks = picks[:n]
         out = []
         for c in picks:
             excluded.add(c.key)
@@ -627,16 +733,79 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
 
     def _evaluator(self, rng: np.random.Generator):
         """Sampling + acquisition for one chunk of candidates (the scorer's `Evaluator`)."""
+        if not self.multi_objective and not self._safety:
+            best = self._best_value()
+
+            def evaluate(points: Sequence[Mapping[str, Any]], num_samples: int) -> Evaluation:
+                samples = self._regressor.sample(
+                    [vz.TrialSuggestion(parameters=p) for p in points], num_samples, seed=int(rng.integers(2**31)),
+                    metric_name=self._metric.name,
+                )
+                values = self._acquisition(samples, goal=self._metric.goal, best=best, rng=rng)
+                return Evaluation(scores=np.asarray(values, dtype=float), medians=samples.quantiles([0.5])[0])
+
+            return evaluate
+        return self._metrics_evaluator(rng)
+
+    def _metrics_evaluator(self, rng: np.random.Generator):
+        """Several objectives and/or safety metrics: every metric sampled per candidate;
+        hypervolume scalarizations of the joint objective samples (several objectives) or
+        the acquisition (one), gated by the sampled probability of being safe."""
+        names = [m.name for m in self._objectives] + [m.name for m in self._safety]
+        goals = [m.goal for m in self._objectives]
+        scalarizer = None
+        if self.multi_objective:
+            scalarizer = self._scalarizer(rng)
+            self.last_scalarization = scalarizer
         best = self._best_value()
+        threshold = self.search.safe_probability
 
         def evaluate(points: Sequence[Mapping[str, Any]], num_samples: int) -> Evaluation:
-            samples = self._regressor.sample(
-                [vz.TrialSuggestion(parameters=p) for p in points], num_samples, seed=int(rng.integers(2**31))
+            samples = self._regressor.sample_metrics(
+                [vz.TrialSuggestion(parameters=p) for p in points], num_samples, metric_names=names,
+                seed=int(rng.integers(2**31)),
             )
-            values = self._acquisition(samples, goal=self._metric.goal, best=best, rng=rng)
-            return Evaluation(scores=np.asarray(values, dtype=float), medians=samples.quantiles([0.5])[0])
+            vectors = None
+            if scalarizer is None:
+                primary = samples[self._metric.name]
+                scores = np.asarray(self._acquisition(primary, goal=goals[0], best=best, rng=rng), dtype=float)
+            else:
+                joint = np.stack(
+                    [np.where(samples[m.name].infeasible, -np.inf, samples[m.name].values) for m in self._objectives],
+                    axis=-1,
+                )  # (N, S, M)
+                y = to_maximise(np.where(np.isfinite(joint), joint, 0.0), goals)
+                y = np.where(np.isfinite(joint), y, -np.inf)
+                feasible = np.isfinite(y).all(axis=-1).mean(axis=1)  # (N,)
+                if scalarizer.has_reference:
+                    vectors = scalarizer.optimistic(y, self.search.front_quantile)
+                    scores = scalarizer.improvement(vectors)
+                else:  # no feasible trial yet: any feasible outcome is progress (as EI does)
+                    scores = feasible.copy()
+                scores = np.where(feasible > 0, scores, -np.inf)
+            medians = samples[self._metric.name].quantiles([0.5])[0]
+            p_safe = safe_probability(samples, self._safety)
+            info: list[dict[str, str]] = [{} for _ in points]
+            if p_safe is not None:
+                scores = np.where(np.isnan(scores), -np.inf, scores)
+                scores = np.where((p_safe >= threshold) | ~np.isfinite(scores), scores, unsafe_floor(p_safe))
+                for d, p in zip(info, p_safe):
+                    d["safe_probability"] = repr(float(p))
+            if scalarizer is not None:
+                per_metric = {m.name: samples[m.name].quantiles([0.5])[0] for m in self._objectives}
+                for i, d in enumerate(info):
+                    d["predicted_medians"] = json.dumps(
+                        {k: (float(v[i]) if np.isfinite(v[i]) else None) for k, v in per_metric.items()}
+                    )
+            return Evaluation(scores=scores, medians=medians, info=info, vectors=vectors)
 
         return evaluate
+
+    def _scalarizer(self, rng: np.random.Generator) -> HypervolumeScalarization:
+        observed = self._observed_objectives(self._safe_records())
+        return HypervolumeScalarization.create(
+            self.search.num_scalarizations, observed, rng, num_objectives=len(self._objectives)
+        )
 
     def _search(self, scorer: CandidateScorer, n: int, excluded: set[str], rng: np.random.Generator) -> None:
         """Fills `scorer.scored`: a small finite space whole, else Eagle or the pool search."""
@@ -671,18 +840,37 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         return TrustRegion.around(self._space, trusted, enabled=self.search.trust_region)
 
     def _select(self, candidates: list[Candidate], n: int, rng: np.random.Generator) -> list[Candidate]:
-        """Best first, then greedily by rank-score x min(1, distance to picks / radius)."""
-        return select_diverse(candidates, n, rng, self._space, self.search.diversity_radius)
+        """Best first, then greedily by rank-score x min(1, distance to picks / radius).
+
+        Several objectives: first the greedy front picks (each adds the most where the
+        front is still open); the rest, if any, as above."""
+        picks: list[Candidate] = []
+        scalarizer = self.last_scalarization if self.multi_objective else None
+        if scalarizer is not None and n > 1:
+            usable = [c for c in candidates if c.vector is not None and c.score > 0.0]
+            if usable:
+                order = greedy_front_picks(np.stack([c.vector for c in usable]), scalarizer.best, n)
+                picks = [usable[i] for i in order]
+            chosen = {id(c) for c in picks}
+            candidates = [c for c in candidates if id(c) not in chosen]
+        return picks + select_diverse(candidates, n - len(picks), rng, self._space, self.search.diversity_radius)
 
     # --------------------------------------------------------------- Predictor API
     def predict(
         self, trials: Sequence[vz.TrialSuggestion], rng: Any = None, num_samples: int | None = None
     ) -> vza.Prediction:
-        """The fine-tuned regressor's prediction (refits first if trials arrived)."""
+        """The fine-tuned regressor's prediction (refits first if trials arrived): shape
+        (N,) for the objective of a single-objective problem (safety metrics or not);
+        (N, M) over every metric of a multi-objective one (`problem.metric_information`
+        order; metadata 'metrics' names the columns)."""
         self._maybe_fit()
         if isinstance(rng, np.random.Generator):
             rng = int(rng.integers(2**31))
-        return self._regressor.predict(trials, rng=rng, num_samples=num_samples)
+        if self.multi_objective:
+            if self._regressor.metric_name is not None:
+                self._regressor.set_problem(self._problem)
+            return self._regressor.predict(trials, rng=rng, num_samples=num_samples)
+        return self._regressor.predict(trials, rng=rng, num_samples=num_samples, metric_name=self._metric.name)
 
     # ------------------------------------------------------------ serialization
     def dump(self) -> vz.Metadata:
@@ -732,7 +920,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         designer, which is how Vizier's policies call `load`).
         """
         ns = metadata.ns(STATE_NS)
-        state = DesignerState.from_metadata(ns)
+        state = DesignerState.from_metadata(ns, primary_metric=self._metric.name)
         if state.problem_key != self._problem_key:
             raise serializable.HarmlessDecodeError(
                 "OmniPredDesigner state belongs to another problem (search space, metrics or metadata differ)"
@@ -782,7 +970,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._weights_dirty = False
         if regressor is not None:
             self._regressor = regressor
-            self._regressor.set_problem(self._problem, metric_name=self._metric.name)
+            self._regressor.set_problem(self._problem, metric_name=self._fit_metric_name())
             self._fitted_ids = frozenset(weights.trials)
             self._num_fits = weights.fits
             self._weights_fingerprint = weights.fingerprint

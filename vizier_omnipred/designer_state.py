@@ -42,7 +42,9 @@ __all__ = [
     "problem_key",
 ]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+# Version 1 (one metric per record, before several metrics) is still read.
+READABLE_VERSIONS = (1, 2)
 STATE_NS = "omnipred"  # the TextCodec skips this namespace: the model never reads designer state
 POLICY_NS = "designer_policy_v0"  # where Vizier's policies keep their (and our) state
 CACHE_ENV = "VIZIER_OMNIPRED_CACHE"
@@ -63,41 +65,55 @@ class StateVersionError(serializable.HarmlessDecodeError):
 # ----------------------------------------------------------------------- records
 @attrs.frozen
 class Record:
-    """A completed trial as the designer keeps it (enough to refit and to dedupe)."""
+    """A completed trial as the designer keeps it (enough to refit and to dedupe).
+
+    `metrics` holds the finite values it reported for the problem's metrics (none if
+    it is infeasible); a metric it did not report, or reported as NaN/inf, is absent.
+    """
 
     params: dict[str, float | int | str]
-    value: float | None  # finite metric value, None if infeasible or missing
+    metrics: Mapping[str, float]
     infeasible: bool
 
     @property
     def usable(self) -> bool:
-        return self.infeasible or self.value is not None
+        """Something to train on: infeasibility, or at least one metric value."""
+        return self.infeasible or bool(self.metrics)
+
+    def value(self, metric_name: str) -> float | None:
+        return None if self.infeasible else self.metrics.get(metric_name)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"p": self.params}
         if self.infeasible:
             d["infeasible"] = True
-        elif self.value is not None:
-            d["y"] = self.value
+        elif self.metrics:
+            d["m"] = dict(self.metrics)
         return d
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Record":
+    def from_json(cls, d: Mapping[str, Any], primary_metric: str | None = None) -> "Record":
+        """Reads state version 2 ('m': {metric: value}) and version 1 ('y': the value of
+        the designer's one metric, `primary_metric`)."""
         params = d["p"]
         if not isinstance(params, dict):
             raise TypeError("trial parameters must be a JSON object")
-        value = d.get("y")
-        return cls(params={k: py_value(v) for k, v in params.items()}, value=None if value is None else float(value),
+        metrics = d.get("m")
+        if metrics is None:
+            y = d.get("y")
+            metrics = {} if y is None or primary_metric is None else {primary_metric: y}
+        if not isinstance(metrics, dict):
+            raise TypeError("trial metrics must be a JSON object")
+        return cls(params={k: py_value(v) for k, v in params.items()},
+                   metrics={str(k): float(v) for k, v in metrics.items()},
                    infeasible=bool(d.get("infeasible", False)))
 
-    def to_trial(self, metric_name: str) -> vz.Trial:
+    def to_trial(self) -> vz.Trial:
         trial = vz.Trial(parameters=self.params)
         if self.infeasible:
             trial.complete(vz.Measurement(), infeasibility_reason="infeasible")
-        elif self.value is not None:
-            trial.complete(vz.Measurement(metrics={metric_name: self.value}))
         else:
-            trial.complete(vz.Measurement())
+            trial.complete(vz.Measurement(metrics=dict(self.metrics)))
         return trial
 
 
@@ -127,7 +143,8 @@ class WeightsState:
 
 @attrs.frozen
 class DesignerState:
-    """Everything `OmniPredDesigner.dump` writes (JSON keys as in state version 1)."""
+    """Everything `OmniPredDesigner.dump` writes (JSON keys as in state version 1; version
+    2 changed only the records: 'm' {metric: value} instead of 'y')."""
 
     problem_key: str
     token: str | None
@@ -155,33 +172,34 @@ class DesignerState:
         return json.dumps(state, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
-    def from_metadata(cls, ns: vz.Metadata) -> "DesignerState":
+    def from_metadata(cls, ns: vz.Metadata, primary_metric: str | None = None) -> "DesignerState":
         """Decodes the state namespace; raises `HarmlessDecodeError` (no state, damaged)
-        or `StateVersionError` (another version wrote it)."""
+        or `StateVersionError` (another version wrote it). `primary_metric` names the
+        metric of a version-1 state's records."""
         version = ns.get("version")
         if version is None:
             raise serializable.HarmlessDecodeError(
                 f"no OmniPredDesigner state in the metadata (namespace {STATE_NS!r} has no 'version')"
             )
-        if version != str(STATE_VERSION):
+        if version not in [str(v) for v in READABLE_VERSIONS]:
             raise StateVersionError(
                 f"OmniPredDesigner state version {version!r} in the metadata, but this vizier-omnipred reads "
-                f"version {STATE_VERSION}; the state was written by another version of the package. Start a "
+                f"version {' or '.join(str(v) for v in READABLE_VERSIONS)}; the state was written by another version of the package. Start a "
                 "new designer on the study's trials (Vizier's designer policies do this automatically)."
             )
         try:
-            return cls.from_json(ns["state"])
+            return cls.from_json(ns["state"], primary_metric)
         except serializable.DecodeError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise serializable.HarmlessDecodeError(f"damaged OmniPredDesigner state: {e!r}") from e
 
     @classmethod
-    def from_json(cls, text: str) -> "DesignerState":
+    def from_json(cls, text: str, primary_metric: str | None = None) -> "DesignerState":
         state = json.loads(text)
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in READABLE_VERSIONS:
             raise StateVersionError(
-                f"OmniPredDesigner state says version {state.get('version')!r}, this code reads {STATE_VERSION}"
+                f"OmniPredDesigner state says version {state.get('version')!r}, this code reads {READABLE_VERSIONS}"
             )
         weights = state.get("weights")
         return cls(
@@ -192,7 +210,7 @@ class DesignerState:
             num_seed_suggested=int(state["num_seed_suggested"]),
             anonymous=int(state.get("anonymous", 0)),
             suggested=tuple(str(k) for k in state["suggested"]),
-            trials={str(i): Record.from_json(d) for i, d in state["trials"].items()},
+            trials={str(i): Record.from_json(d, primary_metric) for i, d in state["trials"].items()},
             weights=WeightsState.from_json(weights) if weights else None,
         )
 

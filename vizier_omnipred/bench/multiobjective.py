@@ -110,7 +110,7 @@ class FrontTask:
             f"two objectives: shifted BBOB {self.first} (f1) and shifted {self.second} (f2) in {self.dim}-D"
         )
         sample = rng.uniform(-5.0, 5.0, size=(_REFERENCE_SAMPLES, self.dim))
-        values = np.array([[evaluate(x)["f1"], evaluate(x)["f2"]] for x in sample])
+        values = np.array([[m["f1"], m["f2"]] for m in map(evaluate, sample)])
         return BuiltProblem(problem, evaluate, self.dim, reference=np.median(values, axis=0))
 
 

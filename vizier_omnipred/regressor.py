@@ -253,10 +253,11 @@ class OmniPredRegressor(vza.Predictor):
         config = config or FinetuneConfig()
         self.set_problem(problem, metric_name=metric_name)
         names = [self._metric_name] if metric_name is not None else [m.name for m in problem.metric_information]
-        if len(names) > 1:
-            return self._fit_metrics(problem, trials, names, prior_studies=prior_studies, config=config)
-        examples, summary = make_examples(self.vocab, self.codec, problem, trials, metric_name=self._metric_name)
-        self.last_fit_metrics = {self._metric_name: summary}
+        if len(names) > 1:  # several metrics: one example per (trial, metric)
+            examples, summary = self._metrics_examples(problem, trials, names, has_priors=bool(prior_studies))
+        else:
+            examples, summary = make_examples(self.vocab, self.codec, problem, trials, metric_name=self._metric_name)
+            self.last_fit_metrics = {self._metric_name: summary}
         prior_examples = []
         prior_summary = DataSummary()
         for study in prior_studies:
@@ -290,34 +291,20 @@ class OmniPredRegressor(vza.Predictor):
         )
         return self.last_fit
 
-    def _fit_metrics(
-        self,
-        problem: vz.ProblemStatement,
-        trials: Sequence[vz.Trial],
-        names: Sequence[str],
-        *,
-        prior_studies: Sequence[Any],
-        config: FinetuneConfig,
-    ) -> FitReport:
-        """`fit` on every metric: one example per (trial, metric) with that metric's name
-        and goal in the text. Each metric's examples are split into train and validation
-        as a single-metric study's are; `FitReport.data` sums the metrics' counts (so it
-        counts examples, not trials); `last_fit_metrics` has them per metric."""
-        train: list = []
-        validation: list = []
+    def _metrics_examples(
+        self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], names: Sequence[str], *, has_priors: bool
+    ) -> tuple[list, DataSummary]:
+        """Examples of every metric (that metric's name and goal in the text) and their
+        summed counts (so `FitReport.data` counts examples, not trials); the per-metric
+        counts go to `last_fit_metrics`. A metric without any usable value is a warning;
+        no usable value for any metric (and no prior studies) an error naming each."""
+        examples: list = []
         summaries: dict[str, DataSummary] = {}
         for name in names:
-            examples, summary = make_examples(self.vocab, self.codec, problem, trials, metric_name=name)
-            summaries[name] = summary
-            train_idx, val_idx = split_validation(len(examples), config)
-            train += [examples[i] for i in train_idx]
-            validation += [examples[i] for i in val_idx]
+            metric_examples, summaries[name] = make_examples(self.vocab, self.codec, problem, trials, metric_name=name)
+            examples += metric_examples
         self.last_fit_metrics = summaries
-        prior_examples = []
-        for study in prior_studies:
-            p_problem, p_trials = _as_problem_trials(study)
-            prior_examples += _all_metric_examples(self.vocab, self.codec, p_problem, p_trials)
-        if not train and not prior_examples:
+        if not examples and not has_priors:
             raise ValueError(
                 f"fit: none of the {len(trials)} trials can be trained on for any metric ("
                 + "; ".join(f"'{n}': {s.num_not_completed} not completed, {s.num_missing_metric} without it, "
@@ -332,24 +319,10 @@ class OmniPredRegressor(vza.Predictor):
                     name, summary.num_trials, summary.num_missing_metric, summary.num_nonfinite,
                     summary.num_not_completed,
                 )
-        lr = config.learning_rate or self.default_learning_rate()
-        if config.train_encoder is None:
-            config = attrs.evolve(config, train_encoder=not self._pretrained)
         total = DataSummary()
         for summary in summaries.values():
             total = total + summary
-        self.last_fit = finetune(
-            self._ckpt.model,
-            train + prior_examples,
-            validation,
-            config=config,
-            learning_rate=lr,
-            masks=self._masks,
-            device=self._device,
-            data=total,
-            num_prior_examples=len(prior_examples),
-        )
-        return self.last_fit
+        return examples, total
 
     # ----- inference ---------------------------------------------------------------------
     def _resolve_problem(self, problem: vz.ProblemStatement | None) -> tuple[vz.ProblemStatement, str | None]:
@@ -492,17 +465,6 @@ def check_metrics(problem: vz.ProblemStatement) -> None:
             raise TrialTextError(f"metric {m.name!r} has no goal (MAXIMIZE or MINIMIZE)")
         if m.safety_threshold is not None and not math.isfinite(float(m.safety_threshold)):
             raise TrialTextError(f"safety metric {m.name!r} has a non-finite safety_threshold {m.safety_threshold}")
-
-
-def _all_metric_examples(vocab: Vocabulary, codec: TextCodec, problem: vz.ProblemStatement, trials: Sequence[vz.Trial]) -> list:
-    """A prior study's examples: its single objective, or every metric when it has several."""
-    metrics = list(problem.metric_information)
-    if len(metrics) <= 1 or not any(m.type.is_objective for m in metrics):
-        return make_examples(vocab, codec, problem, trials)[0]
-    out = []
-    for m in metrics:
-        out += make_examples(vocab, codec, problem, trials, metric_name=m.name)[0]
-    return out
 
 
 def _json_list(a: np.ndarray) -> list[float | None]:

@@ -256,6 +256,28 @@ def test_picks_must_be_predicted_safe(make):
     assert "reckless" in modes
 
 
+def test_with_a_safe_trial_the_trust_region_is_around_safe_trials(make):
+    space = vz.SearchSpace()
+    space.root.add_float_param("x", 0.0, 10.0)
+    space.root.add_float_param("z", 0.0, 10.0)
+    problem = metrics_problem(space, vz.MetricInformation("y", goal=MAX),
+                              vz.MetricInformation("risk", goal=MIN, safety_threshold=1.0))
+    designer = make(problem)
+    trials = []
+    for i, (x, risk) in enumerate([(1.0, 0.5), (9.0, 5.0), (8.5, 7.0)]):
+        t = vz.Trial(parameters={"x": x, "z": 5.0}, id=i + 1)
+        t.complete(vz.Measurement(metrics={"y": x, "risk": risk}))
+        trials.append(t)
+    designer.update(vza.CompletedTrials(trials), vza.ActiveTrials())
+    region = designer._trust_region()
+    near_safe, near_unsafe = region.beyond([{"x": 1.5, "z": 5.0}, {"x": 9.0, "z": 5.0}])
+    assert near_safe == 0.0 and near_unsafe > 0.0
+    # Without a safety metric the unsafe-looking trials are trusted like any other.
+    plain = make(metrics_problem(space, vz.MetricInformation("y", goal=MAX)))
+    plain.update(vza.CompletedTrials(trials), vza.ActiveTrials())
+    assert plain._trust_region().beyond([{"x": 9.0, "z": 5.0}])[0] == 0.0
+
+
 # ----------------------------------------------------------------- bad input
 def test_a_safety_metric_needs_a_goal_and_a_number():
     # Vizier itself refuses a metric without a goal: in Python and from the service's protos.

@@ -350,7 +350,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
       such a point is picked only when no candidate passes, most likely safe first.
       Unsafe trials (by Vizier's `SafetyChecker` rule) are trained on like any other
       trial, so the model learns where the space is unsafe, but they are never
-      incumbents, front points or search primers.
+      incumbents, front points or search primers; once a trial is known safe, the trust
+      region is around the safe trials only.
     """
 
     def __init__(
@@ -835,9 +836,19 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
 
     def _trust_region(self) -> TrustRegion:
         """The region around every completed trial, infeasible ones included: the model
-        was told what happened there."""
-        trusted = [r.params for r in self._history.values() if self._space.contains(r.params)]
-        return TrustRegion.around(self._space, trusted, enabled=self.search.trust_region)
+        was told what happened there.
+
+        With safety metrics, once some trial is known safe, the region is around the safe
+        trials only (the safe set grows outward from known-safe points, as in SafeOpt): a
+        model that has not yet learned where the space is unsafe then still proposes
+        points near ones that were safe, and the safe-probability gate decides among them.
+        """
+        records = [r for r in self._history.values() if self._space.contains(r.params)]
+        if self._safety:
+            safe = [r for r in records if not r.infeasible and r.metrics and is_safe(r.metrics, self._safety)]
+            if safe:
+                records = safe
+        return TrustRegion.around(self._space, [r.params for r in records], enabled=self.search.trust_region)
 
     def _select(self, candidates: list[Candidate], n: int, rng: np.random.Generator) -> list[Candidate]:
         """Best first, then greedily by rank-score x min(1, distance to picks / radius).

@@ -169,7 +169,8 @@ def test_multi_objective_study_with_a_safety_metric_survives_a_restart(tmp_path,
         designer = factory2.cached_designer(study.resource_name)
         assert len(designer.completed_trials) == 5
         assert {"loss", "loss1", "mem"} <= set(designer.completed_trials[0].final_measurement.metrics)
-        assert designer.regressor.last_fit_metrics["mem"].num_used == 5
+        # Every trial teaches the safety metric; an unsafe one also as infeasible.
+        assert designer.regressor.last_fit_metrics["mem"].num_used >= 5
         md = more[-1].materialize().metadata.ns("omnipred")
         assert md["source"] == "model" and "safe_probability" in md and "predicted_medians" in md
         all_params = [tuple(sorted(t.parameters.as_dict().items())) for t in study.trials().get()]

@@ -348,8 +348,9 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
       threshold. Below `SearchConfig.safe_probability` its score drops to
       `multimetric.unsafe_floor(p)` (below every candidate that passes, ordered by p), so
       such a point is picked only when no candidate passes, most likely safe first.
-      Unsafe trials (by Vizier's `SafetyChecker` rule) are trained on like any other
-      trial, so the model learns where the space is unsafe, but they are never
+      Unsafe trials (by Vizier's `SafetyChecker` rule) are trained on twice: their
+      safety values, and as infeasible (as Vizier's `UnsafeAsInfeasibleDesigner`
+      reports them), so the model learns where the space is unsafe; they are never
       incumbents, front points or search primers; once a trial is known safe, the trust
       region is around the safe trials only.
     """
@@ -567,7 +568,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             return
         warm = self._fitted_ids is not None
         config = self.refit.warm if warm else self.refit.cold
-        trials = [self._history[i].to_trial() for i in sorted(usable, key=id_order)]
+        trials = [t for i in sorted(usable, key=id_order) for t in self._training_trials(self._history[i])]
         report = self._regressor.fit(
             self._problem, trials, metric_name=self._fit_metric_name(), prior_studies=self._prior_studies,
             config=config,
@@ -580,6 +581,18 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._num_fits += 1
         self._weights_dirty = True
         self.last_fit = report
+
+    def _training_trials(self, record: Record) -> list[vz.Trial]:
+        """What the model is told about a trial: the trial itself, except an unsafe one,
+        which is told twice: its safety metrics' values (how unsafe, and where), and as
+        infeasible, as Vizier's `UnsafeAsInfeasibleDesigner` reports it (so every metric,
+        the objectives included, has infeasible mass there: the acquisitions count it as
+        failure and the safety gate as unsafe)."""
+        if not self._safety or record.infeasible or is_safe(record.metrics, self._safety):
+            return [record.to_trial()]
+        values = {m.name: record.metrics[m.name] for m in self._safety if m.name in record.metrics}
+        return [Record(params=record.params, metrics=values, infeasible=False).to_trial(),
+                Record(params=record.params, metrics={}, infeasible=True).to_trial()]
 
     # ---------------------------------------------------------------- Designer API
     def update(self, completed: vza.CompletedTrials, all_active: vza.ActiveTrials) -> None:

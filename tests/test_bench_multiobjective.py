@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import attrs
 import numpy as np
 import pytest
 from vizier import pyvizier as vz
@@ -60,15 +61,9 @@ def test_random_runs_summary_table_plot_and_resume(tmp_path, suite, capsys):
     else:
         assert 0 <= record["num_unsafe"] <= 6 and "unsafe trials" in table
     before = record["seconds_per_suggest"]
-    mo.run(attrs_evolve(config, resume=True))  # nothing to redo
+    mo.run(attrs.evolve(config, resume=True))  # nothing to redo
     again = json.loads(next((tmp_path / suite).rglob("repeat_000.json")).read_text())
     assert again["seconds_per_suggest"] == before
-
-
-def attrs_evolve(config, **changes):
-    import attrs
-
-    return attrs.evolve(config, **changes)
 
 
 def test_cli_routes_the_suites_and_rejects_unknown_designers(tmp_path, capsys):

@@ -296,7 +296,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--suite", choices=("bbob", "hpobench", "multiobjective", "safety"), default="bbob",
                    help="multiobjective: two-objective BBOB fronts (hypervolume); safety: unsafe trials spent")
     a.add_argument("--pairs", type=_csv, default=None,
-                   help="multiobjective: BBOB pairs as f1:f2:dim, comma separated (default Sphere:Sphere:2,Sphere:Rastrigin:4)")
+                   help="multiobjective: BBOB pairs as f1:f2:dim, comma separated (default Sphere:Sphere:2,Sphere:Rastrigin:3)")
     a.add_argument("--designers", type=_csv, default=None,
                    help="comma list of designers: omnipred, gp_bandit, gp_ucb_pe, random, omnipred_no_trust_region "
                         "(the trust-region ablation)")

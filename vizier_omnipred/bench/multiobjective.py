@@ -48,7 +48,7 @@ DEFAULT_DESIGNERS: Mapping[str, tuple[str, ...]] = {
     "multiobjective": ("omnipred", "gp_bandit", "random"),
     "safety": ("omnipred", "omnipred_unsafe_as_infeasible", "random"),
 }
-DEFAULT_PAIRS: tuple[tuple[str, str, int], ...] = (("Sphere", "Sphere", 2), ("Sphere", "Rastrigin", 4))
+DEFAULT_PAIRS: tuple[tuple[str, str, int], ...] = (("Sphere", "Sphere", 2), ("Sphere", "Rastrigin", 3))
 SAFE_RADIUS = 2.0
 _REFERENCE_SAMPLES = 1000
 

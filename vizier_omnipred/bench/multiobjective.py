@@ -345,14 +345,21 @@ def plot_fronts(records: Sequence[Mapping[str, Any]], out_dir: Path, repeat: int
             reference = r["reference"]
             front = y[pareto_mask(-y)]
             front = front[np.argsort(front[:, 0])]
-            points = ax.scatter(y[:, 0], y[:, 1], s=10, alpha=0.4)
-            ax.step(front[:, 0], front[:, 1], where="post", color=points.get_facecolor()[0][:3],
+            points = ax.scatter(y[:, 0], y[:, 1], s=10, alpha=0.35)
+            color = points.get_facecolor()[0][:3]
+            # The front's staircase, closed at the reference point: the area it bounds is the hypervolume.
+            stairs = np.vstack([[front[0, 0], max(reference[1], front[0, 1])], front,
+                                [max(reference[0], front[-1, 0]), front[-1, 1]]])
+            ax.step(stairs[:, 0], stairs[:, 1], where="post", color=color,
                     label=f"{r['designer']} (HV {r['hypervolume']:.3g})")
+            ax.scatter(front[:, 0], front[:, 1], s=24, color=color, edgecolor="black", linewidths=0.5)
         if reference is not None:
             ax.axvline(reference[0], color="grey", lw=0.5)
             ax.axhline(reference[1], color="grey", lw=0.5)
-        ax.set_xscale("symlog")
-        ax.set_yscale("symlog")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0.0)
+        ax.set_ylim(bottom=0.0)
         ax.set_xlabel("f1 (minimize)")
         ax.set_ylabel("f2 (minimize)")
         ax.set_title(f"{task}, repeat {repeat}: trials and fronts")

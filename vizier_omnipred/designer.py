@@ -41,14 +41,20 @@ The loop (one `suggest` call):
    (possibly none) instead of repeating or searching forever.
 
 State (`dump`/`load`, namespace 'omnipred' of the returned metadata; see
-`STATE_VERSION`): the completed trials themselves (compact JSON: parameters and metric
-value or infeasibility per trial id), because Vizier's `PartiallySerializableDesignerPolicy`
+`STATE_VERSION`, `designer_state.py`): the completed trials themselves (compact JSON:
+parameters and every metric's value, or infeasibility, per trial id), because Vizier's `PartiallySerializableDesignerPolicy`
 sends only *new* trials to a restored designer; the text hashes of earlier suggestions;
 counters; the seed designer's state; and where the fine-tuned weights are: a
 checkpoint directory under `work_dir` with a SHA-256 fingerprint of its weights file.
 A restored designer loads those weights (no refit from scratch); if they are gone or
 do not match the fingerprint, it warns and refits from the base checkpoint on the
 stored trials.
+
+Several metrics (several objectives, safety metrics): see `OmniPredDesigner` and
+`multimetric.py`. The module's pieces: `search_space.py` (points, mutations, features),
+`trust_region.py`, `candidate_search.py` (`CandidateScorer`, Eagle and pool search,
+diverse batches), `designer_state.py` (records, `DesignerState`, study key); this module
+keeps the designer's life cycle and its configs.
 """
 
 from __future__ import annotations

@@ -311,14 +311,14 @@ def test_checkpoint_with_another_codec_fails_at_construction(base, tmp_path):
         OmniPredDesigner(problem, checkpoint=ckpt, regressor=base)
 
 
-def test_multi_objective_needs_a_metric_name(make):
+def test_metric_name_makes_a_multi_objective_problem_single_objective(make):
     problem = vz.ProblemStatement(
         search_space=test_studies.flat_continuous_space_with_scaling(),
         metric_information=[vz.MetricInformation("a", goal=MAX), vz.MetricInformation("b", goal=MIN)],
     )
-    with pytest.raises(ValueError, match="metric_name"):
-        make(problem)
+    assert make(problem).multi_objective  # without metric_name: both objectives (test_multimetric.py)
     designer = make(problem, metric_name="b")
+    assert not designer.multi_objective
     assert designer.metric.name == "b" and designer.metric.goal == MIN
     trials = run_loop(designer, rounds=2, count=2, fn=lambda p: p["lineardouble"], start_id=1)
     assert designer.last_fit is None  # metric 'objective' was reported, not 'b': nothing to fit on yet
@@ -361,7 +361,7 @@ def test_dump_load_continues_without_repeats_and_without_refitting(make, base, t
     weights = tmp_path / "work" / "weights"
     assert (weights / "model.safetensors").is_file()
     state = json.loads(md.ns("omnipred")["state"])
-    assert state["version"] == 1 and len(state["trials"]) == 6
+    assert state["version"] == 2 and len(state["trials"]) == 6
     assert state["weights"]["path"] == str(weights.resolve())
 
     # Restore the way Vizier's PartiallySerializableDesignerPolicy does: factory(problem), load.

@@ -21,6 +21,7 @@ EXAMPLES = {
     "designer_loop.py": ["--rounds", "2"],
     "predict_with_uncertainty.py": [],
     "custom_acquisition.py": ["--trials", "3"],
+    "multi_objective.py": ["--rounds", "2"],
 }
 
 

@@ -176,7 +176,7 @@ def test_unknown_parameter_and_wrong_type_are_clear_errors(tiny_regressor_factor
         reg.predict([vz.TrialSuggestion({"x0": "abc", "x1": 0.0})])
 
 
-def test_multi_objective_needs_a_metric_name(tiny_regressor_factory):
+def test_multi_objective_fits_every_metric_or_the_named_one(tiny_regressor_factory):
     problem = vz.ProblemStatement()
     problem.search_space.root.add_float_param("x0", 0.0, 1.0)
     problem.metric_information.append(vz.MetricInformation("a", goal=vz.ObjectiveMetricGoal.MINIMIZE))
@@ -184,8 +184,10 @@ def test_multi_objective_needs_a_metric_name(tiny_regressor_factory):
     reg = tiny_regressor_factory()
     t = vz.Trial(parameters={"x0": 0.5}, id=1)
     t.complete(vz.Measurement(metrics={"a": 1.0, "b": 2.0}))
+    report = reg.fit(problem, [t], config=FinetuneConfig(max_epochs=1))
+    assert report.data.num_used == 2  # one example per (trial, metric)
     with pytest.raises(ValueError, match="metric_name"):
-        reg.fit(problem, [t])
+        reg.sample([vz.TrialSuggestion({"x0": 0.5})], 4)  # two objectives: which one?
     report = reg.fit(problem, [t], metric_name="b", config=FinetuneConfig(max_epochs=1))
     assert report.data.num_used == 1
 

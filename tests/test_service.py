@@ -123,9 +123,55 @@ def test_failed_suggest_raises_in_the_client_and_does_not_wedge_the_study(tmp_pa
     factory = service.OmniPredPolicyFactory(work_dir=tmp_path / "w", designer_kwargs=designer_kwargs)
     with service.start_server(tmp_path / "v.db", policy_factory=factory):
         unknown = clients.Study.from_study_config(_config("NOT_AN_ALGORITHM"), owner="tests", study_id="unknown")
-        # OMNIPRED refuses a multi-objective study without a metric to optimise.
-        two_metrics = clients.Study.from_study_config(_config("OMNIPRED", num_metrics=2), owner="tests", study_id="mo")
-        for study, message in ((unknown, "not registered"), (two_metrics, "metric")):
+        # OMNIPRED refuses a safety metric whose threshold is not a number.
+        config = _config("OMNIPRED")
+        config.metric_information.append(
+            svz.MetricInformation("mem", goal=svz.ObjectiveMetricGoal.MINIMIZE, safety_threshold=float("nan"))
+        )
+        bad_safety = clients.Study.from_study_config(config, owner="tests", study_id="nan-threshold")
+        for study, message in ((unknown, "not registered"), (bad_safety, "safety_threshold")):
             for _ in range(2):  # Vizier alone would leave the operation open: the 2nd call hangs.
                 with pytest.raises(RuntimeError, match=message):
                     study.suggest(count=1)
+
+
+def test_multi_objective_study_with_a_safety_metric_survives_a_restart(tmp_path, designer_kwargs):
+    """Two objectives and a safety metric, OMNIPRED end to end on SQLite, across a restart."""
+    config = _config("OMNIPRED", num_metrics=2)  # loss, loss1: both MINIMIZE
+    config.metric_information.append(
+        svz.MetricInformation("mem", goal=svz.ObjectiveMetricGoal.MINIMIZE, safety_threshold=4.0)
+    )
+
+    def run(study, n):
+        out = []
+        for _ in range(n):
+            (trial,) = study.suggest(count=1)
+            x0, x1 = trial.parameters["x0"], trial.parameters["x1"]
+            trial.complete(vz.Measurement({"loss": smooth_2d(x0, x1), "loss1": (x0 - 1.0) ** 2 + x1**2,
+                                           "mem": abs(x0) + abs(x1)}))
+            out.append(trial)
+        return out
+
+    db, work = tmp_path / "mo.db", tmp_path / "work"
+    factory = service.OmniPredPolicyFactory(work_dir=work, designer_kwargs=designer_kwargs)
+    with service.start_server(db, policy_factory=factory):
+        study = clients.Study.from_study_config(config, owner="tests", study_id="front")
+        run(study, 4)
+        designer = factory.cached_designer(study.resource_name)
+        assert designer.multi_objective and [m.name for m in designer.safety_metrics] == ["mem"]
+        assert designer.num_fits >= 1
+    factory2 = service.OmniPredPolicyFactory(work_dir=work, designer_kwargs=designer_kwargs)
+    with service.start_server(db, policy_factory=factory2):
+        study = clients.Study.from_owner_and_id("tests", "front")
+        more = run(study, 2)
+        assert [t.id for t in more] == [5, 6]
+        assert factory2.counters["designers_restored"] == 1
+        designer = factory2.cached_designer(study.resource_name)
+        assert len(designer.completed_trials) == 5
+        assert {"loss", "loss1", "mem"} <= set(designer.completed_trials[0].final_measurement.metrics)
+        # Every trial teaches the safety metric; an unsafe one also as infeasible.
+        assert designer.regressor.last_fit_metrics["mem"].num_used >= 5
+        md = more[-1].materialize().metadata.ns("omnipred")
+        assert md["source"] == "model" and "safe_probability" in md and "predicted_medians" in md
+        all_params = [tuple(sorted(t.parameters.as_dict().items())) for t in study.trials().get()]
+        assert len(set(all_params)) == len(all_params) == 6

@@ -41,14 +41,20 @@ The loop (one `suggest` call):
    (possibly none) instead of repeating or searching forever.
 
 State (`dump`/`load`, namespace 'omnipred' of the returned metadata; see
-`STATE_VERSION`): the completed trials themselves (compact JSON: parameters and metric
-value or infeasibility per trial id), because Vizier's `PartiallySerializableDesignerPolicy`
+`STATE_VERSION`, `designer_state.py`): the completed trials themselves (compact JSON:
+parameters and every metric's value, or infeasibility, per trial id), because Vizier's `PartiallySerializableDesignerPolicy`
 sends only *new* trials to a restored designer; the text hashes of earlier suggestions;
 counters; the seed designer's state; and where the fine-tuned weights are: a
 checkpoint directory under `work_dir` with a SHA-256 fingerprint of its weights file.
 A restored designer loads those weights (no refit from scratch); if they are gone or
 do not match the fingerprint, it warns and refits from the base checkpoint on the
 stored trials.
+
+Several metrics (several objectives, safety metrics): see `OmniPredDesigner` and
+`multimetric.py`. The module's pieces: `search_space.py` (points, mutations, features),
+`trust_region.py`, `candidate_search.py` (`CandidateScorer`, Eagle and pool search,
+diverse batches), `designer_state.py` (records, `DesignerState`, study key); this module
+keeps the designer's life cycle and its configs.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +77,51 @@ from vizier import pyvizier as vz
 from vizier.interfaces import serializable
 
 from vizier_omnipred import model as model_lib
-from vizier_omnipred.acquisitions import INFEASIBLE_FLOOR, Acquisition, get_acquisition
-from vizier_omnipred.regressor import SHIPPED_CHECKPOINT, OmniPredRegressor
+from vizier_omnipred.acquisitions import Acquisition, get_acquisition
+from vizier_omnipred.candidate_search import (
+    Candidate,
+    CandidateScorer,
+    Evaluation,
+    eagle_search,
+    pool_search,
+    select_diverse,
+)
+from vizier_omnipred.designer_state import (
+    CACHE_ENV,
+    POLICY_NS,
+    STATE_NS,
+    STATE_VERSION,
+    WEIGHTS_DIR,
+    DesignerState,
+    Record,
+    StateVersionError,
+    WeightsState,
+    default_cache_root,
+    file_fingerprint,
+    id_order,
+    problem_key,
+)
+from vizier_omnipred.multimetric import (
+    HypervolumeScalarization,
+    greedy_front_picks,
+    is_safe,
+    pareto_mask,
+    safe_probability,
+    to_maximise,
+    unsafe_floor,
+)
+from vizier_omnipred.regressor import SHIPPED_CHECKPOINT, OmniPredRegressor, check_metrics
+from vizier_omnipred.search_space import Space, params_dict
 from vizier_omnipred.text import TrialTextError
 from vizier_omnipred.training import FinetuneConfig, FitReport
+from vizier_omnipred.trust_region import TrustRegion, trust_radius
+
+# Names other modules and tests reach through this module (kept after the split).
+_Space = Space
+_params_dict = params_dict
+Record = Record
+_Candidate = Candidate
+id_order = id_order
 
 _log = logging.getLogger(__name__)
 
@@ -88,30 +135,16 @@ __all__ = [
     "CACHE_ENV",
     "default_cache_root",
     "problem_key",
+    "trust_radius",
+    "POLICY_NS",
 ]
 
-STATE_VERSION = 1
-STATE_NS = "omnipred"  # the TextCodec skips this namespace: the model never reads designer state
-POLICY_NS = "designer_policy_v0"  # where Vizier's policies keep their (and our) state
-CACHE_ENV = "VIZIER_OMNIPRED_CACHE"
-WEIGHTS_DIR = "weights"
-_EXCLUDED_FROM_KEY = (POLICY_NS, STATE_NS)
 _MAX_SEED_TRIALS = 20
 
 
 def default_num_seed_trials(problem: vz.ProblemStatement) -> int:
     """Quasi-random trials before the model is used: two per parameter, 5 to 20."""
-    return min(max(5, 2 * len(_Space(problem.search_space).names)), _MAX_SEED_TRIALS)
-
-
-class StateVersionError(serializable.HarmlessDecodeError):
-    """Designer metadata written by another version of the state format.
-
-    A `HarmlessDecodeError` (the designer is left untouched): called directly, `load`
-    raises it with both versions named; under Vizier's `PartiallySerializableDesignerPolicy`
-    the policy catches it, logs it, and restarts the designer on all of the study's
-    trials, which is the right recovery for a server that was upgraded mid-study.
-    """
+    return min(max(5, 2 * len(Space(problem.search_space).names)), _MAX_SEED_TRIALS)
 
 
 # --------------------------------------------------------------------------- configs
@@ -172,6 +205,12 @@ class SearchConfig:
       search, with a penalty that grows with their distance (so Eagle is drawn back),
       and are picked only when nothing inside is left. The radius grows with the
       number of trials until the region is the whole space.
+    safe_probability: a pick must be predicted safe (every safety metric on the safe side
+      of its threshold) in at least this fraction of its joint samples; candidates below
+      it are picked only when none passes (most likely safe first).
+    num_scalarizations: random hypervolume scalarization weights (several objectives).
+    front_quantile: the quantile, over a candidate's joint samples, of each
+      scalarization (several objectives): its optimism, as UCB's quantile is.
     """
 
     strategy: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "eagle", "pool")))
@@ -183,6 +222,19 @@ class SearchConfig:
     screening_samples: int | None = attrs.field(default=16)
     finalists: int = attrs.field(default=16)
     trust_region: bool = True
+    safe_probability: float = attrs.field(default=0.75)
+    num_scalarizations: int = attrs.field(default=128, validator=attrs.validators.ge(1))
+    front_quantile: float = attrs.field(default=0.9)
+
+    @safe_probability.validator
+    def _check_safe(self, _, value):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"safe_probability must be in [0, 1], got {value}")
+
+    @front_quantile.validator
+    def _check_front_quantile(self, _, value):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"front_quantile must be in [0, 1], got {value}")
 
     @screening_samples.validator
     def _check_screening(self, _, value):
@@ -203,351 +255,6 @@ class SearchConfig:
     def _check_batch(self, _, value):
         if value < 1:
             raise ValueError(f"batch_size must be >= 1, got {value}")
-
-
-# --------------------------------------------------------------------- search space
-def _py(value: Any) -> float | int | str:
-    """A parameter value as a plain Python scalar (Vizier hands out numpy types)."""
-    if isinstance(value, vz.ParameterValue):
-        value = value.value
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (str, np.str_)):
-        return str(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    return float(value)
-
-
-def _params_dict(parameters: vz.ParameterDict | Mapping[str, Any]) -> dict[str, float | int | str]:
-    if isinstance(parameters, vz.ParameterDict):
-        return {k: _py(v) for k, v in parameters.as_dict().items()}
-    return {k: _py(v) for k, v in parameters.items()}
-
-
-_MISSING = object()
-
-
-def _is_log(pc: vz.ParameterConfig) -> bool:
-    return pc.scale_type == vz.ScaleType.LOG and pc.bounds[0] > 0
-
-
-class _Space:
-    """Random points, mutations, membership and enumeration for any search space.
-
-    Conditional spaces are walked depth first, the order Vizier's
-    `SequentialParameterBuilder` uses: a parameter's children come right after it. A
-    name active in several subspaces (Vizier's test AutoML space has three
-    'learning_rate's) holds one value that must lie in every active config of it: the
-    walk keeps an earlier value when a later config contains it and redraws it from the
-    later config otherwise.
-    """
-
-    def __init__(self, search_space: vz.SearchSpace):
-        self.search_space = search_space
-        self.is_conditional = search_space.is_conditional
-        self.configs: dict[str, list[vz.ParameterConfig]] = {}
-        self._children: dict[int, dict[Any, list[vz.ParameterConfig]]] = {}
-        self._collect(search_space.parameters)
-        self.names = list(self.configs)
-        self.has_continuous = any(
-            pc.type == vz.ParameterType.DOUBLE and pc.bounds[0] < pc.bounds[1]
-            for pcs in self.configs.values()
-            for pc in pcs
-        )
-        self._columns = self._build_columns()
-
-    def _collect(self, configs: Sequence[vz.ParameterConfig]) -> None:
-        for pc in configs:
-            self.configs.setdefault(pc.name, []).append(pc)
-            children = {value: list(sub.parameters) for value, sub in pc.subspaces() if sub.parameters}
-            self._children[id(pc)] = children
-            for sub in children.values():
-                self._collect(sub)
-
-    def children(self, pc: vz.ParameterConfig, value: Any) -> list[vz.ParameterConfig]:
-        table = self._children.get(id(pc))
-        if not table:
-            return []
-        if pc.type == vz.ParameterType.DISCRETE:
-            value = float(value)
-        return table.get(value, [])
-
-    # -- values
-    @staticmethod
-    def random_value(pc: vz.ParameterConfig, rng: np.random.Generator) -> float | int | str:
-        if pc.type == vz.ParameterType.DOUBLE:
-            lo, hi = pc.bounds
-            if lo == hi:
-                return float(lo)
-            if _is_log(pc):
-                v = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-            else:
-                v = rng.uniform(lo, hi)
-            return float(min(max(v, lo), hi))
-        if pc.type == vz.ParameterType.INTEGER:
-            lo, hi = pc.bounds
-            return int(rng.integers(lo, hi + 1))
-        values = pc.feasible_values
-        return _py(values[int(rng.integers(len(values)))])
-
-    @staticmethod
-    def perturb_value(pc: vz.ParameterConfig, value: Any, rng: np.random.Generator, scale: float):
-        if pc.type in (vz.ParameterType.DOUBLE, vz.ParameterType.INTEGER):
-            lo, hi = pc.bounds
-            if lo == hi:
-                return _py(lo)
-            log = pc.type == vz.ParameterType.DOUBLE and _is_log(pc)
-            f = math.log if log else float
-            g = math.exp if log else float
-            unit = (f(value) - f(lo)) / (f(hi) - f(lo))
-            unit = min(max(unit + rng.normal(0.0, scale), 0.0), 1.0)
-            v = g(f(lo) + unit * (f(hi) - f(lo)))
-            v = min(max(v, lo), hi)
-            if pc.type == vz.ParameterType.INTEGER:
-                v = int(round(v))
-                if v == value:
-                    v = int(min(max(value + rng.choice([-1, 1]), lo), hi))
-                return v
-            return float(v)
-        values = [_py(v) for v in pc.feasible_values]
-        if len(values) == 1:
-            return values[0]
-        if pc.type == vz.ParameterType.DISCRETE and value in values:
-            i = values.index(value)
-            step = int(round(rng.normal(0.0, max(scale * len(values), 1.0)))) or int(rng.choice([-1, 1]))
-            return values[min(max(i + step, 0), len(values) - 1)]
-        others = [v for v in values if v != value]
-        return others[int(rng.integers(len(others)))]
-
-    # -- points
-    def center(self) -> dict[str, float | int | str] | None:
-        """The middle of a flat space (None for a conditional one), as Vizier's GP bandit
-        seeds: numeric parameters at the midpoint of their (log) scale, discrete ones at the
-        feasible value nearest it, categorical ones at their first value."""
-        if self.is_conditional:
-            return None
-        point: dict[str, float | int | str] = {}
-        for name, (pc,) in self.configs.items():
-            if pc.type == vz.ParameterType.CATEGORICAL:
-                point[name] = _py(pc.feasible_values[0])
-                continue
-            lo, hi = (float(b) for b in pc.bounds)
-            mid = math.sqrt(lo * hi) if pc.type == vz.ParameterType.DOUBLE and _is_log(pc) else (lo + hi) / 2
-            if pc.type == vz.ParameterType.DOUBLE:
-                point[name] = float(mid)
-            elif pc.type == vz.ParameterType.INTEGER:
-                point[name] = int(round(mid))
-            else:
-                point[name] = _py(min(pc.feasible_values, key=lambda v: abs(float(v) - mid)))
-        return point
-
-    def sample(
-        self,
-        rng: np.random.Generator,
-        base: Mapping[str, Any] | None = None,
-        mutate: frozenset[str] = frozenset(),
-        scale: float = 0.1,
-    ) -> dict[str, float | int | str]:
-        """A random point; with `base`, a copy of it whose `mutate` names are perturbed
-        (children of a changed parent keep their base values where still valid)."""
-        out: dict[str, float | int | str] = {}
-        queue = list(self.search_space.parameters)
-        while queue:
-            pc = queue.pop(0)
-            name = pc.name
-            if name in out and pc.contains(out[name]):
-                value = out[name]
-            elif base is not None and name in base and pc.contains(base[name]):
-                value = _py(base[name])
-                if name in mutate:
-                    value = self.perturb_value(pc, value, rng, scale)
-            else:
-                value = self.random_value(pc, rng)
-            out[name] = value
-            queue = self.children(pc, value) + queue
-        return out
-
-    def contains(self, params: Mapping[str, Any]) -> bool:
-        if not self.is_conditional:
-            return self.search_space.contains(vz.ParameterDict(params))
-        seen: set[str] = set()
-        queue = list(self.search_space.parameters)
-        while queue:
-            pc = queue.pop(0)
-            if pc.name not in params or not pc.contains(params[pc.name]):
-                return False
-            seen.add(pc.name)
-            queue = self.children(pc, params[pc.name]) + queue
-        return seen == set(params)
-
-    def enumerate(self, limit: int) -> list[dict[str, Any]] | None:
-        """Every point of a finite space, or None if it is infinite or has > limit points."""
-        if self.has_continuous:
-            return None
-        points: list[dict[str, Any]] = []
-
-        def values_of(pc):
-            if pc.type == vz.ParameterType.DOUBLE:
-                return [float(pc.bounds[0])]
-            return [_py(v) for v in pc.feasible_values]
-
-        def walk(queue, partial) -> bool:
-            if not queue:
-                points.append(dict(partial))
-                return len(points) <= limit
-            pc, rest = queue[0], queue[1:]
-            if pc.name in partial and pc.contains(partial[pc.name]):
-                return walk(self.children(pc, partial[pc.name]) + rest, partial)
-            previous = partial.get(pc.name, _MISSING)
-            for value in values_of(pc):
-                partial[pc.name] = value
-                if not walk(self.children(pc, value) + rest, partial):
-                    return False
-            if previous is _MISSING:
-                del partial[pc.name]
-            else:
-                partial[pc.name] = previous
-            return True
-
-        if not walk(list(self.search_space.parameters), {}):
-            return None
-        return points
-
-    # -- distances (for diverse batches)
-    def _build_columns(self):
-        columns = []
-        for name, pcs in self.configs.items():
-            numeric = all(pc.type in (vz.ParameterType.DOUBLE, vz.ParameterType.INTEGER, vz.ParameterType.DISCRETE) for pc in pcs)
-            if numeric:
-                lows, highs = [], []
-                for pc in pcs:
-                    vals = pc.bounds if pc.type != vz.ParameterType.DISCRETE else (min(pc.feasible_values), max(pc.feasible_values))
-                    lows.append(float(vals[0]))
-                    highs.append(float(vals[1]))
-                lo, hi = min(lows), max(highs)
-                log = all(pc.scale_type == vz.ScaleType.LOG for pc in pcs) and lo > 0
-                columns.append((name, "num", lo, hi, log))
-            else:
-                columns.append((name, "cat", None, None, False))
-        return columns
-
-    def features(self, points: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """(values, is_categorical): numeric columns scaled to [0, 1], categorical ones as
-        category ids; nan where a parameter is absent (inactive)."""
-        x = np.full((len(points), len(self._columns)), np.nan)
-        is_cat = np.array([kind == "cat" for _, kind, *_ in self._columns], dtype=bool)
-        ids: list[dict[Any, int]] = [{} for _ in self._columns]
-        for i, p in enumerate(points):
-            for j, (name, kind, lo, hi, log) in enumerate(self._columns):
-                if name not in p:
-                    continue
-                v = p[name]
-                if kind == "cat":
-                    x[i, j] = ids[j].setdefault(str(v), len(ids[j]))
-                elif hi == lo:
-                    x[i, j] = 0.0
-                elif log:
-                    x[i, j] = (math.log(max(float(v), lo)) - math.log(lo)) / (math.log(hi) - math.log(lo))
-                else:
-                    x[i, j] = (float(v) - lo) / (hi - lo)
-        return x, is_cat
-
-
-def _distances(x: np.ndarray, is_cat: np.ndarray, i: int) -> np.ndarray:
-    """RMS per-parameter distance of every row of x to row i (in [0, 1])."""
-    if x.shape[1] == 0:
-        return np.zeros(x.shape[0])
-    a = x[i][None, :]
-    missing_a, missing_b = np.isnan(a), np.isnan(x)
-    diff = np.where(is_cat[None, :], (a != x).astype(float), np.abs(a - x))
-    diff = np.where(missing_a & missing_b, 0.0, np.where(missing_a | missing_b, 1.0, diff))
-    return np.sqrt(np.mean(diff**2, axis=1))
-
-
-def trust_radius(num_trials: int, num_parameters: int) -> float:
-    """Radius of the trust region around completed trials, Vizier GP bandit's rule:
-    0.2 + 0.3 * n / (5 (d + 1)) for n trials and d parameters (0.5 after 5 (d + 1) trials,
-    and on), infinite before the first trial."""
-    if num_trials <= 0:
-        return math.inf
-    return 0.2 + 0.3 * num_trials / (5.0 * (num_parameters + 1))
-
-
-def _linf_to_nearest(x: np.ndarray, is_cat: np.ndarray, trusted: np.ndarray) -> np.ndarray:
-    """L-inf distance of every row of x to its nearest row of `trusted`, over numeric
-    columns; a column absent (nan) on either side does not count."""
-    numeric = ~is_cat
-    if len(trusted) == 0:
-        return np.full(len(x), np.inf)
-    if not numeric.any() or len(x) == 0:
-        return np.zeros(len(x))
-    diff = np.abs(x[:, None, numeric] - trusted[None, :, numeric])  # (N, T, D)
-    diff = np.where(np.isnan(diff), 0.0, diff)
-    return diff.max(axis=2).min(axis=1)
-
-
-# --------------------------------------------------------------------- study key
-def default_cache_root() -> Path:
-    """Where fine-tuned weights live by default: $VIZIER_OMNIPRED_CACHE or ~/.cache/vizier-omnipred."""
-    root = os.environ.get(CACHE_ENV)
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "vizier-omnipred"
-
-
-def _space_json(configs: Sequence[vz.ParameterConfig]) -> list:
-    out = []
-    for pc in configs:
-        entry: dict[str, Any] = {"name": pc.name, "type": pc.type.name, "scale": pc.scale_type.name if pc.scale_type else None}
-        if pc.type in (vz.ParameterType.DOUBLE, vz.ParameterType.INTEGER):
-            entry["bounds"] = [_py(b) for b in pc.bounds]
-        else:
-            entry["values"] = [_py(v) for v in pc.feasible_values]
-        children = sorted(((str(k), _space_json(sub.parameters)) for k, sub in pc.subspaces() if sub.parameters))
-        if children:
-            entry["children"] = children
-        out.append(entry)
-    return out
-
-
-def problem_key(problem: vz.ProblemStatement) -> str:
-    """A deterministic 16-hex-digit key of a problem, blind to designer state.
-
-    It covers the search space (with bounds and scaling), the metrics and the problem
-    metadata, except the namespaces where Vizier's policies and this package keep their
-    state ('designer_policy_v0', 'omnipred'), which change on every suggest.
-    """
-    metadata = []
-    for ns, key, value in problem.metadata.all_items():
-        if len(ns) and ns[0] in _EXCLUDED_FROM_KEY:
-            continue
-        if not isinstance(value, str):
-            serialize = getattr(value, "SerializeToString", None)
-            value = hashlib.sha256(serialize(deterministic=True)).hexdigest() if serialize else repr(value)
-        metadata.append([ns.encode(), key, value])
-    canonical = {
-        "space": _space_json(problem.search_space.parameters),
-        "metrics": [
-            [m.name, m.goal.name, _finite_or_none(m.safety_threshold)] for m in problem.metric_information
-        ],
-        "metadata": sorted(metadata),
-    }
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _finite_or_none(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------- regressors
@@ -596,69 +303,16 @@ def _base_regressor(
     )
 
 
-# ----------------------------------------------------------------------- records
-@attrs.frozen
-class _Record:
-    """A completed trial as the designer keeps it (enough to refit and to dedupe)."""
-
-    params: dict[str, float | int | str]
-    value: float | None  # finite metric value, None if infeasible or missing
-    infeasible: bool
-
-    @property
-    def usable(self) -> bool:
-        return self.infeasible or self.value is not None
-
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"p": self.params}
-        if self.infeasible:
-            d["infeasible"] = True
-        elif self.value is not None:
-            d["y"] = self.value
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "_Record":
-        params = d["p"]
-        if not isinstance(params, dict):
-            raise TypeError("trial parameters must be a JSON object")
-        value = d.get("y")
-        return cls(params={k: _py(v) for k, v in params.items()}, value=None if value is None else float(value),
-                   infeasible=bool(d.get("infeasible", False)))
-
-    def to_trial(self, metric_name: str) -> vz.Trial:
-        trial = vz.Trial(parameters=self.params)
-        if self.infeasible:
-            trial.complete(vz.Measurement(), infeasibility_reason="infeasible")
-        elif self.value is not None:
-            trial.complete(vz.Measurement(metrics={metric_name: self.value}))
-        else:
-            trial.complete(vz.Measurement())
-        return trial
-
-
-@attrs.define
-class _Candidate:
-    params: dict[str, Any]
-    key: str
-    score: float = -math.inf
-    median: float = math.nan
-    outside: float = 0.0  # L-inf distance beyond the trust radius (0: inside)
-
-    @property
-    def search_score(self) -> float:
-        """The score the search optimises: outside the trust region, below every score
-        inside it, less the further out (finite, and within Eagle's float32)."""
-        return self.score if self.outside <= 0.0 else -1e20 * (1.0 + self.outside)
-
-
 # ---------------------------------------------------------------------- designer
 class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
     """Suggests trials by fine-tuning a T5 regressor on the study and maximising an
     acquisition over its sampled predictions (see the module docstring for the loop).
 
     Args:
-      problem: the study; single-objective, or pass `metric_name`.
+      problem: the study: one objective, or several (multi-objective: hypervolume
+        scalarizations of the sampled objective vectors), each optionally with safety
+        metrics (`MetricInformation.safety_threshold`: picks must be predicted safe with
+        probability `SearchConfig.safe_probability`). See "Several metrics" below.
       seed: makes suggestions reproducible (None: random, recorded in `dump`).
       checkpoint: a checkpoint directory to start from; None = the package's shipped
         checkpoint `vizier_omnipred.regressor.SHIPPED_CHECKPOINT`, or, if that is not
@@ -679,11 +333,32 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         with the study (transfer); they are part of every fit.
       finetune_config: the first (cold) fit's recipe; warm refits use a quarter of its
         epochs (`RefitSchedule`).
-      metric_name: the metric to optimise in a multi-objective problem.
+      metric_name: optimise only this objective of a multi-objective problem (the
+        designer is then single-objective; safety metrics still apply).
 
     Tuning beyond the constructor: `designer.search` (`SearchConfig`: strategy, batch
     size, diversity radius) and `designer.refit` (`RefitSchedule`) are plain attributes
     holding frozen configs; replace them with `attrs.evolve(...)`.
+
+    Several metrics: the regressor is fine-tuned on every metric of the study (one
+    example per trial and metric: the metric's name and goal are in the text), and each
+    candidate is sampled for every objective and safety metric.
+    - Several objectives: the acquisition is `multimetric.HypervolumeScalarization`
+      over the joint samples (`SearchConfig.num_scalarizations` random weights, the
+      `SearchConfig.front_quantile` of each scalarization over the samples, mean
+      improvement over the observed front); a batch is picked greedily so that each
+      pick adds where the front is still open (`multimetric.greedy_front_picks`).
+      `acquisition` is not used. `predict` returns every metric, shape (N, M).
+    - Safety metrics: a candidate's probability of being safe is the fraction of its
+      joint samples in which every safety metric is feasible and on the safe side of its
+      threshold. Below `SearchConfig.safe_probability` its score drops to
+      `multimetric.unsafe_floor(p)` (below every candidate that passes, ordered by p), so
+      such a point is picked only when no candidate passes, most likely safe first.
+      Unsafe trials (by Vizier's `SafetyChecker` rule) are trained on twice: their
+      safety values, and as infeasible (as Vizier's `UnsafeAsInfeasibleDesigner`
+      reports them), so the model learns where the space is unsafe; they are never
+      incumbents, front points or search primers; once a trial is known safe, the trust
+      region is around the safe trials only.
     """
 
     def __init__(
@@ -719,8 +394,16 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._regressor = _base_regressor(
             checkpoint, regressor, device=device, num_samples=self._num_samples, seed=self._seed
         )
-        self._metric = self._regressor.codec.objective_metric(self._problem, metric_name)
-        self._space = _Space(self._problem.search_space)
+        check_metrics(self._problem)
+        self._metric = self._regressor.codec.objective_metric(
+            self._problem, metric_name if metric_name is not None else self._first_objective_name()
+        )
+        if metric_name is not None:
+            self._objectives = (self._metric,)
+        else:
+            self._objectives = tuple(m for m in self._problem.metric_information if m.type.is_objective)
+        self._safety = tuple(m for m in self._problem.metric_information if m.type == vz.MetricType.SAFETY)
+        self._space = Space(self._problem.search_space)
         # Keys are the codec's text of the parameters alone (fixed metric, no metadata):
         # the same point always gets the same key, whatever the study text says.
         self._key_problem = vz.ProblemStatement(
@@ -735,7 +418,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
 
         # Study state (dumped).
         self._token: str | None = None
-        self._history: dict[str, _Record] = {}
+        self._history: dict[str, Record] = {}
         self._suggested: list[str] = []  # keys (text hashes) of every suggestion made
         self._num_seed_suggested = 0
         self._num_suggest_calls = 0
@@ -749,6 +432,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self.last_fit: FitReport | None = None
         # How the last model suggestion searched: 'enumerate', 'eagle' or 'pool'.
         self.last_search: str | None = None
+        # The scalarizations of the last multi-objective suggestion.
+        self.last_scalarization: HypervolumeScalarization | None = None
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -762,7 +447,30 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
 
     @property
     def metric(self) -> vz.MetricInformation:
+        """The objective (the first one of a multi-objective problem)."""
         return self._metric
+
+    @property
+    def objectives(self) -> tuple[vz.MetricInformation, ...]:
+        """The objectives optimised: one, or several (multi-objective)."""
+        return self._objectives
+
+    @property
+    def safety_metrics(self) -> tuple[vz.MetricInformation, ...]:
+        return self._safety
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self._objectives) > 1
+
+    def _first_objective_name(self) -> str | None:
+        objectives = [m.name for m in self._problem.metric_information if m.type.is_objective]
+        return objectives[0] if objectives else None
+
+    def _fit_metric_name(self) -> str | None:
+        """What the regressor is fitted on: the one metric of a single-metric problem,
+        else every metric (None)."""
+        return self._metric.name if len(self._problem.metric_information) == 1 else None
 
     @property
     def num_seed_trials(self) -> int:
@@ -783,7 +491,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
     @property
     def completed_trials(self) -> list[vz.Trial]:
         """The completed trials the designer knows (as it would refit on them)."""
-        return [r.to_trial(self._metric.name) for r in self._history.values()]
+        return [r.to_trial() for r in self._history.values()]
 
     # ------------------------------------------------------------------- helpers
     def _make_seed_designer(self, seed: int):
@@ -816,17 +524,36 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         keys = {k for k in self._keys([r.params for r in self._history.values()]) if k}
         return keys | self._active_keys | set(self._suggested)
 
+    def _safe_records(self) -> list[Record]:
+        """Feasible trials with every objective and on the safe side of every threshold."""
+        return [
+            r for r in self._history.values()
+            if not r.infeasible and all(r.value(m.name) is not None for m in self._objectives)
+            and is_safe(r.metrics, self._safety)
+        ]
+
     def _best_value(self) -> float | None:
-        values = [r.value for r in self._history.values() if not r.infeasible and r.value is not None]
+        values = [r.value(self._metric.name) for r in self._safe_records()]
         if not values:
             return None
         return min(values) if self._metric.goal == vz.ObjectiveMetricGoal.MINIMIZE else max(values)
 
-    def _top_records(self, k: int) -> list[_Record]:
-        feasible = [r for r in self._history.values() if not r.infeasible and r.value is not None]
+    def _observed_objectives(self, records: Sequence[Record]) -> np.ndarray:
+        """(T, M) maximise-space objective values of records that have them all."""
+        values = np.array([[r.value(m.name) for m in self._objectives] for r in records], dtype=float)
+        return to_maximise(values.reshape(len(records), len(self._objectives)), [m.goal for m in self._objectives])
+
+    def _top_records(self, k: int) -> list[Record]:
+        """The best safe trials (single objective), or the Pareto front's (several)."""
+        feasible = [r for r in self._safe_records() if self._space.contains(r.params)]
+        if self.multi_objective:
+            if not feasible:
+                return []
+            front = pareto_mask(self._observed_objectives(feasible))
+            return [r for r, keep in zip(feasible, front) if keep][:k]
         reverse = self._metric.goal != vz.ObjectiveMetricGoal.MINIMIZE
-        feasible.sort(key=lambda r: r.value, reverse=reverse)
-        return [r for r in feasible if self._space.contains(r.params)][:k]
+        feasible.sort(key=lambda r: r.value(self._metric.name), reverse=reverse)
+        return feasible[:k]
 
     def _usable_ids(self) -> set[str]:
         return {i for i, r in self._history.items() if r.usable}
@@ -843,13 +570,14 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         if self._fitted_ids is not None and usable <= self._fitted_ids:
             return
         if not usable and not self._prior_studies:
-            self._regressor.set_problem(self._problem, metric_name=self._metric.name)
+            self._regressor.set_problem(self._problem, metric_name=self._fit_metric_name())
             return
         warm = self._fitted_ids is not None
         config = self.refit.warm if warm else self.refit.cold
-        trials = [self._history[i].to_trial(self._metric.name) for i in sorted(usable, key=_id_order)]
+        trials = [t for i in sorted(usable, key=id_order) for t in self._training_trials(self._history[i])]
         report = self._regressor.fit(
-            self._problem, trials, metric_name=self._metric.name, prior_studies=self._prior_studies, config=config
+            self._problem, trials, metric_name=self._fit_metric_name(), prior_studies=self._prior_studies,
+            config=config,
         )
         _log.info(
             "OmniPredDesigner: %s fit #%d on %d trials: %d epochs, %.1f s",
@@ -860,12 +588,24 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._weights_dirty = True
         self.last_fit = report
 
+    def _training_trials(self, record: Record) -> list[vz.Trial]:
+        """What the model is told about a trial: the trial itself, except an unsafe one,
+        which is told twice: its safety metrics' values (how unsafe, and where), and as
+        infeasible, as Vizier's `UnsafeAsInfeasibleDesigner` reports it (so every metric,
+        the objectives included, has infeasible mass there: the acquisitions count it as
+        failure and the safety gate as unsafe)."""
+        if not self._safety or record.infeasible or is_safe(record.metrics, self._safety):
+            return [record.to_trial()]
+        values = {m.name: record.metrics[m.name] for m in self._safety if m.name in record.metrics}
+        return [Record(params=record.params, metrics=values, infeasible=False).to_trial(),
+                Record(params=record.params, metrics={}, infeasible=True).to_trial()]
+
     # ---------------------------------------------------------------- Designer API
     def update(self, completed: vza.CompletedTrials, all_active: vza.ActiveTrials) -> None:
         """Adds completed trials to the history (kept across dump/load) and notes the
         active ones (not suggested again)."""
         for trial in completed.trials:
-            params = _params_dict(trial.parameters)
+            params = params_dict(trial.parameters)
             if self._keys([params])[0] is None:
                 _log.warning("OmniPredDesigner: trial %s does not fit the search space; ignored: %s", trial.id, params)
                 continue
@@ -874,14 +614,15 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             else:
                 self._anonymous += 1
                 trial_id = f"anon-{self._anonymous}"
-            value, infeasible = None, bool(trial.infeasible)
+            metrics, infeasible = {}, bool(trial.infeasible)
             if not infeasible and trial.final_measurement is not None:
-                metric = trial.final_measurement.metrics.get(self._metric.name)
-                if metric is not None and math.isfinite(float(metric.value)):
-                    value = float(metric.value)
-            self._history[trial_id] = _Record(params=params, value=value, infeasible=infeasible)
+                for m in self._problem.metric_information:
+                    metric = trial.final_measurement.metrics.get(m.name)
+                    if metric is not None and math.isfinite(float(metric.value)):
+                        metrics[m.name] = float(metric.value)
+            self._history[trial_id] = Record(params=params, metrics=metrics, infeasible=infeasible)
         self._active_keys = {
-            k for k in self._keys([_params_dict(t.parameters) for t in all_active.trials]) if k
+            k for k in self._keys([params_dict(t.parameters) for t in all_active.trials]) if k
         }
 
     def suggest(self, count: int | None = None) -> Sequence[vz.TrialSuggestion]:
@@ -923,7 +664,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             for _ in range(3):
                 if len(points) >= n:
                     break
-                proposals = [_params_dict(s.parameters) for s in self._seed_designer.suggest(n - len(points))]
+                proposals = [params_dict(s.parameters) for s in self._seed_designer.suggest(n - len(points))]
                 points += self._take_new(proposals, excluded, n - len(points))
         if len(points) < n:
             points += self._random_points(n - len(points), excluded, rng)
@@ -970,64 +711,16 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
     # ----------------------------------------------------------- model suggestions
     def _model_suggestions(self, n: int, excluded: set[str], rng: np.random.Generator) -> list[vz.TrialSuggestion]:
         self._maybe_fit()
-        best = self._best_value()
-        scored: dict[str, _Candidate] = {}
         screening = min(self.search.screening_samples or self._num_samples, self._num_samples)
-        beyond_region = self._trust_region()
-
-        def evaluate(items: Sequence[tuple[str, dict[str, Any]]], num_samples: int) -> list[_Candidate]:
-            out: list[_Candidate] = []
-            step = self.search.batch_size * 4
-            for start in range(0, len(items), step):
-                chunk = items[start : start + step]
-                samples = self._regressor.sample(
-                    [vz.TrialSuggestion(parameters=p) for _, p in chunk], num_samples, seed=int(rng.integers(2**31))
-                )
-                values = np.asarray(
-                    self._acquisition(samples, goal=self._metric.goal, best=best, rng=rng), dtype=float
-                ).reshape(-1)
-                if values.shape != (len(chunk),):
-                    raise ValueError(
-                        f"acquisition returned shape {values.shape} for {len(chunk)} candidates; expected ({len(chunk)},)"
-                    )
-                values = np.where(np.isnan(values), -np.inf, values)
-                medians = samples.quantiles([0.5])[0]
-                outside = beyond_region([p for _, p in chunk])
-                out += [_Candidate(params=p, key=k, score=float(v), median=float(m), outside=float(o))
-                        for (k, p), v, m, o in zip(chunk, values, medians, outside)]
-            return out
-
-        def score(points: Sequence[Mapping[str, Any]]) -> np.ndarray:
-            keys = self._keys(points)
-            new: dict[str, dict[str, Any]] = {}
-            for p, k in zip(points, keys):
-                if k is not None and k not in scored and k not in new:
-                    new[k] = dict(p)
-            for c in evaluate(list(new.items()), screening):
-                scored[c.key] = c
-            return np.array([scored[k].search_score if k is not None else -np.inf for k in keys])
-
-        budget = self.search.num_evaluations
-        finite = self._space.enumerate(budget) if not self._space.has_continuous else None
-        if finite is not None:
-            # Small finite space: score every untried point.
-            fresh = [p for p, k in zip(finite, self._keys(finite)) if k is not None and k not in excluded]
-            score(fresh)
-            self.last_search = "enumerate"
-        else:
-            strategy = self.search.strategy
-            if strategy == "auto":
-                strategy = "pool" if self._space.is_conditional else "eagle"
-            if strategy == "eagle" and not self._eagle_search(score, budget, rng):
-                strategy = "pool"
-            if strategy == "pool":
-                self._pool_search(score, budget, rng)
-            self.last_search = strategy
-            if sum(1 for k in scored if k not in excluded) < n:
-                # The search kept proposing tried points: top up with new random ones.
-                extra = self._random_points(n, excluded | set(scored), rng)
-                score([p for p, _ in extra])
-        eligible = [c for k, c in scored.items() if k not in excluded and self._space.contains(c.params)]
+        scorer = CandidateScorer(
+            evaluator=self._evaluator(rng),
+            keys=self._keys,
+            trust_region=self._trust_region(),
+            screening_samples=screening,
+            chunk_size=self.search.batch_size * 4,
+        )
+        self._search(scorer, n, excluded, rng)
+        eligible = [c for k, c in scorer.scored.items() if k not in excluded and self._space.contains(c.params)]
         # Inside the trust region first; outside points only fill a batch that the
         # region cannot, nearest to it first (their search score falls with distance).
         inside = [c for c in eligible if c.outside <= 0.0]
@@ -1036,10 +729,11 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             # Second stage: the best screened candidates, scored again with all samples.
             inside.sort(key=lambda c: c.score, reverse=True)
             finalists = inside[: max(self.search.finalists, 2 * n)]
-            inside = evaluate([(c.key, c.params) for c in finalists], self._num_samples)
+            inside = scorer.evaluate([(c.key, c.params) for c in finalists], self._num_samples)
         picks = self._select(inside, n, rng)
         if len(picks) < n:
             picks += self._select(outside, n - len(picks), rng)
+        picks = picks[:n]
         out = []
         for c in picks:
             excluded.add(c.key)
@@ -1052,137 +746,161 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                 md["predicted_median"] = repr(c.median)
             if c.outside > 0.0:
                 md["beyond_trust_region"] = repr(c.outside)
+            for key, value in c.info.items():
+                md[key] = value
             out.append(s)
         return out
 
-    def _trust_region(self) -> Callable[[Sequence[Mapping[str, Any]]], np.ndarray]:
-        """Distance beyond the trust radius of each point (0 inside; all 0 when the
-        region is off or covers the space). Every completed trial is trusted, infeasible
-        ones included: the model was told what happened there."""
-        trusted = [r.params for r in self._history.values() if self._space.contains(r.params)]
-        radius = trust_radius(len(trusted), len(self._space.names))
-        if not self.search.trust_region or radius >= 1.0:
-            return lambda points: np.zeros(len(points))
+    def _evaluator(self, rng: np.random.Generator):
+        """Sampling + acquisition for one chunk of candidates (the scorer's `Evaluator`)."""
+        if not self.multi_objective and not self._safety:
+            best = self._best_value()
 
-        # Numeric columns are scaled the same way in every call (categorical ids are not,
-        # but they do not count), so the trusted points' features are computed once.
-        trusted_x, is_cat = self._space.features(trusted)
+            def evaluate(points: Sequence[Mapping[str, Any]], num_samples: int) -> Evaluation:
+                samples = self._regressor.sample(
+                    [vz.TrialSuggestion(parameters=p) for p in points], num_samples, seed=int(rng.integers(2**31)),
+                    metric_name=self._metric.name,
+                )
+                values = self._acquisition(samples, goal=self._metric.goal, best=best, rng=rng)
+                return Evaluation(scores=np.asarray(values, dtype=float), medians=samples.quantiles([0.5])[0])
 
-        def beyond(points: Sequence[Mapping[str, Any]]) -> np.ndarray:
-            x, _ = self._space.features(points)
-            return np.maximum(0.0, _linf_to_nearest(x, is_cat, trusted_x) - radius)
+            return evaluate
+        return self._metrics_evaluator(rng)
 
-        return beyond
+    def _metrics_evaluator(self, rng: np.random.Generator):
+        """Several objectives and/or safety metrics: every metric sampled per candidate;
+        hypervolume scalarizations of the joint objective samples (several objectives) or
+        the acquisition (one), gated by the sampled probability of being safe."""
+        names = [m.name for m in self._objectives] + [m.name for m in self._safety]
+        goals = [m.goal for m in self._objectives]
+        scalarizer = None
+        if self.multi_objective:
+            scalarizer = self._scalarizer(rng)
+            self.last_scalarization = scalarizer
+        best = self._best_value()
+        threshold = self.search.safe_probability
 
-    def _eagle_search(self, score, budget: int, rng: np.random.Generator) -> bool:
-        """Vizier's Eagle strategy on the acquisition, its pool primed with the best
-        trials. Returns False if Eagle refuses the space."""
-        from vizier._src.algorithms.designers.eagle_strategy import eagle_strategy
-        from vizier._src.algorithms.optimizers import designer_optimizer
+        def evaluate(points: Sequence[Mapping[str, Any]], num_samples: int) -> Evaluation:
+            samples = self._regressor.sample_metrics(
+                [vz.TrialSuggestion(parameters=p) for p in points], num_samples, metric_names=names,
+                seed=int(rng.integers(2**31)),
+            )
+            vectors = None
+            if scalarizer is None:
+                primary = samples[self._metric.name]
+                scores = np.asarray(self._acquisition(primary, goal=goals[0], best=best, rng=rng), dtype=float)
+            else:
+                joint = np.stack(
+                    [np.where(samples[m.name].infeasible, -np.inf, samples[m.name].values) for m in self._objectives],
+                    axis=-1,
+                )  # (N, S, M)
+                y = to_maximise(np.where(np.isfinite(joint), joint, 0.0), goals)
+                y = np.where(np.isfinite(joint), y, -np.inf)
+                feasible = np.isfinite(y).all(axis=-1).mean(axis=1)  # (N,)
+                if scalarizer.has_reference:
+                    vectors = scalarizer.optimistic(y, self.search.front_quantile)
+                    scores = scalarizer.improvement(vectors)
+                else:  # no feasible trial yet: any feasible outcome is progress (as EI does)
+                    scores = feasible.copy()
+                scores = np.where(feasible > 0, scores, -np.inf)
+            medians = samples[self._metric.name].quantiles([0.5])[0]
+            p_safe = safe_probability(samples, self._safety)
+            info: list[dict[str, str]] = [{} for _ in points]
+            if p_safe is not None:
+                scores = np.where(np.isnan(scores), -np.inf, scores)
+                scores = np.where((p_safe >= threshold) | ~np.isfinite(scores), scores, unsafe_floor(p_safe))
+                for d, p in zip(info, p_safe):
+                    d["safe_probability"] = repr(float(p))
+            if scalarizer is not None:
+                per_metric = {m.name: samples[m.name].quantiles([0.5])[0] for m in self._objectives}
+                for i, d in enumerate(info):
+                    d["predicted_medians"] = json.dumps(
+                        {k: (float(v[i]) if np.isfinite(v[i]) else None) for k, v in per_metric.items()}
+                    )
+            return Evaluation(scores=scores, medians=medians, info=info, vectors=vectors)
 
-        acq_problem = vz.ProblemStatement(
-            search_space=self._problem.search_space,
-            metric_information=[vz.MetricInformation("acquisition", goal=vz.ObjectiveMetricGoal.MAXIMIZE)],
+        return evaluate
+
+    def _scalarizer(self, rng: np.random.Generator) -> HypervolumeScalarization:
+        observed = self._observed_objectives(self._safe_records())
+        return HypervolumeScalarization.create(
+            self.search.num_scalarizations, observed, rng, num_objectives=len(self._objectives)
         )
-        try:
-            eagle = eagle_strategy.EagleStrategyDesigner(acq_problem, seed=int(rng.integers(2**31)))
-        except ValueError as e:
-            _log.info("Eagle strategy refused the search space (%s); using the pool search", e)
-            return False
 
-        def as_measurement(v: float) -> vz.Measurement:
-            return vz.Measurement(metrics={"acquisition": _for_eagle(np.array([v]))[0]})
-
-        top = self._top_records(min(5, budget))
-        if top:
-            values = score([r.params for r in top])
-            primed = []
-            for r, v in zip(top, values):
-                t = vz.Trial(parameters=r.params)
-                t.complete(as_measurement(float(v)))
-                primed.append(t)
-            eagle.update(vza.CompletedTrials(primed), vza.ActiveTrials())
-            budget -= len(top)
-        if budget <= 0:
-            return True
-        batch = min(self.search.batch_size, budget)
-        optimizer = designer_optimizer.DesignerAsOptimizer(
-            lambda _problem, **_: eagle, batch_size=batch, num_evaluations=budget
-        )
-
-        def score_fn(trials: Sequence[vz.Trial]) -> dict[str, np.ndarray]:
-            values = score([_params_dict(t.parameters) for t in trials])
-            return {"acquisition": _for_eagle(values)[:, None]}
-
-        optimizer.optimize(score_fn, acq_problem, count=1)
-        return True
-
-    def _pool_search(self, score, budget: int, rng: np.random.Generator) -> None:
-        """Random points + mutations of the best trials, then mutations of the best
-        candidates (works on any space, conditional ones included)."""
-        scale = self.search.mutation_scale
-        names = self._space.names
-
-        def mutants(parents: Sequence[Mapping[str, Any]], k: int, scale: float) -> list[dict[str, Any]]:
-            out = []
-            if not parents or not names:
-                return out
-            for _ in range(k):
-                parent = parents[int(rng.integers(len(parents)))]
-                chosen = {names[int(rng.integers(len(names)))]}
-                chosen |= {m for m in names if rng.random() < 1.0 / len(names)}
-                out.append(self._space.sample(rng, base=parent, mutate=frozenset(chosen), scale=scale))
-            return out
-
-        # Round 1: random points (+ a quarter of the budget around the best trials);
-        # round 2: the rest of the budget around round 1's best candidates.
-        top = [r.params for r in self._top_records(5)]
-        if top:
-            n_mut = budget // 4
-            first = [self._space.sample(rng) for _ in range(budget - 2 * n_mut)] + mutants(top, n_mut, scale)
-        else:
-            first = [self._space.sample(rng) for _ in range((budget + 1) // 2)]
-        values = score(first)
-        remaining = budget - len(first)
-        if remaining <= 0:
+    def _search(self, scorer: CandidateScorer, n: int, excluded: set[str], rng: np.random.Generator) -> None:
+        """Fills `scorer.scored`: a small finite space whole, else Eagle or the pool search."""
+        budget = self.search.num_evaluations
+        finite = self._space.enumerate(budget) if not self._space.has_continuous else None
+        if finite is not None:
+            # Small finite space: score every untried point.
+            fresh = [p for p, k in zip(finite, self._keys(finite)) if k is not None and k not in excluded]
+            scorer(fresh)
+            self.last_search = "enumerate"
             return
-        order = np.argsort(-values, kind="stable")[:8]
-        best_candidates = [first[i] for i in order if np.isfinite(values[i])] or top or [first[int(order[0])]]
-        score(mutants(best_candidates, remaining, scale / 2))
+        strategy = self.search.strategy
+        if strategy == "auto":
+            strategy = "pool" if self._space.is_conditional else "eagle"
+        if strategy == "eagle":
+            primers = [r.params for r in self._top_records(min(5, budget))]
+            if not eagle_search(scorer, self._problem.search_space, primers, budget, self.search.batch_size, rng):
+                strategy = "pool"
+        if strategy == "pool":
+            top = [r.params for r in self._top_records(5)]
+            pool_search(scorer, self._space, top, budget, self.search.mutation_scale, rng)
+        self.last_search = strategy
+        if sum(1 for k in scorer.scored if k not in excluded) < n:
+            # The search kept proposing tried points: top up with new random ones.
+            extra = self._random_points(n, excluded | set(scorer.scored), rng)
+            scorer([p for p, _ in extra])
 
-    def _select(self, candidates: list[_Candidate], n: int, rng: np.random.Generator) -> list[_Candidate]:
-        """Best first, then greedily by rank-score x min(1, distance to picks / radius)."""
-        if not candidates:
-            return []
-        scores = np.array([c.score for c in candidates])
-        # Random tie-break: equal scores (e.g. EI == 0) are ordered at random.
-        order = np.lexsort((rng.random(len(candidates)), -scores))
-        candidates = [candidates[i] for i in order]
-        if n == 1 or len(candidates) <= 1:
-            return candidates[:n]
-        utility = 1.0 - np.arange(len(candidates)) / len(candidates)  # rank-scores in (0, 1]
-        x, is_cat = self._space.features([c.params for c in candidates])
-        nearest = np.full(len(candidates), np.inf)
-        chosen: list[int] = []
-        radius = max(self.search.diversity_radius, 1e-12)
-        available = np.ones(len(candidates), dtype=bool)
-        while len(chosen) < min(n, len(candidates)):
-            effective = np.where(available, utility * np.minimum(1.0, nearest / radius), -np.inf)
-            i = int(np.argmax(effective))
-            chosen.append(i)
-            available[i] = False
-            nearest = np.minimum(nearest, _distances(x, is_cat, i))
-        return [candidates[i] for i in chosen]
+    def _trust_region(self) -> TrustRegion:
+        """The region around every completed trial, infeasible ones included: the model
+        was told what happened there.
+
+        With safety metrics, once some trial is known safe, the region is around the safe
+        trials only (the safe set grows outward from known-safe points, as in SafeOpt): a
+        model that has not yet learned where the space is unsafe then still proposes
+        points near ones that were safe, and the safe-probability gate decides among them.
+        """
+        records = [r for r in self._history.values() if self._space.contains(r.params)]
+        if self._safety:
+            safe = [r for r in records if not r.infeasible and r.metrics and is_safe(r.metrics, self._safety)]
+            if safe:
+                records = safe
+        return TrustRegion.around(self._space, [r.params for r in records], enabled=self.search.trust_region)
+
+    def _select(self, candidates: list[Candidate], n: int, rng: np.random.Generator) -> list[Candidate]:
+        """Best first, then greedily by rank-score x min(1, distance to picks / radius).
+
+        Several objectives: first the greedy front picks (each adds the most where the
+        front is still open); the rest, if any, as above."""
+        picks: list[Candidate] = []
+        scalarizer = self.last_scalarization if self.multi_objective else None
+        if scalarizer is not None and n > 1:
+            usable = [c for c in candidates if c.vector is not None and c.score > 0.0]
+            if usable:
+                order = greedy_front_picks(np.stack([c.vector for c in usable]), scalarizer.best, n)
+                picks = [usable[i] for i in order]
+            chosen = {id(c) for c in picks}
+            candidates = [c for c in candidates if id(c) not in chosen]
+        return picks + select_diverse(candidates, n - len(picks), rng, self._space, self.search.diversity_radius)
 
     # --------------------------------------------------------------- Predictor API
     def predict(
         self, trials: Sequence[vz.TrialSuggestion], rng: Any = None, num_samples: int | None = None
     ) -> vza.Prediction:
-        """The fine-tuned regressor's prediction (refits first if trials arrived)."""
+        """The fine-tuned regressor's prediction (refits first if trials arrived): shape
+        (N,) for the objective of a single-objective problem (safety metrics or not);
+        (N, M) over every metric of a multi-objective one (`problem.metric_information`
+        order; metadata 'metrics' names the columns)."""
         self._maybe_fit()
         if isinstance(rng, np.random.Generator):
             rng = int(rng.integers(2**31))
-        return self._regressor.predict(trials, rng=rng, num_samples=num_samples)
+        if self.multi_objective:
+            if self._regressor.metric_name is not None:
+                self._regressor.set_problem(self._problem)
+            return self._regressor.predict(trials, rng=rng, num_samples=num_samples)
+        return self._regressor.predict(trials, rng=rng, num_samples=num_samples, metric_name=self._metric.name)
 
     # ------------------------------------------------------------ serialization
     def dump(self) -> vz.Metadata:
@@ -1192,32 +910,31 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             path = self.work_dir / WEIGHTS_DIR
             if self._weights_dirty or self._weights_fingerprint is None or not (path / model_lib.WEIGHTS_FILE).is_file():
                 self._regressor.save(path)
-                self._weights_fingerprint = _file_fingerprint(path / model_lib.WEIGHTS_FILE)
+                self._weights_fingerprint = file_fingerprint(path / model_lib.WEIGHTS_FILE)
                 self._weights_dirty = False
-            weights = {
-                "path": str(path.resolve()),
-                "fingerprint": self._weights_fingerprint,
-                "trials": sorted(self._fitted_ids, key=_id_order),
-                "fits": self._num_fits,
-            }
+            weights = WeightsState(
+                path=str(path.resolve()),
+                fingerprint=self._weights_fingerprint,
+                trials=tuple(sorted(self._fitted_ids, key=id_order)),
+                fits=self._num_fits,
+            )
         elif self._token is None and self._work_dir_arg is None:
             self._token = secrets.token_hex(4)
-        state = {
-            "version": STATE_VERSION,
-            "problem_key": self._problem_key,
-            "token": self._token,
-            "seed": self._seed,
-            "num_suggest_calls": self._num_suggest_calls,
-            "num_seed_suggested": self._num_seed_suggested,
-            "anonymous": self._anonymous,
-            "suggested": self._suggested,
-            "trials": {i: r.to_json() for i, r in self._history.items()},
-            "weights": weights,
-        }
+        state = DesignerState(
+            problem_key=self._problem_key,
+            token=self._token,
+            seed=self._seed,
+            num_suggest_calls=self._num_suggest_calls,
+            num_seed_suggested=self._num_seed_suggested,
+            anonymous=self._anonymous,
+            suggested=tuple(self._suggested),
+            trials=self._history,
+            weights=weights,
+        )
         md = vz.Metadata()
         ns = md.ns(STATE_NS)
         ns["version"] = str(STATE_VERSION)
-        ns["state"] = json.dumps(state, separators=(",", ":"), ensure_ascii=False)
+        ns["state"] = state.to_json()
         if self._seed_designer is not None:
             ns.ns("seed_designer").attach(self._seed_designer.dump())
         return md
@@ -1233,34 +950,13 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         designer, which is how Vizier's policies call `load`).
         """
         ns = metadata.ns(STATE_NS)
-        version = ns.get("version")
-        if version is None:
+        state = DesignerState.from_metadata(ns, primary_metric=self._metric.name)
+        if state.problem_key != self._problem_key:
             raise serializable.HarmlessDecodeError(
-                f"no OmniPredDesigner state in the metadata (namespace {STATE_NS!r} has no 'version')"
-            )
-        if version != str(STATE_VERSION):
-            raise StateVersionError(
-                f"OmniPredDesigner state version {version!r} in the metadata, but this vizier-omnipred reads "
-                f"version {STATE_VERSION}; the state was written by another version of the package. Start a "
-                "new designer on the study's trials (Vizier's designer policies do this automatically)."
+                "OmniPredDesigner state belongs to another problem (search space, metrics or metadata differ)"
             )
         try:
-            state = json.loads(ns["state"])
-            if state.get("version") != STATE_VERSION:
-                raise StateVersionError(
-                    f"OmniPredDesigner state says version {state.get('version')!r}, this code reads {STATE_VERSION}"
-                )
-            if state["problem_key"] != self._problem_key:
-                raise serializable.HarmlessDecodeError(
-                    "OmniPredDesigner state belongs to another problem (search space, metrics or metadata differ)"
-                )
-            history = {str(i): _Record.from_json(d) for i, d in state["trials"].items()}
-            suggested = [str(k) for k in state["suggested"]]
-            seed = int(state["seed"])
-            token = state.get("token")
-            counters = (int(state["num_suggest_calls"]), int(state["num_seed_suggested"]), int(state.get("anonymous", 0)))
-            weights = state.get("weights")
-            seed_designer = self._make_seed_designer(seed)
+            seed_designer = self._make_seed_designer(state.seed)
             if seed_designer is not None:
                 seed_designer.load(ns.ns("seed_designer"))
         except serializable.DecodeError:
@@ -1268,9 +964,10 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise serializable.HarmlessDecodeError(f"damaged OmniPredDesigner state: {e!r}") from e
 
-        regressor, fitted_ids, fingerprint = None, None, None
-        if weights:
-            path = Path(weights["path"])
+        regressor = None
+        weights = state.weights
+        if weights is not None:
+            path = Path(weights.path)
             weights_file = path / model_lib.WEIGHTS_FILE
             problem = None
             # A server killed between the two renames of a weights save left the previous
@@ -1278,43 +975,42 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             model_lib.restore_interrupted_save(path)
             if not weights_file.is_file():
                 problem = f"the weights directory {path} is missing"
-            elif _file_fingerprint(weights_file) != weights.get("fingerprint"):
+            elif file_fingerprint(weights_file) != weights.fingerprint:
                 problem = f"the weights in {path} do not match the recorded fingerprint (overwritten?)"
             else:
                 try:
                     regressor = OmniPredRegressor.from_pretrained(
-                        path, device=self._device, num_samples=self._num_samples, seed=seed
+                        path, device=self._device, num_samples=self._num_samples, seed=state.seed
                     )
-                    fitted_ids = frozenset(str(i) for i in weights["trials"])
-                    fingerprint = weights["fingerprint"]
                 except model_lib.CheckpointError as e:
                     problem = f"the weights in {path} cannot be loaded ({e})"
             if problem is not None:
                 _log.warning(
                     "OmniPredDesigner: %s; the next suggest refits from the base checkpoint on the %d stored trials.",
-                    problem, len(history),
+                    problem, len(state.trials),
                 )
 
         # Everything decoded: commit.
-        self._history = history
-        self._suggested = suggested
-        self._seed = seed
-        self._token = token
-        self._num_suggest_calls, self._num_seed_suggested, self._anonymous = counters
+        self._history = dict(state.trials)
+        self._suggested = list(state.suggested)
+        self._seed = state.seed
+        self._token = state.token
+        self._num_suggest_calls = state.num_suggest_calls
+        self._num_seed_suggested = state.num_seed_suggested
+        self._anonymous = state.anonymous
         self._seed_designer = seed_designer
         self._active_keys = set()
+        self._weights_dirty = False
         if regressor is not None:
             self._regressor = regressor
-            self._regressor.set_problem(self._problem, metric_name=self._metric.name)
-            self._fitted_ids = fitted_ids
-            self._num_fits = int(weights.get("fits", 1))
-            self._weights_fingerprint = fingerprint
-            self._weights_dirty = False
+            self._regressor.set_problem(self._problem, metric_name=self._fit_metric_name())
+            self._fitted_ids = frozenset(weights.trials)
+            self._num_fits = weights.fits
+            self._weights_fingerprint = weights.fingerprint
         else:
             self._fitted_ids = None
             self._num_fits = 0
             self._weights_fingerprint = None
-            self._weights_dirty = False
 
     @classmethod
     def factory(cls, **kwargs):
@@ -1325,17 +1021,3 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
 
         return make
 
-
-def _for_eagle(scores: np.ndarray) -> np.ndarray:
-    """Acquisition scores as Eagle can compare them: its converters work in float32, so
-    the acquisitions' infeasible floor (about -1e200) and -inf are mapped, in the same
-    order, to about -1e30 .. -3e30."""
-    scores = np.asarray(scores, dtype=float)
-    floor = scores < INFEASIBLE_FLOOR / 2
-    with np.errstate(over="ignore", invalid="ignore"):
-        mapped = np.where(floor, scores * (1e30 / -INFEASIBLE_FLOOR), scores)
-    return np.where(np.isfinite(mapped), mapped, -3e30)
-
-
-def _id_order(trial_id: str) -> tuple[int, Any]:
-    return (0, int(trial_id)) if trial_id.isdigit() else (1, trial_id)

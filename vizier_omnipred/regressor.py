@@ -5,14 +5,29 @@ to. Predictions come from sampling the model's number tokens: the median of the 
 is the point estimate and their spread the uncertainty, in the metric's own units and
 sign, for MINIMIZE and MAXIMIZE metrics alike (unlike Vizier's GP bandit, nothing here
 negates minimisation metrics).
+
+Several metrics (objectives and safety metrics): the text names the metric and its goal,
+so one model predicts every metric of a study by changing only that part of the input.
+`fit` then trains on one example per (trial, metric); a trial without a (finite) value
+for a metric is left out of that metric's examples and counted in `last_fit_metrics`.
+`sample`/`predict` take `metric_name=`; without it they read the study's single
+objective, and `predict` on a study with several objectives returns every metric:
+mean and stddev of shape (N, M), columns in `metric_names` order (the problem's
+`metric_information` order), as Vizier's `Prediction` documents for several metrics.
+`sample_metrics` returns {metric name: YSamples}. The samples of different metrics come
+from separate decoder runs: a joint sample is a draw from the product of the model's
+per-metric distributions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +40,7 @@ from vizier import pyvizier as vz
 from vizier_omnipred import model as model_lib
 from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.sampling import GrammarMasks, YSamples, sample_y
-from vizier_omnipred.text import TextCodec
+from vizier_omnipred.text import TextCodec, TrialTextError
 from vizier_omnipred.training import (
     DataSummary,
     FinetuneConfig,
@@ -36,6 +51,8 @@ from vizier_omnipred.training import (
     split_validation,
 )
 from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
+
+_log = logging.getLogger(__name__)
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "omnipred-small"
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -88,6 +105,8 @@ class OmniPredRegressor(vza.Predictor):
         self._metric_name: str | None = None
         self._masks = GrammarMasks.build(checkpoint.vocab, self._device)
         self.last_fit: FitReport | None = None
+        # Per metric: how the last fit used the trials (missing / NaN values are counted there).
+        self.last_fit_metrics: dict[str, DataSummary] = {}
 
     # ----- construction and persistence -------------------------------------------------
     @classmethod
@@ -165,9 +184,45 @@ class OmniPredRegressor(vza.Predictor):
         return self._problem
 
     def set_problem(self, problem: vz.ProblemStatement, *, metric_name: str | None = None) -> None:
-        """Sets the study predictions are made for, without training (e.g. zero-shot)."""
+        """Sets the study predictions are made for, without training (e.g. zero-shot).
+
+        Without `metric_name`, the default metric is the problem's single objective; a
+        problem with several objectives has none (every metric is predicted; pass
+        `metric_name=` to `sample`).
+        """
+        check_metrics(problem)
+        if metric_name is None and len([m for m in problem.metric_information if m.type.is_objective]) > 1:
+            self._problem, self._metric_name = problem, None
+            return
         metric = self.codec.objective_metric(problem, metric_name)  # validates
         self._problem, self._metric_name = problem, metric.name
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics of the current study, in `metric_information` order (predict's columns)."""
+        if self._problem is None:
+            return ()
+        return tuple(m.name for m in self._problem.metric_information)
+
+    @property
+    def metric_name(self) -> str | None:
+        """The default metric of `sample`/`predict` (None: several objectives, no default)."""
+        return self._metric_name
+
+    @contextlib.contextmanager
+    def _metric_scope(self, problem: vz.ProblemStatement | None, metric_name: str) -> Iterator[None]:
+        """Temporarily makes `metric_name` (of `problem` or the current study) the default,
+        so one metric is read through the same input path as a single-metric study."""
+        problem = problem if problem is not None else self._problem
+        if problem is None:
+            raise ValueError("no study set: call fit(problem, trials) or set_problem(problem) first, or pass problem=")
+        metric = self.codec.objective_metric(problem, metric_name)
+        saved = self._problem, self._metric_name
+        self._problem, self._metric_name = problem, metric.name
+        try:
+            yield
+        finally:
+            self._problem, self._metric_name = saved
 
     def default_learning_rate(self) -> float:
         """A tenth of the pretraining rate for a pretrained model, the full rate otherwise.
@@ -198,7 +253,12 @@ class OmniPredRegressor(vza.Predictor):
         """
         config = config or FinetuneConfig()
         self.set_problem(problem, metric_name=metric_name)
-        examples, summary = make_examples(self.vocab, self.codec, problem, trials, metric_name=self._metric_name)
+        names = [self._metric_name] if metric_name is not None else [m.name for m in problem.metric_information]
+        if len(names) > 1:  # several metrics: one example per (trial, metric)
+            examples, summary = self._metrics_examples(problem, trials, names, has_priors=bool(prior_studies))
+        else:
+            examples, summary = make_examples(self.vocab, self.codec, problem, trials, metric_name=self._metric_name)
+            self.last_fit_metrics = {self._metric_name: summary}
         prior_examples = []
         prior_summary = DataSummary()
         for study in prior_studies:
@@ -232,6 +292,39 @@ class OmniPredRegressor(vza.Predictor):
         )
         return self.last_fit
 
+    def _metrics_examples(
+        self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], names: Sequence[str], *, has_priors: bool
+    ) -> tuple[list, DataSummary]:
+        """Examples of every metric (that metric's name and goal in the text) and their
+        summed counts (so `FitReport.data` counts examples, not trials); the per-metric
+        counts go to `last_fit_metrics`. A metric without any usable value is a warning;
+        no usable value for any metric (and no prior studies) an error naming each."""
+        examples: list = []
+        summaries: dict[str, DataSummary] = {}
+        for name in names:
+            metric_examples, summaries[name] = make_examples(self.vocab, self.codec, problem, trials, metric_name=name)
+            examples += metric_examples
+        self.last_fit_metrics = summaries
+        if not examples and not has_priors:
+            raise ValueError(
+                f"fit: none of the {len(trials)} trials can be trained on for any metric ("
+                + "; ".join(f"'{n}': {s.num_not_completed} not completed, {s.num_missing_metric} without it, "
+                            f"{s.num_nonfinite} NaN/inf" for n, s in summaries.items())
+                + "). A pretrained model can still predict without fitting: call set_problem(problem) instead."
+            )
+        for name, summary in summaries.items():
+            if summary.num_used == 0 and summary.num_trials:
+                _log.warning(
+                    "fit: metric %r has no usable value in %d trials (%d missing, %d NaN/inf, %d not completed); "
+                    "its predictions come from the other metrics and pretraining alone",
+                    name, summary.num_trials, summary.num_missing_metric, summary.num_nonfinite,
+                    summary.num_not_completed,
+                )
+        total = DataSummary()
+        for summary in summaries.values():
+            total = total + summary
+        return examples, total
+
     # ----- inference ---------------------------------------------------------------------
     def _resolve_problem(self, problem: vz.ProblemStatement | None) -> tuple[vz.ProblemStatement, str | None]:
         if problem is not None:
@@ -259,8 +352,21 @@ class OmniPredRegressor(vza.Predictor):
         problem: vz.ProblemStatement | None = None,
         temperature: float | None = None,
         seed: int | None = None,
+        metric_name: str | None = None,
     ) -> YSamples:
-        """(N, S) samples of y; `infeasible` marks samples the model predicts infeasible."""
+        """(N, S) samples of y; `infeasible` marks samples the model predicts infeasible.
+
+        `metric_name`: the metric to sample (default: the study's single objective; a
+        study with several objectives needs it, or use `sample_metrics`).
+        """
+        if metric_name is not None and not (problem is None and metric_name == self._metric_name):
+            with self._metric_scope(problem, metric_name):
+                return self.sample(trials, num_samples, temperature=temperature, seed=seed)
+        if problem is None and self._problem is not None and self._metric_name is None:
+            raise ValueError(
+                f"the study has several objectives {list(self.metric_names)}: pass metric_name= to sample one, "
+                "or call sample_metrics() for all"
+            )
         if not trials:
             return YSamples(values=np.zeros((0, num_samples or self.num_samples)),
                             infeasible=np.zeros((0, num_samples or self.num_samples), dtype=bool))
@@ -280,11 +386,29 @@ class OmniPredRegressor(vza.Predictor):
             masks=self._masks,
         )
 
+    def sample_metrics(
+        self,
+        trials: Sequence[vz.TrialSuggestion],
+        num_samples: int | None = None,
+        *,
+        metric_names: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> dict[str, YSamples]:
+        """{metric name: (N, S) samples} for `metric_names` (default: every metric of the
+        study, in `metric_names` order). Metric i uses seed `seed + i` (when given)."""
+        names = list(self.metric_names if metric_names is None else metric_names)
+        if seed is None:
+            seed = self._seed * 1_000_003 + self._calls
+            self._calls += 1
+        return {name: self.sample(trials, num_samples, seed=seed + i, metric_name=name) for i, name in enumerate(names)}
+
     def predict(
         self,
         trials: Sequence[vz.TrialSuggestion],
         rng: Any = None,
         num_samples: int | None = None,
+        *,
+        metric_name: str | None = None,
     ) -> vza.Prediction:
         """mean = median of the feasible samples; stddev = half the spread between their
         15.9% and 84.1% quantiles (a Gaussian's sigma, robust to stray samples).
@@ -292,11 +416,18 @@ class OmniPredRegressor(vza.Predictor):
         Metadata (namespace 'omnipred'): 'quantiles' (JSON {q: [per trial]}) and
         'infeasible_probability' (JSON list). A trial whose samples are all infeasible gets
         mean and stddev nan and infeasible probability 1.
+
+        Shape (N,) for `metric_name` or the study's single objective; on a study with
+        several objectives and no `metric_name`, (N, M) over every metric (`metric_names`
+        order, also in the metadata as 'metrics'), and the metadata values are lists per
+        metric.
         """
         seed = None
         if rng is not None:
             seed = int(np.asarray(rng).ravel()[-1]) if not isinstance(rng, int) else rng
-        samples = self.sample(trials, num_samples, seed=seed)
+        if metric_name is None and self._problem is not None and self._metric_name is None:
+            return self._predict_all(trials, num_samples, seed)
+        samples = self.sample(trials, num_samples, seed=seed, metric_name=metric_name)
         qs = samples.quantiles(QUANTILES + _SIGMA_QUANTILES)
         mean = qs[QUANTILES.index(0.5)]
         stddev = (qs[-1] - qs[-2]) / 2.0
@@ -306,6 +437,43 @@ class OmniPredRegressor(vza.Predictor):
         )
         md.ns(METADATA_NS)["infeasible_probability"] = json.dumps(samples.infeasible_probability.tolist())
         return vza.Prediction(mean=mean, stddev=stddev, metadata=md)
+
+    def _predict_all(self, trials: Sequence[vz.TrialSuggestion], num_samples: int | None, seed: int | None) -> vza.Prediction:
+        by_metric = self.sample_metrics(trials, num_samples, seed=seed)
+        means, stddevs, quantiles, infeasible = [], [], [], []
+        for samples in by_metric.values():
+            qs = samples.quantiles(QUANTILES + _SIGMA_QUANTILES)
+            means.append(qs[QUANTILES.index(0.5)])
+            stddevs.append((qs[-1] - qs[-2]) / 2.0)
+            quantiles.append({str(q): _json_list(qs[i]) for i, q in enumerate(QUANTILES)})
+            infeasible.append(samples.infeasible_probability.tolist())
+        n = len(trials)
+        md = vz.Metadata()
+        md.ns(METADATA_NS)["metrics"] = json.dumps(list(by_metric))
+        md.ns(METADATA_NS)["quantiles"] = json.dumps(quantiles)
+        md.ns(METADATA_NS)["infeasible_probability"] = json.dumps(infeasible)
+        mean = np.stack(means, axis=1) if means else np.zeros((n, 0))
+        stddev = np.stack(stddevs, axis=1) if stddevs else np.zeros((n, 0))
+        return vza.Prediction(mean=mean, stddev=stddev, metadata=md)
+
+
+def check_metrics(problem: vz.ProblemStatement) -> None:
+    """Clear errors for metric configurations the model cannot be trained on.
+
+    Vizier itself refuses a metric without a goal (`MetricInformation` requires one; the
+    service's proto converter rejects GOAL_UNSPECIFIED), so a safety metric always says
+    which side of its threshold is safe. Left to check here: duplicate names and a
+    safety threshold that is not a finite number.
+    """
+    names = [m.name for m in problem.metric_information]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise TrialTextError(f"metric names must be unique; repeated: {duplicates}")
+    for m in problem.metric_information:
+        if not isinstance(m.goal, vz.ObjectiveMetricGoal):
+            raise TrialTextError(f"metric {m.name!r} has no goal (MAXIMIZE or MINIMIZE)")
+        if m.safety_threshold is not None and not math.isfinite(float(m.safety_threshold)):
+            raise TrialTextError(f"safety metric {m.name!r} has a non-finite safety_threshold {m.safety_threshold}")
 
 
 def _json_list(a: np.ndarray) -> list[float | None]:

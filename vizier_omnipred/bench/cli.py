@@ -67,19 +67,52 @@ def _cmd_regression(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_several_metrics(args: argparse.Namespace) -> int:
+    from vizier_omnipred.bench import multiobjective as mo
+
+    pairs = mo.DEFAULT_PAIRS
+    if args.pairs:
+        pairs = tuple((a, b, int(d)) for a, b, d in (p.split(":") for p in args.pairs))
+    config = mo.Config(
+        suite=args.suite,
+        designers=tuple(args.designers) if args.designers else None,
+        budget=args.budget,
+        repeats=args.repeats,
+        pairs=pairs,
+        safety_functions=args.functions or ("Sphere",),
+        safety_dims=args.dims or (2,),
+        out_dir=args.out,
+        resume=args.resume,
+        workers=args.workers,
+        seed=args.seed,
+        plot=not args.no_plot,
+        options=mo.Options(checkpoint=args.omnipred_checkpoint, device=args.device, threads=args.threads),
+    )
+    try:
+        _, table = mo.run(config)
+    except ValueError as e:
+        print(f"bench ab: {e}", file=sys.stderr)
+        return 2
+    print(table)
+    return 0
+
+
 def _cmd_ab(args: argparse.Namespace) -> int:
     from vizier_omnipred.bench import ab
 
+    if args.suite in ("multiobjective", "safety"):
+        return _cmd_several_metrics(args)
+
     config = ab.ABConfig(
         suite=args.suite,
-        designers=args.designers,
+        designers=args.designers or ("omnipred", "gp_bandit", "gp_ucb_pe", "random"),
         budget=args.budget,
         repeats=args.repeats,
         workers=args.workers,
         ray_address=args.ray_address,
         out_dir=args.out,
         resume=args.resume,
-        bbob_dims=args.dims,
+        bbob_dims=args.dims or (2, 4, 8),
         bbob_functions=args.functions or ab.DEFAULT_BBOB_FUNCTIONS,
         hpobench_datasets=args.datasets or None,
         options=ab.DesignerOptions(
@@ -359,8 +392,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
             "a Ray cluster with --ray-address (needs `pip install ray`)."
         ),
     )
-    a.add_argument("--suite", choices=("bbob", "hpobench"), default="bbob")
-    a.add_argument("--designers", type=_csv, default=("omnipred", "gp_bandit", "gp_ucb_pe", "random"),
+    a.add_argument("--suite", choices=("bbob", "hpobench", "multiobjective", "safety"), default="bbob",
+                   help="multiobjective: two-objective BBOB fronts (hypervolume); safety: unsafe trials spent")
+    a.add_argument("--pairs", type=_csv, default=None,
+                   help="multiobjective: BBOB pairs as f1:f2:dim, comma separated (default Sphere:Sphere:2,Sphere:Rastrigin:3)")
+    a.add_argument("--designers", type=_csv, default=None,
                    help="comma list of designers: omnipred, gp_bandit, gp_ucb_pe, random, omnipred_no_trust_region "
                         "(the trust-region ablation)")
     a.add_argument("--budget", type=int, default=30, help="trials per run")
@@ -369,7 +405,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--ray-address", default=None, help="run repeats as Ray tasks on this cluster ('auto', host:port)")
     a.add_argument("--out", type=Path, default=Path("runs/bench/ab"))
     a.add_argument("--resume", action="store_true", help="skip runs already finished in --out")
-    a.add_argument("--dims", type=_int_csv, default=(2, 4, 8), help="BBOB dimensions (default 2,4,8)")
+    a.add_argument("--dims", type=_int_csv, default=None, help="BBOB dimensions (default 2,4,8; safety: 2)")
     a.add_argument("--functions", type=_csv, default=None, help="BBOB functions (default Sphere,Rastrigin)")
     a.add_argument("--datasets", type=_csv, default=None, help="HPOBench datasets (default: all 8)")
     a.add_argument("--omnipred-checkpoint", default=None,

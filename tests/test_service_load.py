@@ -15,7 +15,7 @@ from vizier.service import clients
 
 from vizier_omnipred import service
 from vizier_omnipred.bench import service_load
-from vizier_omnipred.designer import _file_fingerprint
+from vizier_omnipred.designer_state import file_fingerprint as _file_fingerprint
 from vizier_omnipred.training import FinetuneConfig
 
 

@@ -149,7 +149,8 @@ def test_a_continued_checkpoint_fine_tunes_at_its_lineage_peak_rate(tmp_path, co
     assert training["steps"] == 3 and training["total_steps"] == 5
     assert training["learning_rate"] == 3e-4 and training["peak_learning_rate"] == 2e-3
     reg = OmniPredRegressor.from_pretrained(tmp_path / "child" / "final")
-    assert reg.pretrained and reg.default_learning_rate() == pytest.approx(2e-4)
+    assert reg.pretrained and reg.default_learning_rate(decoder_only=True) == pytest.approx(2e-4)
+    assert reg.default_learning_rate() == pytest.approx(2e-3)
 
 
 def test_sources_are_interleaved(tmp_path, corpus_file):

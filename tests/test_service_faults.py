@@ -240,7 +240,9 @@ def test_a_raising_policy_behind_vizier_own_server_versus_ours(tmp_path, tiny_re
     from vizier._src.service.vizier_server import DefaultVizierServer
 
     config = service_load.study_config("OMNIPRED")
-    config.metric_information.append(vz.MetricInformation("loss2", goal=vz.ObjectiveMetricGoal.MINIMIZE))
+    # OMNIPRED's policy raises on a safety metric whose threshold is not a number.
+    config.metric_information.append(
+        vz.MetricInformation("mem", goal=vz.ObjectiveMetricGoal.MINIMIZE, safety_threshold=float("nan")))
     factory = service.OmniPredPolicyFactory(work_dir=tmp_path / "w", designer_kwargs={"regressor": tiny_regressor_factory(0)})
 
     plain = DefaultVizierServer(database_url=None, policy_factory=factory)
@@ -248,7 +250,7 @@ def test_a_raising_policy_behind_vizier_own_server_versus_ours(tmp_path, tiny_re
     try:
         clients.environment_variables.server_endpoint = plain.endpoint
         study = clients.Study.from_study_config(config, owner="o", study_id="plain")
-        with pytest.raises(Exception, match="metric"):
+        with pytest.raises(Exception, match="safety_threshold"):
             study.suggest(count=1, client_id="w")
         outcome = []
 
@@ -272,7 +274,7 @@ def test_a_raising_policy_behind_vizier_own_server_versus_ours(tmp_path, tiny_re
         clients.environment_variables.server_endpoint = ours.endpoint
         study = clients.Study.from_study_config(config, owner="o", study_id="ours")
         for _ in range(2):
-            with pytest.raises(RuntimeError, match="metric"):
+            with pytest.raises(RuntimeError, match="safety_threshold"):
                 study.suggest(count=1, client_id="w")
     finally:
         ours.stop()

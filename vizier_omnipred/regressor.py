@@ -224,8 +224,9 @@ class OmniPredRegressor(vza.Predictor):
         finally:
             self._problem, self._metric_name = saved
 
-    def default_learning_rate(self) -> float:
-        """A tenth of the pretraining rate for a pretrained model, the full rate otherwise.
+    def default_learning_rate(self, *, decoder_only: bool = False) -> float:
+        """The pretraining rate, or a tenth of it for a decoder-only fine-tune of a pretrained
+        model (OmniPred's transfer recipe, `FinetuneConfig.train_encoder=False`).
 
         The pretraining rate is the lineage's peak: a checkpoint continued at a lower rate than
         its parent still fine-tunes at a tenth of the parent's (`pretraining.inherited_training`).
@@ -233,7 +234,7 @@ class OmniPredRegressor(vza.Predictor):
         training = self._ckpt.training
         base = float(training.get("peak_learning_rate",
                                   training.get("learning_rate", self._ckpt.preset.learning_rate)))
-        return base / 10.0 if self._pretrained else base
+        return base / 10.0 if self._pretrained and decoder_only else base
 
     # ----- training ----------------------------------------------------------------------
     def fit(
@@ -277,7 +278,7 @@ class OmniPredRegressor(vza.Predictor):
         train_idx, val_idx = split_validation(len(examples), config)
         train = [examples[i] for i in train_idx] + prior_examples
         validation = [examples[i] for i in val_idx]
-        lr = config.learning_rate or self.default_learning_rate()
+        lr = config.learning_rate or self.default_learning_rate(decoder_only=not config.train_encoder)
         self.last_fit = finetune(
             self._ckpt.model,
             train,

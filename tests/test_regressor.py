@@ -234,7 +234,7 @@ def _encoder_and_decoder_weights(reg):
     return enc, dec
 
 
-def test_pretrained_fit_freezes_the_encoder_and_scratch_fit_trains_it(tiny_regressor_factory, problem_2d):
+def test_decoder_only_recipe_freezes_the_encoder_and_the_full_recipe_trains_it(tiny_regressor_factory, problem_2d):
     from vizier_omnipred.regressor import OmniPredRegressor
 
     trials = make_trials(np.random.default_rng(3).uniform(-1, 1, (12, 2)))
@@ -245,17 +245,19 @@ def test_pretrained_fit_freezes_the_encoder_and_scratch_fit_trains_it(tiny_regre
     enc1, dec1 = _encoder_and_decoder_weights(scratch)
     assert not torch.equal(enc0, enc1) and not torch.equal(dec0, dec1)
 
-    # The same weights marked as pretrained: the default fine-tune leaves the encoder alone,
-    # and every parameter is trainable again afterwards (the freeze is for the call only).
+    # The same weights marked as pretrained: the decoder-only recipe leaves the encoder (and
+    # the number embedding) alone, at a tenth of the rate, and every parameter is trainable
+    # again afterwards (the freeze is for the call only).
     pretrained = OmniPredRegressor(scratch.checkpoint, pretrained=True)
-    report = pretrained.fit(problem_2d, trials, config=config)
+    report = pretrained.fit(problem_2d, trials, config=attrs.evolve(config, train_encoder=False))
     assert not report.trained_encoder and report.steps == 6
+    assert report.learning_rate == pytest.approx(pretrained.default_learning_rate() / 10)
     enc2, dec2 = _encoder_and_decoder_weights(pretrained)
     assert torch.equal(enc1, enc2) and not torch.equal(dec1, dec2)
     assert all(p.requires_grad for p in pretrained.checkpoint.model.parameters())
 
-    # An explicit choice wins over the default.
-    assert pretrained.fit(problem_2d, trials, config=attrs.evolve(config, train_encoder=True)).trained_encoder
+    # The default (the full recipe) trains everything, pretrained or not.
+    assert pretrained.fit(problem_2d, trials, config=config).trained_encoder
     assert not torch.equal(enc2, _encoder_and_decoder_weights(pretrained)[0])
 
 

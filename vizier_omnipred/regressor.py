@@ -167,6 +167,11 @@ class OmniPredRegressor(vza.Predictor):
         return self._ckpt
 
     @property
+    def masks(self) -> GrammarMasks:
+        """The y grammar's logit masks on this regressor's device (built once)."""
+        return self._masks
+
+    @property
     def codec(self) -> TextCodec:
         return self._ckpt.codec
 

@@ -18,14 +18,17 @@ every sample is a well-formed number or an explicit infeasible mark.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
 import torch
-from transformers import T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from vizier_omnipred.vocab import PAD_ID, Vocabulary
+
+if TYPE_CHECKING:
+    from vizier_omnipred.model import OmniPredT5
 
 
 @attrs.frozen(eq=False)
@@ -111,7 +114,7 @@ class GrammarMasks:
 
 @torch.no_grad()
 def sample_y(
-    model: T5ForConditionalGeneration,  # an OmniPredT5 (a subclass) to read numbers
+    model: OmniPredT5,
     vocab: Vocabulary,
     input_ids: list[list[int]],
     num_samples: int,
@@ -125,7 +128,7 @@ def sample_y(
 
 @torch.no_grad()
 def sample_y_indices(
-    model: T5ForConditionalGeneration,  # an OmniPredT5 (a subclass) to read numbers
+    model: OmniPredT5,
     vocab: Vocabulary,
     input_ids: list[list[int]],
     num_samples: int,
@@ -177,7 +180,7 @@ def sample_y_indices(
     return out
 
 
-def _y_logits(model: T5ForConditionalGeneration, hidden: torch.Tensor, y_offset: int) -> torch.Tensor:
+def _y_logits(model: OmniPredT5, hidden: torch.Tensor, y_offset: int) -> torch.Tensor:
     """Decoder output -> logits of the y tokens only (what `lm_head` gives for that slice).
 
     Only the ~35 number tokens can ever be emitted, so projecting onto the whole input
@@ -201,7 +204,7 @@ def _decode_step(model, ids, encoded, attention, cache) -> torch.Tensor:
 
 
 def _sample_chunk(
-    model: T5ForConditionalGeneration,  # an OmniPredT5 (a subclass) to read numbers
+    model: OmniPredT5,
     ids: torch.Tensor,
     attention: torch.Tensor,
     num_samples: int,
@@ -221,10 +224,7 @@ def _sample_chunk(
     """
     n = ids.shape[0]
     device = ids.device
-    if hasattr(model, "encode"):
-        encoded = model.encode(ids, attention, values)
-    else:  # a plain transformers T5
-        encoded = model.get_encoder()(input_ids=ids, attention_mask=attention).last_hidden_state
+    encoded = model.encode(ids, attention, values)
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     width, dim = encoded.shape[1], encoded.shape[2]
     # One row per distinct prefix: its input, its sample count, its tokens so far.

@@ -666,9 +666,7 @@ class TextCodec:
         """What the model reads of each trial: its text and, unless ``number_features`` is
         "none", the position of each numeric value (:class:`TrialText`). Same errors as
         :meth:`serialize`."""
-        plan = self._compile(problem, metric_name)
-        if not self.writes_numbers:
-            return [TrialText(self._write(plan, t)) for t in trials]
+        plan = self._compile(problem, metric_name)  # no positions compiled when writes_numbers is False
         out = []
         for t in trials:
             numbers: list[tuple[int, int, float]] = []

@@ -88,21 +88,18 @@ def _y(problem, trials) -> np.ndarray:
     return np.array([t.final_measurement.metrics[name].value for t in trials])
 
 
-def x_blind_d1_nll(vocab, problem, train, test) -> float:
-    """NLL of the first mantissa digit under the training split's digit frequencies
-    (add-one smoothed): what a model that ignores x can reach on that position."""
-    from vizier_omnipred.training import trial_targets
+def x_blind_d1_nll(problem, train, test) -> float:
+    """NLL of the first mantissa digit under `bench token-loss`'s x-blind count model of the
+    training split's y tokens: what a model that ignores x can reach on that position."""
+    from vizier_omnipred.bench.token_loss import marginal_token_nll
+    from vizier_omnipred.numbers import FloatTokenizer, OutOfRangeWarning
 
-    name = problem.metric_information.item().name
+    ft = FloatTokenizer()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, train_t, _ = trial_targets(vocab, problem, train, name)
-        _, test_t, _ = trial_targets(vocab, problem, test, name)
-    counts: dict[str, int] = {}
-    for t in train_t:
-        counts[t[1]] = counts.get(t[1], 0) + 1
-    total = sum(counts.values()) + 10
-    return float(np.mean([-np.log((counts.get(t[1], 0) + 1) / total) for t in test_t]))
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        train_tokens = [ft.encode(v) for v in _y(problem, train)]
+        test_tokens = [ft.encode(v) for v in _y(problem, test)]
+    return float(marginal_token_nll(train_tokens, test_tokens, ft)[:, 1].mean())
 
 
 def run_variant(config: CurveConfig, problem, train, test, number_features: str, preset: str,
@@ -124,7 +121,7 @@ def run_variant(config: CurveConfig, problem, train, test, number_features: str,
         test_ex, _ = make_examples(reg.vocab, codec, problem, test)
     reg.set_problem(problem)
     model, device = reg.checkpoint.model, reg.device
-    masks = reg._masks  # noqa: SLF001 - the regressor's grammar masks, built once
+    masks = reg.masks
     y_test = _y(problem, test)
     params = [p for p in model.parameters() if p.requires_grad]
     lr = config.learning_rate or reg.checkpoint.preset.learning_rate
@@ -202,7 +199,7 @@ def format_table(config: CurveConfig, points: Sequence[CurvePoint], rf: dict, x_
             + " / ".join(f"{mean('spearman', s):.3f}" for s in steps)
             + f" | {mean('nmae', last):.4f} | {mean('nll_d1', last):.3f} | {mean('train_cpu_seconds', last):.0f} |"
         )
-    lines.append(f"| x-blind digit frequencies | | | | | {x_blind:.3f} | |")
+    lines.append(f"| x-blind count model (bench token-loss) | | | | | {x_blind:.3f} | |")
     for n, (rho, nmae) in rf.items():
         lines.append(f"| random forest on {n} configurations | | | {rho:.3f} | {nmae:.4f} | | |")
     return "\n".join(lines)
@@ -214,16 +211,11 @@ def run_learning_curve(config: CurveConfig, log=print) -> str:
     torch.set_num_threads(config.threads)
     problem, train, test = _split(config)
     points: list[CurvePoint] = []
-    x_blind = None
     for preset in config.presets:
         for features in config.number_features:
             for seed in config.seeds:
                 points += run_variant(config, problem, train, test, features, preset, seed, log=log)
-    from vizier_omnipred.numbers import FloatTokenizer
-    from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
-
-    vocab = Vocabulary(train_input_tokenizer(["x"], 300), FloatTokenizer())
-    x_blind = x_blind_d1_nll(vocab, problem, train, test)
+    x_blind = x_blind_d1_nll(problem, train, test)
     rf = rf_reference(problem, train, test, sorted({config.num_train, 30, 10}, reverse=True)) if config.rf else {}
     table = format_table(config, points, rf, x_blind)
     out = Path(config.out_dir)

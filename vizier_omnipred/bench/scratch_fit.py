@@ -132,18 +132,15 @@ class ScratchFitConfig:
     out_dir: Path = Path("runs/bench/scratch-fit")
 
 
-def fit_and_score(task: ScratchTask, config: ScratchFitConfig, budget: int | None, seed: int) -> dict:
+def fit_and_score(task: ScratchTask, reg, config=None) -> dict:
+    """Fits `reg` on the task's trials (its default recipe unless `config`) and scores its
+    median predictions on the held-out trials."""
     from vizier_omnipred.bench.metrics import normalized_mae, spearman
-    from vizier_omnipred.regressor import OmniPredRegressor
-    from vizier_omnipred.text import TextCodec
-    from vizier_omnipred.training import FinetuneConfig
 
-    codec = TextCodec(number_features=config.number_features)
-    reg = OmniPredRegressor.from_scratch(config.preset, codec=codec, seed=seed, num_samples=config.num_samples)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = reg.fit(task.problem, task.train, config=FinetuneConfig(max_steps=budget, seed=seed))
+        report = reg.fit(task.problem, task.train, config=config)
     seconds = time.perf_counter() - started
     pred = reg.predict(task.test).mean
     pred = np.where(np.isfinite(pred), pred, np.nanmedian(pred) if np.isfinite(pred).any() else 0.0)
@@ -151,21 +148,19 @@ def fit_and_score(task: ScratchTask, config: ScratchFitConfig, budget: int | Non
             "fit_seconds": seconds, "steps": report.steps, "best_step": report.best_step}
 
 
-def finetuned_score(task: ScratchTask, config: ScratchFitConfig, seed: int) -> dict:
-    from vizier_omnipred.bench.metrics import normalized_mae, spearman
+def scratch_regressor(config: ScratchFitConfig, seed: int):
+    from vizier_omnipred.regressor import OmniPredRegressor
+    from vizier_omnipred.text import TextCodec
+
+    return OmniPredRegressor.from_scratch(config.preset, codec=TextCodec(number_features=config.number_features),
+                                          seed=seed, num_samples=config.num_samples)
+
+
+def pretrained_regressor(config: ScratchFitConfig, seed: int):
     from vizier_omnipred.regressor import OmniPredRegressor
 
     path = None if config.checkpoint == "shipped" else config.checkpoint
-    reg = OmniPredRegressor.from_pretrained(path, seed=seed, num_samples=config.num_samples)
-    started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        report = reg.fit(task.problem, task.train)
-    seconds = time.perf_counter() - started
-    pred = reg.predict(task.test).mean
-    pred = np.where(np.isfinite(pred), pred, np.nanmedian(pred) if np.isfinite(pred).any() else 0.0)
-    return {"spearman": spearman(task.y_test, pred), "nmae": normalized_mae(task.y_test, pred),
-            "fit_seconds": seconds, "steps": report.steps, "best_step": report.best_step}
+    return OmniPredRegressor.from_pretrained(path, seed=seed, num_samples=config.num_samples)
 
 
 def rf_score(task: ScratchTask, seed: int) -> dict:
@@ -183,6 +178,8 @@ def rf_score(task: ScratchTask, seed: int) -> dict:
 def run_scratch_fit(config: ScratchFitConfig, log=print) -> str:
     import torch
 
+    from vizier_omnipred.training import FinetuneConfig
+
     torch.set_num_threads(config.threads)
     rows: list[dict] = []
     for name in config.tasks:
@@ -191,7 +188,7 @@ def run_scratch_fit(config: ScratchFitConfig, log=print) -> str:
             rf = rf_score(task, seed)
             rows.append({"task": name, "seed": seed, "model": "random forest", **rf})
             if config.checkpoint is not None:
-                r = finetuned_score(task, config, seed)
+                r = fit_and_score(task, pretrained_regressor(config, seed))
                 label = f"omnipred fine-tuned from {config.checkpoint}"
                 rows.append({"task": name, "seed": seed, "model": label, **r})
                 log(f"{name} seed {seed} {label}: Spearman {r['spearman']:.3f} nMAE {r['nmae']:.4f} "
@@ -199,7 +196,7 @@ def run_scratch_fit(config: ScratchFitConfig, log=print) -> str:
             for budget in () if config.skip_scratch else config.budgets:
                 label = f"omnipred {config.preset} {config.number_features}, " + (
                     "default recipe" if budget is None else f"{budget} steps")
-                r = fit_and_score(task, config, budget, seed)
+                r = fit_and_score(task, scratch_regressor(config, seed), FinetuneConfig(max_steps=budget, seed=seed))
                 rows.append({"task": name, "seed": seed, "model": label, **r})
                 log(f"{name} seed {seed} {label}: Spearman {r['spearman']:.3f} nMAE {r['nmae']:.4f} "
                     f"({r['steps']} steps, best {r['best_step']}, {r['fit_seconds']:.0f} s); "

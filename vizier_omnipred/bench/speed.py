@@ -308,10 +308,10 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
         for name, st in state.items():
             batches = [Batch.collate(rng.sample(st["examples"], batch_size), st["reg"].device)
                        for _ in range(per_round + 1)]
-            train_step(st["model"], batches[0], st["optimizer"], st["reg"]._masks, st["params"], 1.0)  # noqa: SLF001
+            train_step(st["model"], batches[0], st["optimizer"], st["reg"].masks, st["params"], 1.0)
             t0 = time.perf_counter()
             for b in batches[1:]:
-                train_step(st["model"], b, st["optimizer"], st["reg"]._masks, st["params"], 1.0)  # noqa: SLF001
+                train_step(st["model"], b, st["optimizer"], st["reg"].masks, st["params"], 1.0)
             st["seconds"] += time.perf_counter() - t0
             st["steps"] += per_round
     out = {name: {"examples_per_second": st["steps"] * batch_size / st["seconds"], "input_tokens": st["tokens"],

@@ -38,6 +38,8 @@ from vizier import algorithms as vza
 from vizier import pyvizier as vz
 
 from vizier_omnipred import model as model_lib
+from vizier_omnipred.designer_state import problem_key
+from vizier_omnipred.level_map import LevelMap, fit_level_map
 from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.sampling import GrammarMasks, YSamples, sample_y
 from vizier_omnipred.text import TextCodec, TrialTextError
@@ -59,6 +61,11 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 METADATA_NS = "omnipred"
 # Gaussian-equivalent sigma from the central 68.3% of the samples (robust to outliers).
 _SIGMA_QUANTILES = (0.158655, 0.841345)
+
+
+# The level map is fitted on at most this many of the study's trials, from this many samples each.
+LEVEL_MAP_TRIALS = 256
+LEVEL_MAP_SAMPLES = 32
 
 
 def _as_problem_trials(study: Any) -> tuple[vz.ProblemStatement, Sequence[vz.Trial]]:
@@ -91,6 +98,8 @@ class OmniPredRegressor(vza.Predictor):
         temperature: float = 1.0,
         seed: int = 0,
         pretrained: bool = True,
+        level_maps: dict[str, LevelMap] | None = None,
+        level_key: str | None = None,
     ):
         self._device = resolve_device(device)
         self._ckpt = checkpoint
@@ -105,6 +114,9 @@ class OmniPredRegressor(vza.Predictor):
         self._metric_name: str | None = None
         self._masks = GrammarMasks.build(checkpoint.vocab, self._device)
         self.last_fit: FitReport | None = None
+        # The study's level maps (metric -> LevelMap) and the key of the problem they belong to.
+        self._level_maps: dict[str, LevelMap] = dict(level_maps or {})
+        self._level_key: str | None = level_key if level_maps else None
         # Per metric: how the last fit used the trials (missing / NaN values are counted there).
         self.last_fit_metrics: dict[str, DataSummary] = {}
 
@@ -147,12 +159,19 @@ class OmniPredRegressor(vza.Predictor):
         if path is None:
             path = SHIPPED_CHECKPOINT
         ckpt = model_lib.load_checkpoint(path, device="cpu")
-        return cls(ckpt, device=device, pretrained=bool(ckpt.training.get("steps")), **kwargs)
+        saved = ckpt.training.get("level_maps") or {}
+        maps = {name: LevelMap.from_json(v) for name, v in (saved.get("maps") or {}).items()}
+        return cls(ckpt, device=device, pretrained=bool(ckpt.training.get("steps")), level_maps=maps,
+                   level_key=saved.get("problem_key"), **kwargs)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         training = dict(self._ckpt.training)
         if self.last_fit is not None:
             training["last_fit"] = attrs.asdict(self.last_fit)
+        training.pop("level_maps", None)
+        if self._level_maps:
+            training["level_maps"] = {"problem_key": self._level_key,
+                                      "maps": {n: m.to_json() for n, m in self._level_maps.items()}}
         return model_lib.save_checkpoint(
             path, self._ckpt.model, self._ckpt.vocab, self._ckpt.codec, self._ckpt.preset, training
         )
@@ -260,10 +279,15 @@ class OmniPredRegressor(vza.Predictor):
         config = config or FinetuneConfig()
         self.set_problem(problem, metric_name=metric_name)
         names = [self._metric_name] if metric_name is not None else [m.name for m in problem.metric_information]
+        use_level_map = self._pretrained if config.level_map is None else config.level_map
+        self._level_maps, self._level_key = {}, None  # the fit below starts from the model's own frame
+        maps = {name: self._fit_level_map(problem, trials, name) for name in names} if use_level_map else {}
         if len(names) > 1:  # several metrics: one example per (trial, metric)
-            examples, summary = self._metrics_examples(problem, trials, names, has_priors=bool(prior_studies))
+            examples, summary = self._metrics_examples(problem, trials, names, has_priors=bool(prior_studies),
+                                                       level_maps=maps)
         else:
-            examples, summary = make_examples(self.vocab, self.codec, problem, trials, metric_name=self._metric_name)
+            examples, summary = make_examples(self.vocab, self.codec, problem, trials, metric_name=self._metric_name,
+                                              level_map=maps.get(self._metric_name))
             self.last_fit_metrics = {self._metric_name: summary}
         prior_examples = []
         prior_summary = DataSummary()
@@ -296,10 +320,30 @@ class OmniPredRegressor(vza.Predictor):
             num_prior_examples=len(prior_examples),
             validation_positions=leading_positions(self.vocab.float_tokenizer, config.early_stopping_digits),
         )
+        self._level_maps = {n: m for n, m in maps.items() if not m.is_identity}
+        self._level_key = problem_key(problem) if self._level_maps else None
         return self.last_fit
 
+    def _fit_level_map(self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], metric_name: str) -> LevelMap:
+        """The map from this model's zero-shot medians to the study's values of `metric_name`
+        (feasible completed trials with a finite value; at most `LEVEL_MAP_TRIALS` of them)."""
+        usable = []
+        for t in trials:
+            m = t.final_measurement.metrics.get(metric_name) if (
+                t.final_measurement is not None and not t.infeasible and t.status == vz.TrialStatus.COMPLETED) else None
+            if m is not None and math.isfinite(float(m.value)):
+                usable.append((t, float(m.value)))
+        if not usable:
+            return LevelMap()
+        if len(usable) > LEVEL_MAP_TRIALS:
+            usable = random.Random(self._seed).sample(usable, LEVEL_MAP_TRIALS)
+        samples = self.sample([t for t, _ in usable], LEVEL_MAP_SAMPLES, problem=problem, metric_name=metric_name,
+                              seed=self._seed)
+        return fit_level_map(samples.quantiles([0.5])[0], np.asarray([y for _, y in usable]))
+
     def _metrics_examples(
-        self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], names: Sequence[str], *, has_priors: bool
+        self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], names: Sequence[str], *, has_priors: bool,
+        level_maps: dict[str, LevelMap],
     ) -> tuple[list, DataSummary]:
         """Examples of every metric (that metric's name and goal in the text) and their
         summed counts (so `FitReport.data` counts examples, not trials); the per-metric
@@ -308,7 +352,8 @@ class OmniPredRegressor(vza.Predictor):
         examples: list = []
         summaries: dict[str, DataSummary] = {}
         for name in names:
-            metric_examples, summaries[name] = make_examples(self.vocab, self.codec, problem, trials, metric_name=name)
+            metric_examples, summaries[name] = make_examples(self.vocab, self.codec, problem, trials, metric_name=name,
+                                                             level_map=level_maps.get(name))
             examples += metric_examples
         self.last_fit_metrics = summaries
         if not examples and not has_priors:
@@ -380,7 +425,7 @@ class OmniPredRegressor(vza.Predictor):
             seed = self._seed * 1_000_003 + self._calls
             self._calls += 1
         inputs = self.model_inputs(trials, problem)
-        return sample_y(
+        samples = sample_y(
             self._ckpt.model,
             self.vocab,
             [ids for ids, _ in inputs],
@@ -391,6 +436,22 @@ class OmniPredRegressor(vza.Predictor):
             device=self._device,
             masks=self._masks,
         )
+        level_map = self.level_map(problem)
+        if level_map is None:
+            return samples
+        return attrs.evolve(samples, values=level_map.apply(samples.values))
+
+    def level_map(self, problem: vz.ProblemStatement | None = None,
+                  metric_name: str | None = None) -> LevelMap | None:
+        """The level map the last fit found for `metric_name` of `problem` (defaults: the
+        current study and metric), or None: samples are the model's own."""
+        if not self._level_maps:
+            return None
+        problem = problem if problem is not None else self._problem
+        name = metric_name if metric_name is not None else self._metric_name
+        if problem is None or name not in self._level_maps or problem_key(problem) != self._level_key:
+            return None
+        return self._level_maps[name]
 
     def sample_metrics(
         self,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from vizier import pyvizier as vz
 
+from vizier_omnipred.level_map import LevelMap
 from vizier_omnipred.numbers import OutOfRangeWarning
 from vizier_omnipred.sampling import GrammarMasks, pad_batch, pad_values
 from vizier_omnipred.text import TextCodec
@@ -64,9 +65,12 @@ class DataSummary:
 
 
 def trial_targets(
-    vocab: Vocabulary, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], metric_name: str
+    vocab: Vocabulary, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], metric_name: str,
+    level_map: LevelMap | None = None,
 ) -> tuple[list[int], list[tuple[str, ...]], DataSummary]:
-    """Indices of usable trials and their y tokens, with a summary of what was left out."""
+    """Indices of usable trials and their y tokens, with a summary of what was left out.
+
+    With `level_map`, values are written in the model's frame (`LevelMap.invert`)."""
     ft = vocab.float_tokenizer
     keep: list[int] = []
     targets: list[tuple[str, ...]] = []
@@ -89,6 +93,8 @@ def trial_targets(
         if not math.isfinite(value):
             counts["num_nonfinite"] += 1
             continue
+        if level_map is not None:
+            value = level_map.invert(value)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", OutOfRangeWarning)
             tokens = ft.encode(value)
@@ -113,9 +119,10 @@ def make_examples(
     trials: Sequence[vz.Trial],
     *,
     metric_name: str | None = None,
+    level_map: LevelMap | None = None,
 ) -> tuple[list[Example], DataSummary]:
     metric = codec.objective_metric(problem, metric_name)
-    keep, targets, summary = trial_targets(vocab, problem, trials, metric.name)
+    keep, targets, summary = trial_targets(vocab, problem, trials, metric.name, level_map)
     texts = codec.trial_texts(problem, [trials[i] for i in keep], metric_name=metric.name)
     inputs = vocab.encode_trial_texts(texts)
     examples = [
@@ -250,6 +257,12 @@ class FinetuneConfig:
       with fewer than `min_validation_trials / validation_fraction` trials train the whole
       budget on every trial instead (a 1-trial validation set only adds noise).
 
+    level_map: whether a pretrained model's zero-shot medians are first mapped onto the
+      study's values by a fitted `level_map.LevelMap` (y = scale * y_model + shift), the
+      fine-tune then training in the model's frame; None: True for a pretrained model,
+      False from scratch (whose zero-shot output carries nothing to map). `max_steps=0`
+      with it is the map alone: no gradient step, the model's ranking kept exactly.
+
     The rate follows `warmup_cosine`: warm-up over a tenth of the budget (at most 40
     steps), then cosine decay to a tenth.
     """
@@ -262,6 +275,7 @@ class FinetuneConfig:
     train_encoder: bool | None = None
     dropout: float | None = None
     early_stopping: bool | None = None
+    level_map: bool | None = None
     batch_size: int = 64
     validation_fraction: float = 0.2
     min_validation_trials: int = 3
@@ -273,8 +287,8 @@ class FinetuneConfig:
     def __attrs_post_init__(self):
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ValueError("max_epochs must be >= 1 or None")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1 or None")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError("max_steps must be >= 0 or None (0: no gradient steps, the level map alone)")
         if self.eval_every is not None and self.eval_every < 1:
             raise ValueError("eval_every must be >= 1 or None")
         if self.patience < 1:
@@ -298,7 +312,9 @@ class FinetuneConfig:
             per_epoch = max(1, math.ceil(num_train / self.batch_size))
             steps = min(PRETRAINED_MAX_STEPS, PRETRAINED_EPOCHS * per_epoch) if steps is None else steps
             stopping = True if stopping is None else stopping
-        return attrs.evolve(self, max_steps=steps, train_encoder=encoder, dropout=dropout, early_stopping=stopping)
+        level_map = pretrained if self.level_map is None else self.level_map
+        return attrs.evolve(self, max_steps=steps, train_encoder=encoder, dropout=dropout, early_stopping=stopping,
+                            level_map=level_map)
 
 
 @attrs.frozen

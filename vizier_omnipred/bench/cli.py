@@ -1,4 +1,4 @@
-"""`vizier-omnipred bench {regression,ab,speed,service-load,token-loss,loo-pretrain}`.
+"""`vizier-omnipred bench {regression,ab,speed,service-load,token-loss,fold-pretrain,...}`.
 
 Argument parsing only builds typed configs (RegressionConfig, ABConfig, SpeedConfig); the
 work is in the modules, so everything here can be done from Python the same way.
@@ -50,6 +50,8 @@ def _cmd_regression(args: argparse.Namespace) -> int:
             prior_trials=args.prior_trials,
             warmstart_epochs=args.warmstart_epochs,
             train_encoder={"auto": None, "yes": True, "no": False}[args.train_encoder],
+            level_map={"auto": None, "yes": True, "no": False}[args.level_map],
+            finetune_steps=args.finetune_steps,
         ),
         out_dir=args.out,
         plot=args.plot,
@@ -225,14 +227,15 @@ def _cmd_service_load(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _cmd_loo_pretrain(args: argparse.Namespace) -> int:
-    from vizier_omnipred.bench import loo
+def _cmd_fold_pretrain(args: argparse.Namespace) -> int:
+    from vizier_omnipred.bench import folds
 
     try:
-        config = loo.LooPretrainConfig(
+        config = folds.FoldPretrainConfig(
             out_dir=str(args.out),
-            datasets=args.datasets or loo.HPOBENCH_DATASETS,
+            folds=args.folds,
             init_checkpoint=args.init_from,
+            preset=args.preset,
             trials_per_dataset=args.trials_per_dataset,
             synthetic_studies=args.synthetic_studies,
             steps=args.steps,
@@ -242,13 +245,15 @@ def _cmd_loo_pretrain(args: argparse.Namespace) -> int:
             num_threads=args.threads or 0,
             seed=args.seed,
         )
+        if args.fold is not None and not 0 <= args.fold < args.folds:
+            raise ValueError(f"--fold must be in [0, {args.folds - 1}]")
     except ValueError as e:
-        print(f"bench loo-pretrain: {e}", file=sys.stderr)
+        print(f"bench fold-pretrain: {e}", file=sys.stderr)
         return 2
-    finals = loo.build_loo_checkpoints(config, progress=not args.no_progress)
-    for dataset, path in finals.items():
-        print(f"{dataset}: {path}")
-    print(f"use: --hpobench-checkpoint-pattern '{args.out}/{{dataset}}/final'")
+    finals = folds.build_fold_checkpoints(config, only=args.fold, progress=not args.no_progress)
+    for j, path in finals.items():
+        print(f"fold {j} (held out: {', '.join(config.layout[j])}): {path}")
+    print(f"use: --hpobench-checkpoint-pattern '{args.out}/by-dataset/{{dataset}}'")
     return 0
 
 
@@ -369,6 +374,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--prior-trials", type=int, default=32,
                    help="omnipred-warmstart: trials of each other HPOBench dataset used as prior studies")
     r.add_argument("--warmstart-epochs", type=int, default=10, help="omnipred-warmstart fine-tuning epochs")
+    r.add_argument("--level-map", choices=("auto", "yes", "no"), default="auto",
+                   help="fine-tuned cells: map the zero-shot medians onto the study's values first "
+                        "(FinetuneConfig.level_map; auto: the recipe's)")
+    r.add_argument("--finetune-steps", type=int, default=None,
+                   help="fine-tuned cells: optimizer steps (FinetuneConfig.max_steps; 0: the level map alone)")
     r.add_argument("--train-encoder", choices=("auto", "yes", "no"), default="auto",
                    help="fine-tuning a checkpoint also updates its encoder (auto: FinetuneConfig's default, "
                         "frozen for a pretrained checkpoint)")
@@ -530,26 +540,31 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--out", type=Path, default=Path("runs/bench/scratch-fit"))
     f.set_defaults(func=_cmd_scratch_fit)
 
-    # ----- loo-pretrain ------------------------------------------------------------------
-    lo = sub.add_parser(
-        "loo-pretrain",
-        help="HPOBench leave-one-out checkpoints: pretrain once per held-out dataset",
+    # ----- fold-pretrain ----------------------------------------------------------------
+    fo = sub.add_parser(
+        "fold-pretrain",
+        help="HPOBench held-out-dataset checkpoints: k folds over datasets, one pretraining each",
         description=(
-            "For each HPOBench dataset D, continue pretraining a base checkpoint (default: the shipped "
-            "one) on the other seven datasets plus synthetic studies; writes OUT/D/final. Resumable; "
-            "finished datasets are skipped."
+            "Deals the 8 HPOBench datasets into K folds; the checkpoint of fold j is pretrained (from a "
+            "fresh model) on the datasets outside fold j plus synthetic BBOB studies, and is used only "
+            "for fold j's datasets. Writes OUT/fold-j/final, OUT/folds.json and OUT/by-dataset/<dataset> "
+            "links. Resumable; finished folds are skipped. --folds 8 is leave-one-out. Run one process "
+            "per fold (--fold j) to use several cores."
         ),
     )
-    lo.add_argument("--out", type=Path, default=Path("runs/loo"))
-    lo.add_argument("--datasets", type=_csv, default=None, help="held-out datasets (default: all 8)")
-    lo.add_argument("--init-from", default=None, help="base checkpoint (default: the shipped one)")
-    lo.add_argument("--trials-per-dataset", type=int, default=3000, help="configurations per other dataset")
-    lo.add_argument("--synthetic-studies", type=int, default=300, help="synthetic BBOB studies mixed in")
-    lo.add_argument("--steps", type=int, default=400)
-    lo.add_argument("--batch-size", type=int, default=32)
-    lo.add_argument("--learning-rate", type=float, default=None)
-    lo.add_argument("--device", default="cpu")
-    lo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    lo.add_argument("--seed", type=int, default=0)
-    lo.add_argument("--no-progress", action="store_true")
-    lo.set_defaults(func=_cmd_loo_pretrain)
+    fo.add_argument("--out", type=Path, default=Path("runs/folds"))
+    fo.add_argument("--folds", type=int, default=2, help="number of folds (8: leave-one-out)")
+    fo.add_argument("--fold", type=int, default=None, help="build only this fold (default: all, in turn)")
+    fo.add_argument("--init-from", default=None,
+                    help="start from this checkpoint (refused if it has read any HPOBench dataset)")
+    fo.add_argument("--preset", default="small")
+    fo.add_argument("--trials-per-dataset", type=int, default=1500, help="configurations per training dataset")
+    fo.add_argument("--synthetic-studies", type=int, default=200, help="synthetic BBOB studies mixed in")
+    fo.add_argument("--steps", type=int, default=3200)
+    fo.add_argument("--batch-size", type=int, default=64)
+    fo.add_argument("--learning-rate", type=float, default=None)
+    fo.add_argument("--device", default="cpu")
+    fo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    fo.add_argument("--seed", type=int, default=0)
+    fo.add_argument("--no-progress", action="store_true")
+    fo.set_defaults(func=_cmd_fold_pretrain)

@@ -87,6 +87,8 @@ class OmniPredOptions:
     prior_trials: int = 32  # omnipred-warmstart: trials drawn from each other HPOBench dataset
     warmstart_epochs: int = 10  # fine-tuning epochs over new trials + priors (priors make epochs long)
     train_encoder: bool | None = None  # FinetuneConfig.train_encoder of the fine-tuned/warm-started cells
+    level_map: bool | None = None  # FinetuneConfig.level_map of the fine-tuned cells (None: the recipe's)
+    finetune_steps: int | None = None  # FinetuneConfig.max_steps of the fine-tuned cells (0: level map only)
 
     def checkpoint_for(self, task: "RegressionTask") -> tuple[bool, str | None, str]:
         """(usable, path, reason). HPOBench needs a leave-one-out checkpoint per dataset."""
@@ -305,7 +307,8 @@ class OmniPredModel:
             reg.fit(problem, list(trials), prior_studies=self.prior_studies,
                     config=FinetuneConfig(max_epochs=o.warmstart_epochs, seed=self.seed, train_encoder=o.train_encoder))
         elif self.mode == "finetuned":
-            reg.fit(problem, list(trials), config=FinetuneConfig(train_encoder=o.train_encoder))
+            reg.fit(problem, list(trials), config=FinetuneConfig(
+                train_encoder=o.train_encoder, level_map=o.level_map, max_steps=o.finetune_steps))
         elif self.mode == "scratch":
             reg.fit(problem, list(trials))
         self._regressor, self._problem = reg, problem

@@ -1,0 +1,93 @@
+"""The level map: fitted exactly, order-keeping, bound to its study, saved with the weights."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from vizier import pyvizier as vz
+
+from vizier_omnipred.level_map import LevelMap, fit_level_map
+from vizier_omnipred.regressor import OmniPredRegressor
+from vizier_omnipred.training import FinetuneConfig
+
+from conftest import make_problem_2d, make_trials
+
+
+def test_fit_recovers_an_affine_relation_exactly():
+    m = np.array([0.1, 0.4, 0.2, 0.9, 0.5])
+    level = fit_level_map(m, 3.0 * m - 2.0)
+    assert level.scale == pytest.approx(3.0) and level.shift == pytest.approx(-2.0)
+    assert level.invert(float(level.apply(np.array([0.7]))[0])) == pytest.approx(0.7)
+
+
+def test_fit_with_few_points_or_flat_medians_only_shifts():
+    assert fit_level_map(np.array([1.0, 2.0]), np.array([11.0, 13.0])) == LevelMap(1.0, 10.5)
+    assert fit_level_map(np.full(5, 0.3), np.arange(5.0)) == LevelMap(1.0, 2.0 - 0.3)
+
+
+def test_fit_never_reverses_the_model_order():
+    m = np.array([1.0, 2.0, 3.0, 4.0])
+    level = fit_level_map(m, -m)  # the data disagree with the model's order
+    assert level.scale > 0
+    assert np.std(level.apply(m)) == pytest.approx(np.std(-m))  # the observed spread
+    assert np.mean(level.apply(m)) == pytest.approx(np.mean(-m))
+
+
+def test_fit_ignores_non_finite_pairs_and_empty_input_is_identity():
+    m = np.array([0.0, 1.0, np.nan, 2.0, 3.0])
+    y = np.array([1.0, 3.0, 5.0, math.inf, 7.0])
+    level = fit_level_map(m, y)  # the pairs left: (0, 1), (1, 3), (3, 7): y = 2 m + 1
+    assert level.scale == pytest.approx(2.0) and level.shift == pytest.approx(1.0)
+    assert fit_level_map(np.array([]), np.array([])).is_identity
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, math.nan, math.inf])
+def test_a_level_map_needs_a_positive_finite_scale(scale):
+    with pytest.raises(ValueError, match="scale > 0"):
+        LevelMap(scale=scale)
+
+
+def _study(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    problem = make_problem_2d()
+    trials = make_trials(rng.uniform(-3, 3, size=(n, 2)))
+    return problem, trials
+
+
+def test_level_map_alone_keeps_the_model_ranking_and_moves_its_level(tiny_regressor_factory):
+    problem, trials = _study(12)
+    # The study's values far from what an untrained model writes: only a level fit can reach them.
+    for t in trials:
+        t.final_measurement.metrics["loss"] = vz.Metric(1000.0 + 10.0 * t.final_measurement.metrics["loss"].value)
+    test = _study(20, seed=1)[1]
+    reg = tiny_regressor_factory(seed=3)
+    reg.set_problem(problem)
+    raw = reg.sample(test, 16, seed=5).quantiles([0.5])[0]
+    report = reg.fit(problem, trials, config=FinetuneConfig(level_map=True, max_steps=0))
+    assert report.steps == 0
+    level = reg.level_map()
+    assert level is not None and level.scale > 0
+    mapped = reg.sample(test, 16, seed=5).quantiles([0.5])[0]
+    np.testing.assert_allclose(mapped, level.apply(raw), rtol=1e-9)
+    assert np.array_equal(np.argsort(mapped, kind="stable"), np.argsort(raw, kind="stable"))
+    observed = np.array([t.final_measurement.metrics["loss"].value for t in trials])
+    assert abs(np.median(reg.sample(trials, 16, seed=5).quantiles([0.5])[0]) - np.median(observed)) < 0.5 * np.ptp(observed)
+
+
+def test_level_map_is_saved_and_applies_to_its_own_study_only(tiny_regressor_factory, tmp_path):
+    problem, trials = _study(12)
+    reg = tiny_regressor_factory(seed=3)
+    reg.fit(problem, trials, config=FinetuneConfig(level_map=True, max_steps=3, batch_size=4))
+    level = reg.level_map()
+    assert level is not None
+    loaded = OmniPredRegressor.from_pretrained(reg.save(tmp_path / "ckpt"))
+    loaded.set_problem(problem)
+    assert loaded.level_map() == level
+    other = make_problem_2d(bound=5.0)  # another study: the model's own samples
+    loaded.set_problem(other)
+    assert loaded.level_map() is None
+    # a new fit without the map drops the old one
+    reg.fit(problem, trials, config=FinetuneConfig(level_map=False, max_steps=1, batch_size=4))
+    assert reg.level_map() is None

@@ -562,10 +562,12 @@ def test_cli_registers_bench_commands():
     assert args.train_sizes == (10, 30) and args.plot and callable(args.func) and args.train_encoder == "auto"
     args = parser.parse_args(["bench", "speed", "--trial-counts", "10,50"])
     assert args.trial_counts == (10, 50)
-    args = parser.parse_args(["bench", "loo-pretrain", "--datasets", "car,kc1", "--steps", "3"])
-    assert args.datasets == ("car", "kc1") and args.steps == 3 and callable(args.func)
-    args = parser.parse_args(["bench", "loo-pretrain", "--datasets", "iris", "--out", "/nonexistent/never"])
-    assert args.func(args) == 2  # unknown dataset: a clear error before anything is written
+    args = parser.parse_args(["bench", "fold-pretrain", "--folds", "4", "--fold", "1", "--steps", "3"])
+    assert args.folds == 4 and args.fold == 1 and args.steps == 3 and callable(args.func)
+    args = parser.parse_args(["bench", "fold-pretrain", "--folds", "9", "--out", "/nonexistent/never"])
+    assert args.func(args) == 2  # 9 folds of 8 datasets: a clear error before anything is written
+    args = parser.parse_args(["bench", "fold-pretrain", "--fold", "2", "--out", "/nonexistent/never"])
+    assert args.func(args) == 2
     # an unknown designer is a clear error with exit status 2, before anything runs
     args = parser.parse_args(["bench", "ab", "--designers", "nope", "--out", "/nonexistent/never"])
     assert args.func(args) == 2

@@ -21,6 +21,10 @@ _LAZY = {
     "serialize_trial": "vizier_omnipred.text",
     "OmniPredPolicyFactory": "vizier_omnipred.service",
     "start_server": "vizier_omnipred.service",
+    "WarmStartConfig": "vizier_omnipred.warm_start",
+    "WarmStartError": "vizier_omnipred.warm_start",
+    "load_history": "vizier_omnipred.warm_start",
+    "warm_start_checkpoint": "vizier_omnipred.warm_start",
 }
 
 __all__ = sorted(_LAZY)

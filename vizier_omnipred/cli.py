@@ -24,6 +24,7 @@ EXIT_BAD_INPUT = 2
 _COMMAND_MODULES = (
     "vizier_omnipred.demo",
     "vizier_omnipred.pretraining",
+    "vizier_omnipred.warm_start",
     "vizier_omnipred.corpus.cli",
     "vizier_omnipred.bench.cli",
 )

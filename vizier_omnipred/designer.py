@@ -92,6 +92,7 @@ from vizier_omnipred.designer_state import (
     STATE_NS,
     STATE_VERSION,
     WEIGHTS_DIR,
+    BaseState,
     DesignerState,
     Record,
     StateVersionError,
@@ -115,6 +116,7 @@ from vizier_omnipred.search_space import Space, params_dict
 from vizier_omnipred.text import TrialTextError
 from vizier_omnipred.training import FinetuneConfig, FitReport
 from vizier_omnipred.trust_region import TrustRegion, trust_radius
+from vizier_omnipred.warm_start import WarmStartConfig, WarmStartResult, warm_start_checkpoint
 
 # Names other modules and tests reach through this module (kept after the split).
 _Space = Space
@@ -303,6 +305,26 @@ def _base_regressor(
     )
 
 
+def _warm_start(
+    history: str | os.PathLike[str] | WarmStartResult,
+    problem: vz.ProblemStatement,
+    checkpoint: str | os.PathLike[str] | None,
+    regressor: OmniPredRegressor | None,
+    config: WarmStartConfig | None,
+) -> WarmStartResult:
+    """The warm-started checkpoint for `history` (built or found in the cache)."""
+    if isinstance(history, WarmStartResult):
+        if checkpoint is not None:
+            raise ValueError("history= is an already built WarmStartResult: do not pass checkpoint= too")
+        return history
+    if regressor is not None:
+        raise ValueError("history= continues pretraining from a checkpoint directory: pass checkpoint= "
+                         "(or nothing, for the shipped one), not regressor=")
+    if config is not None and not isinstance(config, WarmStartConfig):
+        raise TypeError(f"warm_start must be a WarmStartConfig, got {type(config).__name__}")
+    return warm_start_checkpoint(history, problem, checkpoint=checkpoint, config=config or WarmStartConfig())
+
+
 # ---------------------------------------------------------------------- designer
 class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
     """Suggests trials by fine-tuning a T5 regressor on the study and maximising an
@@ -335,6 +357,17 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         epochs (`RefitSchedule`).
       metric_name: optimise only this objective of a multi-objective problem (the
         designer is then single-objective; safety metrics still apply).
+      history: the user's past studies to warm-start from: a Vizier datastore (SQLite
+        file or SQLAlchemy URL), a corpus file or a folder of corpus files. The base model
+        is then `checkpoint` (None: the shipped one) continued-pretrained on the history's
+        studies with this study's objective (`warm_start.warm_start_checkpoint`: built
+        once, here, and cached on disk by the history's content; a bad history raises
+        `WarmStartError`). Also a `WarmStartResult` already built (then `regressor` may be
+        its loaded model, as the service factory shares one). The study's own fits then
+        start from that model. Recorded in `dump()`: a restored designer whose fine-tuned
+        weights are gone refits from the same warm-started checkpoint, if it still exists.
+      warm_start: how `history` is turned into a checkpoint (`WarmStartConfig`: steps,
+        bounds on studies and trials, cache folder); None: the defaults.
 
     Tuning beyond the constructor: `designer.search` (`SearchConfig`: strategy, batch
     size, diversity radius) and `designer.refit` (`RefitSchedule`) are plain attributes
@@ -377,6 +410,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         prior_studies: Sequence[Any] = (),
         finetune_config: FinetuneConfig | None = None,
         metric_name: str | None = None,
+        history: str | os.PathLike[str] | WarmStartResult | None = None,
+        warm_start: WarmStartConfig | None = None,
     ):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -391,6 +426,14 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._device = device
         self._work_dir_arg = Path(work_dir).expanduser() if work_dir is not None else None
         self._prior_studies = tuple(prior_studies)
+        self._warm_start: WarmStartResult | None = None
+        self._base_state: BaseState | None = None  # the warm-started base, recorded in dump()
+        if history is not None:
+            self._warm_start = _warm_start(history, self._problem, checkpoint, regressor, warm_start)
+            self._base_state = BaseState(path=str(Path(self._warm_start.path).resolve()), key=self._warm_start.key)
+            checkpoint = self._warm_start.path if regressor is None else None
+        elif warm_start is not None:
+            raise ValueError("warm_start= configures a history warm start: pass history= too")
         self._regressor = _base_regressor(
             checkpoint, regressor, device=device, num_samples=self._num_samples, seed=self._seed
         )
@@ -487,6 +530,11 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         if self._token is None:
             self._token = secrets.token_hex(4)
         return default_cache_root() / f"{self._problem_key}-{self._token}"
+
+    @property
+    def warm_start(self) -> WarmStartResult | None:
+        """The `WarmStartResult` the base model came from (None without `history`)."""
+        return self._warm_start
 
     @property
     def completed_trials(self) -> list[vz.Trial]:
@@ -930,6 +978,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             suggested=tuple(self._suggested),
             trials=self._history,
             weights=weights,
+            base=self._base_state,
         )
         md = vz.Metadata()
         ns = md.ns(STATE_NS)
@@ -989,6 +1038,17 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                     "OmniPredDesigner: %s; the next suggest refits from the base checkpoint on the %d stored trials.",
                     problem, len(state.trials),
                 )
+        base = None
+        if regressor is None and state.base is not None and (
+                self._base_state is None or state.base.key != self._base_state.key):
+            # The study was warm-started from another history checkpoint than this designer's
+            # (the history changed since): refit from the study's own, while it exists.
+            try:
+                base = OmniPredRegressor.from_pretrained(
+                    state.base.path, device=self._device, num_samples=self._num_samples, seed=state.seed)
+            except model_lib.CheckpointError as e:
+                _log.warning("OmniPredDesigner: the study's warm-started checkpoint cannot be loaded (%s); "
+                             "refitting from this designer's base instead", e)
 
         # Everything decoded: commit.
         self._history = dict(state.trials)
@@ -1001,6 +1061,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._seed_designer = seed_designer
         self._active_keys = set()
         self._weights_dirty = False
+        if state.base is not None and (regressor is not None or base is not None):
+            self._base_state = state.base  # the weights in use descend from the study's own base
         if regressor is not None:
             self._regressor = regressor
             self._regressor.set_problem(self._problem, metric_name=self._fit_metric_name())
@@ -1008,6 +1070,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             self._num_fits = weights.fits
             self._weights_fingerprint = weights.fingerprint
         else:
+            if base is not None:
+                self._regressor = base
             self._fitted_ids = None
             self._num_fits = 0
             self._weights_fingerprint = None

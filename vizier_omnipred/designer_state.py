@@ -27,6 +27,7 @@ from vizier.interfaces import serializable
 from vizier_omnipred.search_space import py_value
 
 __all__ = [
+    "BaseState",
     "CACHE_ENV",
     "DesignerState",
     "POLICY_NS",
@@ -142,6 +143,22 @@ class WeightsState:
 
 
 @attrs.frozen
+class BaseState:
+    """The warm-started checkpoint a study's model descends from (history warm start):
+    its folder and its cache key, so a restored designer refits from the same weights."""
+
+    path: str
+    key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "key": self.key}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "BaseState":
+        return cls(path=str(d["path"]), key=str(d["key"]))
+
+
+@attrs.frozen
 class DesignerState:
     """Everything `OmniPredDesigner.dump` writes (JSON keys as in state version 1; version
     2 changed only the records: 'm' {metric: value} instead of 'y')."""
@@ -155,6 +172,9 @@ class DesignerState:
     suggested: tuple[str, ...]  # keys (text hashes) of every suggestion made
     trials: Mapping[str, Record]
     weights: WeightsState | None
+    # Warm start: the base checkpoint built from the user's history (absent otherwise, and
+    # ignored by readers that predate it: the state version does not change).
+    base: BaseState | None = None
 
     def to_json(self) -> str:
         state = {
@@ -169,6 +189,8 @@ class DesignerState:
             "trials": {i: r.to_json() for i, r in self.trials.items()},
             "weights": None if self.weights is None else self.weights.to_json(),
         }
+        if self.base is not None:
+            state["base"] = self.base.to_json()
         return json.dumps(state, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -212,6 +234,7 @@ class DesignerState:
             suggested=tuple(str(k) for k in state["suggested"]),
             trials={str(i): Record.from_json(d, primary_metric) for i, d in state["trials"].items()},
             weights=WeightsState.from_json(weights) if weights else None,
+            base=BaseState.from_json(state["base"]) if state.get("base") else None,
         )
 
 

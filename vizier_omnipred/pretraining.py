@@ -351,7 +351,8 @@ def _schedule(config: PretrainConfig):
     return warmup_cosine(config.warmup_steps, config.steps, config.min_lr_ratio)
 
 
-def _check_resumable(config: PretrainConfig, out: Path) -> None:
+def check_resumable(config: PretrainConfig, out: Path) -> None:
+    """Raises ValueError naming the fields of `config` that differ from the run saved in `out`."""
     try:
         saved = json.loads((out / CONFIG_FILE).read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -421,7 +422,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
         dist.barrier()  # every rank reads `last` below, after rank 0 has restored it
     resumed = (last / STATE_FILE).is_file()
     if resumed:
-        _check_resumable(config, out)
+        check_resumable(config, out)
         ckpt = model_lib.load_checkpoint(last)
         model, vocab = ckpt.model, ckpt.vocab
         state = load_trainer_state(last / STATE_FILE)
@@ -458,7 +459,8 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
 
     masks = GrammarMasks.build(vocab, device)
     preset = model_lib.get_preset(config.preset)
-    val_studies = validation_studies(config) if rank == 0 else []
+    # No validation split (validation_fraction 0): no pass over every source to look for one.
+    val_studies = validation_studies(config) if rank == 0 and config.validation_fraction > 0 else []
     val_examples = [e for r in val_studies for e in study_examples(vocab, codec, r)[0]][:2048]
     # A fresh, step-seeded shuffle after a resume: model, optimizer and schedule continue
     # exactly; the data order continues as a new permutation.
@@ -503,7 +505,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
                 bar.set_postfix(loss=f"{loss:.3f}", ex_per_s=f"{rate:.0f}")
             entry: dict[str, Any] = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
                                      "examples_per_second": rate}
-            if step % config.eval_every == 0 or step == config.steps:
+            if val_studies and (step % config.eval_every == 0 or step == config.steps):
                 model.eval()
                 entry["validation_loss"] = evaluate_loss(model, val_examples, masks, device) if val_examples else None
                 entry["validation_normalized_mae"] = normalized_mae_on_studies(model, vocab, codec, val_studies, device)

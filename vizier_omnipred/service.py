@@ -77,12 +77,17 @@ from google.rpc import code_pb2, status_pb2
 if TYPE_CHECKING:  # torch-heavy; imported on the first OMNIPRED request only.
     from vizier_omnipred.designer import OmniPredDesigner
     from vizier_omnipred.regressor import OmniPredRegressor
+    from vizier_omnipred.warm_start import WarmStartConfig, WarmStartResult
 
 _log = logging.getLogger(__name__)
 
 ALGORITHM = "OMNIPRED"
 # Where PartiallySerializableDesignerPolicy keeps its state in the study metadata.
 _POLICY_NS = "designer_policy_v0"
+# A study names its own history here: `config.metadata.ns('omnipred')['history'] = path`.
+# The namespace is the package's own, which the model's text never reads.
+HISTORY_NS = "omnipred"
+HISTORY_KEY = "history"
 
 
 # ----- the policy ---------------------------------------------------------------------
@@ -208,6 +213,17 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
       max_cached_studies: studies whose designers stay in RAM (least recently used go;
         they are restored from metadata on their next request).
       fallback: the factory for every other algorithm name.
+      history: the server's default history to warm-start every `OMNIPRED` study from (a
+        Vizier datastore path or URL, a corpus file or folder; see `warm_start.py`). The
+        base model is `checkpoint` (None: shipped) continued-pretrained on the history's
+        studies with the study's objective; built once per (history, checkpoint,
+        objective) and this process, cached on disk, and shared by the studies.
+      warm_start: `WarmStartConfig` for those builds (None: its defaults).
+      study_history: let a study name its own history in its metadata
+        (`config.metadata.ns('omnipred')['history'] = '/abs/path/history.db'`), which
+        replaces `history` for that study. The server then reads whatever path or database
+        URL a client names, with the server's permissions: turn it off for a server that
+        untrusted clients can reach.
     """
 
     checkpoint: str | os.PathLike[str] | None = None
@@ -217,6 +233,9 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
     seed: int = 0
     max_cached_studies: int = 16
     fallback: pythia.PolicyFactory = attrs.field(factory=vizier_policy_factory.DefaultPolicyFactory)
+    history: str | os.PathLike[str] | None = None
+    warm_start: "WarmStartConfig | None" = None
+    study_history: bool = True
 
     # What happened so far ('checkpoint_loads', 'designers_built', 'designers_restored',
     # 'designers_reused', 'suggest_requests'): for logs, monitoring and tests.
@@ -229,6 +248,9 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
     # cache while one of its requests still ran must not get a second, independent lock.
     _study_locks: dict = attrs.field(factory=dict, init=False)
     _tmp_dir: Any = attrs.field(default=None, init=False)
+    # (history, base checkpoint, config, objectives) -> (WarmStartResult, its loaded regressor).
+    _warm_started: dict = attrs.field(factory=dict, init=False)
+    _warm_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def __call__(
         self,
@@ -262,7 +284,16 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
         kwargs.pop("seed", None)  # already in `seed` (see `_study_seed`)
         kwargs.setdefault("device", self.device)
         kwargs.setdefault("work_dir", str(self.study_work_dir(study_name)))
-        if kwargs.get("regressor") is None and "checkpoint" not in kwargs:
+        source = self.history_for(problem)
+        kwargs.pop("history", None)
+        config = kwargs.pop("warm_start", None) or self.warm_start
+        if source is not None:
+            if kwargs.get("regressor") is not None:
+                raise ValueError("a history warm start continues pretraining from a checkpoint directory: set "
+                                 "OmniPredPolicyFactory(checkpoint=...) instead of designer_kwargs['regressor']")
+            base = kwargs.pop("checkpoint", None) or self.checkpoint
+            kwargs["history"], kwargs["regressor"] = self.warm_started(source, problem, base, config)
+        elif kwargs.get("regressor") is None and "checkpoint" not in kwargs:
             kwargs["regressor"] = self.regressor()
         if kwargs.get("regressor") is None:
             kwargs.pop("regressor", None)
@@ -293,6 +324,42 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
                 self._regressor = OmniPredRegressor.from_pretrained(path, device=self.device)
                 self.counters["checkpoint_loads"] += 1
             return self._regressor
+
+    def history_for(self, problem: vz.ProblemStatement) -> str | None:
+        """The history a study warm-starts from: its own (metadata), else the server's."""
+        if self.study_history:
+            value = problem.metadata.ns(HISTORY_NS).get(HISTORY_KEY)
+            if value is not None:
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"study metadata {HISTORY_NS}/{HISTORY_KEY} must be a path or URL string")
+                return value.strip()
+        return None if self.history is None else os.fspath(self.history)
+
+    def warm_started(
+        self,
+        source: str | os.PathLike[str],
+        problem: vz.ProblemStatement,
+        checkpoint: str | os.PathLike[str] | None = None,
+        config: "WarmStartConfig | None" = None,
+    ) -> "tuple[WarmStartResult, OmniPredRegressor]":
+        """The warm-started checkpoint for `source` and the study's objective, and its model.
+
+        Read and built (or found in the disk cache) on first use in this process, then kept:
+        a history that changes while the server runs is read again after a restart. One
+        build at a time; studies asking for the same one wait for it.
+        """
+        from vizier_omnipred.regressor import OmniPredRegressor
+        from vizier_omnipred.warm_start import WarmStartConfig, warm_start_checkpoint
+
+        config = config or WarmStartConfig()
+        objectives = tuple((m.name, m.goal.name) for m in problem.metric_information if m.type.is_objective)
+        key = (os.fspath(source), None if checkpoint is None else os.fspath(checkpoint), config, objectives)
+        with self._warm_lock:
+            if key not in self._warm_started:
+                result = warm_start_checkpoint(source, problem, checkpoint=checkpoint, config=config)
+                self._warm_started[key] = (result, OmniPredRegressor.from_pretrained(result.path, device=self.device))
+                self.counters["warm_starts_cached" if result.cached else "warm_starts_built"] += 1
+            return self._warm_started[key]
 
     def study_work_dir(self, study_name: str) -> Path:
         if self.work_dir is not None:

@@ -340,6 +340,25 @@ class FitReport:
         return seen / max(self.seconds, 1e-9)
 
 
+# Named fit recipes, for the places that pick one by name (CLI flags, benchmark options).
+# "full": every parameter at the pretraining rate for SCRATCH_STEPS steps (from scratch, or a
+#   checkpoint on a study unlike what it read); "transfer": the level map, then the
+#   decoder-only fine-tune (a checkpoint pretrained on the study's family, e.g. warm-started
+#   from the user's history); "level": the level map alone, the model's ranking kept exactly.
+RECIPES: dict[str, FinetuneConfig] = {
+    "full": FinetuneConfig(train_encoder=True),
+    "transfer": FinetuneConfig(train_encoder=False, level_map=True),
+    "level": FinetuneConfig(max_steps=0, level_map=True),
+}
+
+
+def recipe(name: str) -> FinetuneConfig:
+    """`RECIPES[name]`, with a clear error for an unknown name."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown fit recipe {name!r}; one of {sorted(RECIPES)}")
+    return RECIPES[name]
+
+
 def split_validation(n: int, config: FinetuneConfig) -> tuple[list[int], list[int]]:
     """Deterministic (train, validation) index split of a study's examples (no validation
     examples when `config.early_stopping` is False)."""

@@ -11,8 +11,8 @@ stopped and runs can be spread over processes or machines):
     summary.json, table.md, convergence_{suite}.png      written from the run files
 
 `--resume` skips runs whose file is complete and `status: ok` for the same job (suite,
-task, designer, repeat, budget, seed, and for OmniPred its options such as the
-checkpoint). Failed runs are retried: a failure is often an
+task, designer, repeat, budget, seed, and the options the designer reads: OmniPred's
+checkpoint, gp_bandit_priors' folds layout and prior trials). Failed runs are retried: a failure is often an
 environment problem fixed since, and a designer that fails deterministically fails fast.
 
 Normalized regret (see metrics.py) needs the task's optimum and a typical random value.
@@ -22,6 +22,10 @@ there is one (BBOB functions with f(0) = 0, an HPOBench table's best). The summa
 as optimum the best of: the known optimum, the sample's best, and every designer's best
 on that (task, repeat); so regret is never negative, and where no optimum is known it is
 measured against the best anybody found.
+
+On HPOBench, `gp_bandit_priors` is the fair rival of OmniPred's held-out checkpoints:
+Vizier's GP bandit given, through `set_priors`, random trials of exactly the datasets the
+checkpoint for that dataset was pretrained on (a folds layout) or of all other datasets.
 
 Failed runs count as failures in the table and are left out of regret medians and win
 rates (a pair needs both runs), so the failures column must be read next to them.
@@ -58,7 +62,8 @@ from vizier_omnipred.bench.common import (
 )
 
 SUITES: tuple[str, ...] = ("bbob", "hpobench")
-GP_BASELINES: tuple[str, ...] = ("gp_bandit", "gp_ucb_pe")
+# Every designer run next to one of these gets a win rate against it (see `_opponents`).
+GP_BASELINES: tuple[str, ...] = ("gp_bandit", "gp_ucb_pe", "gp_bandit_priors")
 DEFAULT_DESIGNERS: tuple[str, ...] = ("omnipred", "gp_bandit", "gp_ucb_pe", "random")
 DEFAULT_BBOB_DIMS: tuple[int, ...] = (2, 4, 8)
 DEFAULT_BBOB_FUNCTIONS: tuple[str, ...] = ("Sphere", "Rastrigin")
@@ -189,6 +194,10 @@ class DesignerOptions:
     omnipred_checkpoint: str | None = None  # a path, or a pattern with '{dataset}'; None: shipped
     omnipred_seed_trials: int | None = None  # None: OmniPredDesigner's default for the problem
     device: str = "cpu"
+    # gp_bandit_priors: a folds layout (folds.json of `bench fold-pretrain`); the priors of
+    # dataset D are the `trained_on` datasets of the fold holding D out. None: the other 7.
+    prior_datasets: str | None = None
+    prior_trials: int = 100  # gp_bandit_priors: random configurations per prior dataset
 
     # The fields the resume key has always covered; see `resume_token`.
     _KEYED_SINCE_V1: ClassVar[tuple[str, ...]] = ("omnipred_checkpoint", "omnipred_seed_trials", "device")
@@ -207,6 +216,18 @@ class DesignerOptions:
         if later:
             text += "+" + ",".join(later)
         return f"{zlib.crc32(text.encode()):08x}"
+
+    def resume_token_for(self, fields: Sequence[str] | None) -> str:
+        """`resume_token` of these options with every field outside `fields` at its default
+        (None: all fields), so that a designer's runs are keyed only by the options it reads:
+        a new OmniPred checkpoint does not invalidate the GP's runs, nor GP priors OmniPred's."""
+        if fields is None:
+            return self.resume_token
+        unknown = set(fields) - set(attrs.fields_dict(type(self)))
+        if unknown:
+            raise ValueError(f"unknown DesignerOptions field(s) {sorted(unknown)}")
+        reset = {f.name: f.default for f in attrs.fields(type(self)) if f.name not in fields}
+        return attrs.evolve(self, **reset).resume_token
 
     def checkpoint_for(self, dataset: str | None) -> str | None:
         if self.omnipred_checkpoint is None or "{dataset}" not in self.omnipred_checkpoint:
@@ -234,6 +255,12 @@ class DesignerSpec:
     description: str = ""
     reads_options: bool = False  # DesignerOptions change its results (part of the resume key)
     compare_to: tuple[str, ...] = ()  # designers it also gets win rates against (an ablation's original)
+    # The DesignerOptions fields it reads (None: all); only these enter its resume key.
+    option_fields: tuple[str, ...] | None = None
+    suites: tuple[str, ...] = SUITES  # where it can run; checked by validate_config
+    # `settings(options, task) -> dict`: what it will use on this built task (recorded in the
+    # run file); raises ABConfigError where it cannot run. None: nothing to record or check.
+    settings: Callable[[DesignerOptions, BuiltTask], dict[str, Any]] | None = None
 
 
 def _attrs_default(cls: type, *names: str) -> int | None:
@@ -287,6 +314,88 @@ def _gp_ucb_pe_seed_trials(options: DesignerOptions, problem: vz.ProblemStatemen
     return _attrs_default(gp_ucb_pe.VizierGPUCBPEBandit, "_num_seed_trials")
 
 
+def prior_datasets_for(dataset: str, folds_json: str | None = None) -> tuple[str, ...]:
+    """The HPOBench datasets whose history a transfer-learning rival may read on `dataset`.
+
+    The same held-out rule as OmniPred's fold checkpoints: with a folds layout
+    (`bench fold-pretrain`'s folds.json), the `trained_on` datasets of the one fold that
+    holds `dataset` out; without one, the other seven. Never `dataset` itself.
+    """
+    from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
+
+    if dataset not in HPOBENCH_DATASETS:
+        raise ABConfigError(f"{dataset!r} is not an HPOBench dataset; valid: {', '.join(HPOBENCH_DATASETS)}")
+    if folds_json is None:
+        return tuple(d for d in HPOBENCH_DATASETS if d != dataset)
+    if not Path(folds_json).is_file():
+        raise ABConfigError(f"--prior-datasets {folds_json}: no such file (the folds.json of `bench fold-pretrain`)")
+    layout = read_json(Path(folds_json))
+    folds = layout.get("folds") if isinstance(layout, dict) else None
+    if not isinstance(folds, list):
+        raise ABConfigError(f"--prior-datasets {folds_json}: not a readable folds layout "
+                            "(a JSON object with a 'folds' list, as `bench fold-pretrain` writes)")
+    holding = [f for f in folds if isinstance(f, dict) and dataset in (f.get("held_out") or ())]
+    if len(holding) != 1:
+        where = "no fold" if not holding else f"{len(holding)} folds"
+        raise ABConfigError(f"--prior-datasets {folds_json}: {where} hold(s) out {dataset!r}; "
+                            "each dataset benchmarked must be held out by exactly one fold")
+    fold = holding[0]
+    priors = tuple(fold.get("trained_on") or ())
+    bad = [d for d in priors if d not in HPOBENCH_DATASETS]
+    if bad:
+        raise ABConfigError(f"--prior-datasets {folds_json}: fold {fold.get('fold')} trains on unknown dataset(s) {bad}")
+    if dataset in priors:
+        raise ABConfigError(f"--prior-datasets {folds_json}: fold {fold.get('fold')} both holds out and "
+                            f"trains on {dataset!r}")
+    if not priors:
+        raise ABConfigError(f"--prior-datasets {folds_json}: fold {fold.get('fold')} trains on no dataset")
+    return priors
+
+
+def _gp_bandit_priors_settings(options: DesignerOptions, task: BuiltTask) -> dict[str, Any]:
+    if task.dataset is None:
+        raise ABConfigError(
+            f"gp_bandit_priors needs an HPOBench task (its priors are the other datasets' tables); "
+            f"{task.label} has no dataset"
+        )
+    if options.prior_trials < 1:
+        raise ABConfigError(f"--prior-trials must be >= 1, got {options.prior_trials}")
+    return {
+        "prior_datasets": list(prior_datasets_for(task.dataset, options.prior_datasets)),
+        "prior_trials": options.prior_trials,
+        "folds": options.prior_datasets,
+    }
+
+
+def hpobench_prior_studies(
+    problem: vz.ProblemStatement, datasets: Sequence[str], *, trials: int, seed: int
+) -> list[Any]:
+    """One vza.CompletedTrials per dataset: `trials` configurations drawn uniformly from its
+    table (seeded), valued with the problem's objective metric (seed mean)."""
+    from vizier import algorithms as vza
+
+    from vizier_omnipred.corpus.hpobench import hpobench_studies
+
+    metric = single_metric(problem).name
+    return [
+        vza.CompletedTrials(list(study.trials))
+        for study in hpobench_studies(datasets, seed=seed, max_trials_per_study=trials, metric=metric)
+    ]
+
+
+def _make_gp_bandit_priors(problem: vz.ProblemStatement, *, seed: int, options: DesignerOptions,
+                           task: BuiltTask):
+    """VizierGPBandit with Vizier's transfer learning: one prior GP per prior dataset, stacked
+    in the order given, and the study's own GP fitted on the residuals. The priors are a
+    fresh random draw per seed (so per repeat)."""
+    designer = _make_gp_bandit(problem, seed=seed, options=options, task=task)
+    settings = _gp_bandit_priors_settings(options, task)
+    designer.set_priors(
+        hpobench_prior_studies(problem, settings["prior_datasets"], trials=options.prior_trials, seed=seed)
+    )
+    return designer
+
+
 def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: DesignerOptions, task: BuiltTask):
     from vizier_omnipred.designer import OmniPredDesigner
 
@@ -316,18 +425,29 @@ def _omnipred_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement
     return default_num_seed_trials(problem)
 
 
+# The options OmniPred reads; a new OmniPred option must be added here to enter its key.
+_OMNIPRED_OPTIONS: tuple[str, ...] = ("omnipred_checkpoint", "omnipred_seed_trials", "device")
+
 DESIGNERS: Mapping[str, DesignerSpec] = {
     spec.name: spec
     for spec in (
         DesignerSpec(
-            "omnipred", _make_omnipred, _omnipred_seed_trials, "OmniPredDesigner (this package)", reads_options=True
+            "omnipred", _make_omnipred, _omnipred_seed_trials, "OmniPredDesigner (this package)", reads_options=True,
+            option_fields=_OMNIPRED_OPTIONS,
         ),
         DesignerSpec(
             "omnipred_no_trust_region", _make_omnipred_no_trust_region, _omnipred_seed_trials,
             "OmniPredDesigner with SearchConfig(trust_region=False) (ablation)", reads_options=True,
-            compare_to=("omnipred",),
+            compare_to=("omnipred",), option_fields=_OMNIPRED_OPTIONS,
         ),
         DesignerSpec("gp_bandit", _make_gp_bandit, _gp_bandit_seed_trials, "Vizier VizierGPBandit"),
+        DesignerSpec(
+            "gp_bandit_priors", _make_gp_bandit_priors, _gp_bandit_seed_trials,
+            "Vizier VizierGPBandit with set_priors: random trials of the HPOBench datasets OmniPred's "
+            "checkpoint may have read (HPOBench only)",
+            reads_options=True, option_fields=("prior_datasets", "prior_trials"), suites=("hpobench",),
+            settings=_gp_bandit_priors_settings,
+        ),
         DesignerSpec("gp_ucb_pe", _make_gp_ucb_pe, _gp_ucb_pe_seed_trials, "Vizier VizierGPUCBPEBandit"),
         DesignerSpec("random", _make_random, _random_seed_trials, "Vizier RandomDesigner"),
     )
@@ -375,6 +495,7 @@ class ABJob:
     reference_samples: int
     reads_options: bool = False
     threads: int | None = None  # how the run is executed, not what it computes: not in `key`
+    option_fields: tuple[str, ...] | None = None  # the options `reads_options` covers (None: all)
 
     @property
     def task_seed(self) -> int:
@@ -386,7 +507,7 @@ class ABJob:
         """Identity of the run for --resume: a file with another key is not reused."""
         key = f"{self.suite}/{self.task.task_id}/{self.designer}/r{self.repeat}/b{self.budget}/s{self.task_seed}"
         if self.reads_options:  # e.g. another OmniPred checkpoint is another experiment
-            key += f"/o{self.options.resume_token}"
+            key += f"/o{self.options.resume_token_for(self.option_fields)}"
         return key
 
     @property
@@ -411,14 +532,26 @@ def validate_config(config: ABConfig, registry: Mapping[str, DesignerSpec] = DES
         raise ABConfigError(f"repeats must be >= 1, got {config.repeats}")
     if config.workers < 1:
         raise ABConfigError(f"workers must be >= 1, got {config.workers}")
+    for name in config.designers:
+        if config.suite not in registry[name].suites:
+            raise ABConfigError(
+                f"{name} runs only on suite(s) {', '.join(registry[name].suites)}, not {config.suite}"
+                + (": its priors are the other HPOBench datasets, and BBOB tasks have no related studies"
+                   if name == "gp_bandit_priors" else "")
+            )
 
 
-def validate_budget(config: ABConfig, tasks: Sequence[Any], registry: Mapping[str, DesignerSpec] = DESIGNERS) -> None:
-    """Every designer must get past its seeding phase on every task, else the benchmark
-    would compare quasi-random seeds. Builds each task once (cheap) to see its problem."""
+def validate_tasks(config: ABConfig, tasks: Sequence[Any], registry: Mapping[str, DesignerSpec] = DESIGNERS) -> None:
+    """Every designer must be able to run on every task (its spec's `settings` check, e.g.
+    gp_bandit_priors needs an HPOBench dataset held out by the folds layout), and must get
+    past its seeding phase, else the benchmark would compare quasi-random seeds. Builds each
+    task once (cheap) to see its problem."""
     for task in tasks:
-        problem = task.build(stable_seed("ab-validate", task.task_id)).problem
+        built = task.build(stable_seed("ab-validate", task.task_id))
+        problem = built.problem
         for name in config.designers:
+            if registry[name].settings is not None:
+                registry[name].settings(config.options, built)
             seeding = registry[name].seed_trials(config.options, problem)
             if seeding is not None and config.budget <= seeding:
                 raise ABConfigError(
@@ -468,6 +601,7 @@ def plan_jobs(
             reference_samples=config.reference_samples,
             reads_options=registry[designer].reads_options,
             threads=config.threads,
+            option_fields=registry[designer].option_fields,
         )
         for repeat in range(config.repeats)
         for task in tasks
@@ -560,7 +694,12 @@ def run_job(job: ABJob, spec: DesignerSpec) -> dict[str, Any]:
     values: list[float] = []
     seconds: list[float] = []
     try:
+        if spec.settings is not None:
+            record["designer_settings"] = spec.settings(job.options, built)
+        t0 = time.perf_counter()
         designer = spec.make(built.problem, seed=job.task_seed % (2**31), options=job.options, task=built)
+        # building the designer: loading a checkpoint, training prior GPs; not in suggest_seconds
+        record["setup_seconds"] = time.perf_counter() - t0
         for i in range(job.budget):
             t0 = time.perf_counter()
             suggestions = designer.suggest(1)
@@ -699,6 +838,7 @@ def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], bu
         curves: dict[str, list[np.ndarray]] = {d: [] for d in designers}
         seconds: dict[str, list[float]] = {d: [] for d in designers}
         model_seconds: dict[str, list[float]] = {d: [] for d in designers}
+        setup_seconds: dict[str, list[float]] = {d: [] for d in designers}
         counts = {d: {"ok": 0, "failed": 0} for d in designers}
         for key in groups:
             group = by_group[key]
@@ -716,6 +856,8 @@ def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], bu
                     secs = [float(x) for x in r.get("suggest_seconds", [])]
                     seconds[d].extend(secs)
                     model_seconds[d].extend(secs[int(r.get("seed_trials") or 0):])
+                    if r.get("setup_seconds") is not None:  # run files before it have none
+                        setup_seconds[d].append(float(r["setup_seconds"]))
                 else:
                     counts[d]["failed"] += 1
                     failures.append(
@@ -742,6 +884,8 @@ def summarize(records: Sequence[Mapping[str, Any]], designers: Sequence[str], bu
                 "median_seconds_per_model_suggest": (
                     float(np.median(model_seconds[d])) if model_seconds[d] else None
                 ),
+                # building the designer, once per run (a checkpoint's load, prior GPs' training)
+                "median_setup_seconds": float(np.median(setup_seconds[d])) if setup_seconds[d] else None,
                 "curve_q25": q[0].tolist(),
                 "curve_median": q[1].tolist(),
                 "curve_q75": q[2].tolist(),
@@ -860,7 +1004,7 @@ def run_ab(
     if config.ray_address and config.workers > 1:
         log("ab: --ray-address given: runs go to Ray, --workers is ignored")
     tasks = list(tasks) if tasks is not None else default_tasks(config)
-    validate_budget(config, tasks, registry)
+    validate_tasks(config, tasks, registry)
     jobs = plan_jobs(config, tasks, registry)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -121,6 +121,8 @@ def _cmd_ab(args: argparse.Namespace) -> int:
             omnipred_checkpoint=args.omnipred_checkpoint,
             omnipred_seed_trials=args.omnipred_seed_trials,
             device=args.device,
+            prior_datasets=None if args.prior_datasets is None else str(args.prior_datasets),
+            **({} if args.prior_trials is None else {"prior_trials": args.prior_trials}),
         ),
         seed=args.seed,
         reference_samples=args.reference_samples,
@@ -408,7 +410,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="multiobjective: BBOB pairs as f1:f2:dim, comma separated (default Sphere:Sphere:2,Sphere:Rastrigin:3)")
     a.add_argument("--designers", type=_csv, default=None,
                    help="comma list of designers: omnipred, gp_bandit, gp_ucb_pe, random, omnipred_no_trust_region "
-                        "(the trust-region ablation)")
+                        "(the trust-region ablation), gp_bandit_priors (HPOBench: the GP bandit with the "
+                        "other datasets' trials as priors)")
     a.add_argument("--budget", type=int, default=30, help="trials per run")
     a.add_argument("--repeats", type=int, default=5, help="repeats per task (new random shift each)")
     a.add_argument("--workers", type=int, default=1, help="parallel worker processes")
@@ -422,6 +425,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="OmniPredDesigner checkpoint; may contain '{dataset}' for leave-one-out on HPOBench")
     a.add_argument("--omnipred-seed-trials", type=int, default=None,
                    help="quasi-random trials before OmniPred's model is used (default: the designer's)")
+    a.add_argument("--prior-datasets", type=Path, default=None, metavar="FOLDS_JSON",
+                   help="gp_bandit_priors: folds layout (folds.json of `bench fold-pretrain`); the priors of "
+                        "dataset D are the datasets its fold's checkpoint trained on (default: the other 7)")
+    a.add_argument("--prior-trials", type=int, default=None,
+                   help="gp_bandit_priors: random configurations per prior dataset (default 100)")
     a.add_argument("--device", default="cpu")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--reference-samples", type=int, default=1000,

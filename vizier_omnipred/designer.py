@@ -114,7 +114,7 @@ from vizier_omnipred.multimetric import (
 from vizier_omnipred.regressor import SHIPPED_CHECKPOINT, OmniPredRegressor, check_metrics
 from vizier_omnipred.search_space import Space, params_dict
 from vizier_omnipred.text import TrialTextError
-from vizier_omnipred.training import FinetuneConfig, FitReport
+from vizier_omnipred.training import FinetuneConfig, FitReport, recipe
 from vizier_omnipred.trust_region import TrustRegion, trust_radius
 from vizier_omnipred.warm_start import WarmStartConfig, WarmStartResult, warm_start_checkpoint
 
@@ -345,7 +345,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
       acquisition: 'ucb' (default), 'ei', 'pi', 'thompson', or a callable following
         `vizier_omnipred.acquisitions.Acquisition`.
       num_samples: y samples per candidate.
-      num_seed_trials: quasi-random trials before the model is used (None: see module).
+      num_seed_trials: quasi-random trials before the model is used (None: see module;
+        with `history`, 1: the space's center, then the warm-started model).
       num_candidates: candidates scored per suggest call (the optimiser's budget).
       device: torch device for the model.
       work_dir: where this study's fine-tuned weights are saved by `dump()`; None =
@@ -354,7 +355,9 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
       prior_studies: `(problem, trials)` pairs or corpus records fine-tuned on together
         with the study (transfer); they are part of every fit.
       finetune_config: the first (cold) fit's recipe; warm refits use a quarter of its
-        epochs (`RefitSchedule`).
+        epochs (`RefitSchedule`). None: `FinetuneConfig()` (the full recipe), or with
+        `history` the transfer recipe (`training.recipe("transfer")`: the level map, then the
+        decoder alone), which keeps the ranking the warm-started model brings.
       metric_name: optimise only this objective of a multi-objective problem (the
         designer is then single-objective; safety metrics still apply).
       history: the user's past studies to warm-start from: a Vizier datastore (SQLite
@@ -422,7 +425,12 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._acquisition = get_acquisition(acquisition)
         self._num_samples = int(num_samples)
         self.search = SearchConfig(num_evaluations=int(num_candidates), batch_size=min(64, int(num_candidates)))
-        self.refit = RefitSchedule(cold=finetune_config or FinetuneConfig())
+        if finetune_config is None:
+            # A model warm-started on the user's related studies ranks a new one before seeing
+            # it: the transfer recipe keeps that ranking (held-out HPOBench datasets: Spearman
+            # 0.88 kept, where the full recipe fell to 0.18-0.59; docs/BENCHMARKS.md).
+            finetune_config = recipe("transfer") if history is not None else FinetuneConfig()
+        self.refit = RefitSchedule(cold=finetune_config)
         self._device = device
         self._work_dir_arg = Path(work_dir).expanduser() if work_dir is not None else None
         self._prior_studies = tuple(prior_studies)
@@ -455,7 +463,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         )
         self._problem_key = problem_key(self._problem)
         if num_seed_trials is None:
-            num_seed_trials = default_num_seed_trials(self._problem)
+            # Warm-started, the model is used from the second trial (the first is the center).
+            num_seed_trials = 1 if history is not None else default_num_seed_trials(self._problem)
         self._num_seed_trials = int(num_seed_trials)
         self._seed_designer = self._make_seed_designer(self._seed)
 

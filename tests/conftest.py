@@ -54,3 +54,15 @@ def tiny_regressor_factory():
         return OmniPredRegressor.from_scratch("tiny", vocab=base.vocab, seed=seed)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures(...)`): on a shared
+    2-core machine, 2 torch threads under load were 40x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

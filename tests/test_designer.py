@@ -36,15 +36,7 @@ MAX = vz.ObjectiveMetricGoal.MAXIMIZE
 COLD = FinetuneConfig(max_epochs=2, batch_size=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: on a shared 2-core machine, 2 torch threads under load were 40x slower."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

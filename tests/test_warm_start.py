@@ -34,14 +34,7 @@ MIN = vz.ObjectiveMetricGoal.MINIMIZE
 MAX = vz.ObjectiveMetricGoal.MAXIMIZE
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

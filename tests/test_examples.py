@@ -98,3 +98,13 @@ def test_warm_start_demo_refuses_a_base_that_read_the_new_study(tmp_path):
     assert proc.returncode == 2
     assert "was pretrained on HPOBench kc1" in proc.stderr
     assert not (tmp_path / "demo" / "history.db").exists()
+
+
+def test_warm_start_demo_never_deletes_a_history_file_it_did_not_write(tmp_path):
+    from vizier_omnipred.demo_warm_start import ensure_history
+
+    path = tmp_path / "history.db"
+    path.write_text("someone's notes\n")
+    with pytest.raises(ValueError, match="not this demo's history datastore"):
+        ensure_history(path, ["car"], 3, seed=0)
+    assert path.read_text() == "someone's notes\n"

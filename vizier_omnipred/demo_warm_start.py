@@ -21,13 +21,14 @@
 4. **Baselines** on the same study and budget: Vizier's GP bandit and random search,
    driven as designers.
 5. A table (best val_acc, regret against the table's best, share of the 30,000 table
-   configurations at least as good, trials, seconds per suggest, warm-start build
-   seconds), `<out>/results.json`, `<out>/convergence.png` and a one-line verdict that
+   configurations at least as good, the trial that found it, the median trial's value,
+   seconds per suggest, warm-start build seconds), `<out>/results.json`, `<out>/convergence.png` and a one-line verdict that
    says whichever wins.
 
 Cost on a 2-core CPU: the history a few seconds (first run), the warm start
-`steps x batch` examples at about 200 examples/s per thread (200 x 64: about a minute on
-two quiet threads; once), then a few seconds per OmniPred and GP-bandit suggestion.
+`steps x batch` examples at about 200 examples/s per thread (200 x 64: under a minute on
+two quiet threads; once), then a few seconds per OmniPred and GP-bandit suggestion. Beside
+two benchmark processes the first run took 12 minutes (docs/BENCHMARKS.md, "Main job").
 """
 
 from __future__ import annotations
@@ -118,9 +119,14 @@ def ensure_history(path: Path, datasets: Sequence[str], trials_per_study: int, s
         found = _stored_studies(path)
         if found == wanted:
             return HistoryDatastore(path, datasets, trials_per_study, built=False, seconds=0.0)
-        what = "is not a readable Vizier datastore" if found is None else (
-            f"holds {len(found)} studies ({', '.join(sorted(n.rsplit('/', 1)[-1] for n in found)) or 'none'})")
-        print(f"history: {path} {what}, not the {len(wanted)} wanted; rebuilding it", flush=True)
+        mine = f"owners/{HISTORY_OWNER}/"
+        if found is None or any(not name.startswith(mine) for name in found):
+            # Not a history this demo wrote: never delete a user's file.
+            raise ValueError(f"{path} exists and is not this demo's history datastore (" + (
+                "not a readable Vizier datastore" if found is None else "it holds other owners' studies")
+                + "); move it away or choose another --out")
+        held = ", ".join(sorted(name.rsplit("/", 1)[-1] for name in found)) or "no completed study"
+        print(f"history: {path} holds {held}, not the {len(wanted)} wanted studies; rebuilding it", flush=True)
         path.unlink()
         Path(f"{path}-journal").unlink(missing_ok=True)
     print(f"history: writing {len(datasets)} past studies of {trials_per_study} trials to {path} "
@@ -302,14 +308,20 @@ def verdict(results: Sequence[RunResult], table_best: float, trials: int) -> str
             "(one study, one seed: the A/B suites rank designers)")
 
 
+def _median(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.median(finite)) if finite else math.nan
+
+
 def _table_rows(results: Sequence[RunResult], table_values: np.ndarray, warm_seconds: float) -> list[tuple[str, ...]]:
     table_best = float(np.max(table_values))
-    rows = [("method", f"best {HPOBENCH_METRIC}", "regret", "top % of table", "best at", "trials",
-             "s/suggest", "warm-start s", "total s")]
+    rows = [("method", f"best {HPOBENCH_METRIC}", "regret", "top % of table", "best at", "median trial",
+             "trials", "s/suggest", "warm-start s", "total s")]
     for r in results:
         top = 100.0 * float(np.mean(table_values >= r.best))
         rows.append((r.name, f"{r.best:.4f}", f"{table_best - r.best:.4f}", f"{top:.2f}",
-                     str(r.trial_of_best or "-"), str(len(r.values)), f"{r.seconds_per_suggest:.2f}",
+                     str(r.trial_of_best or "-"), f"{_median(r.values):.4f}", str(len(r.values)),
+                     f"{r.seconds_per_suggest:.2f}",
                      f"{warm_seconds:.0f}" if r.name == "OmniPred warm-started" else "-", f"{r.seconds:.0f}"))
     return rows
 
@@ -382,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
         "base_checkpoint": {"path": str(base), "has_pretrain_config": checked.has_pretrain_config,
                             "hpobench_datasets_read": list(checked.datasets_read), "notes": list(checked.notes)},
         "warm_start": warm_info,
-        "results": [{**r.summary(), "regret": table_best - r.best,
+        "results": [{**r.summary(), "regret": table_best - r.best, "median": _median(r.values),
                      "top_share_of_table": float(np.mean(table_values >= r.best))} for r in results],
         "verdict": line,
         "wall_seconds": time.perf_counter() - wall,

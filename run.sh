@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The two entry points of this project (see README.md):
-#   ./run.sh           the main job: a Vizier study driven by the OmniPred designer
+#   ./run.sh           the main job: OmniPred warm-started from past studies vs the GP bandit (demo)
 #   ./run.sh test      the test suite (what CI runs)
 #   ./run.sh <args>    any other `vizier-omnipred` subcommand, e.g. `./run.sh pretrain --help`
 # Each call creates .venv on first use (or when setup.cfg/constraints.txt change) and

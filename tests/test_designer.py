@@ -198,6 +198,16 @@ def test_a_new_study_starts_at_the_center_like_vizier_gp_bandit(make):
         elif pc.type != vz.ParameterType.DISCRETE:
             lo, hi = pc.bounds
             assert lo < center[pc.name] < hi or lo == hi
+    # log-scaled grids (DISCRETE, INTEGER; HPOBench's): the feasible value Vizier's GP bandit picks
+    grid = vz.ProblemStatement()
+    grid.search_space.root.add_discrete_param("lr", [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], scale_type=vz.ScaleType.LOG)
+    grid.search_space.root.add_discrete_param("batch", [4, 6, 10, 16, 25, 40, 64, 101, 161, 256],
+                                              scale_type=vz.ScaleType.LOG)
+    grid.search_space.root.add_int_param("width", 16, 1024, scale_type=vz.ScaleType.LOG)
+    grid.metric_information.append(vz.MetricInformation("objective", goal=vz.ObjectiveMetricGoal.MAXIMIZE))
+    ours = make(grid, num_seed_trials=1).suggest(1)[0].parameters.as_dict()
+    assert ours == gp_bandit.VizierGPBandit(grid).suggest(1)[0].parameters.as_dict() == {
+        "lr": 1e-3, "batch": 25, "width": 128}
     # a study that already has trials does not go back to the center
     resumed = make(problem, num_seed_trials=3)
     trials = [vz.Trial(parameters=first.parameters, id=1).complete(vz.Measurement({"objective": 1.0}))]

@@ -1,19 +1,23 @@
-"""`vizier-omnipred demo`: the project's main job, end to end on a real benchmark.
+"""`vizier-omnipred demo`: the project's main job, end to end on real benchmarks.
 
-1. An in-process Vizier server on a SQLite file (`<out>/demo.db`) whose policy factory
-   knows `OMNIPRED`; a study with `algorithm='OMNIPRED'` on a shifted, rotated BBOB function
-   (default 4-D Rastrigin), driven through `vizier.service.clients.Study` exactly as a user
-   would: suggest -> evaluate -> complete, `--trials` times.
-2. The same budget for Vizier's GP bandit (`VizierGPBandit`) on the same function, driven
-   directly as a designer: the reference an OmniPred designer has to be compared with.
-   Its trial count is padded to multiples of 10 (Vizier's `PaddingSchedule`), which keeps
-   JAX from recompiling the GP at every trial: same model, a few times faster on a CPU.
-3. A table (best value, trials, seconds per suggest), `<out>/results.json` and
-   `<out>/convergence.png` (best-so-far curves of both).
+Two stories (`--story`):
 
-The OmniPred run's seconds per suggest include the service round trip (gRPC + SQLite,
-milliseconds); the GP's do not. Both runs see the same function and the same budget.
-Each run's study gets a fresh id, so the SQLite file keeps the history of every demo run.
+* `warm-start` (the default; `demo_warm_start.py`): what a user with a history of past
+  studies gains. A Vizier SQLite datastore of past HPOBench studies (built on first run),
+  a new related study run with `algorithm='OMNIPRED'` warm-started from that history, and
+  the same study with Vizier's GP bandit and with random search.
+* `bbob`: an `OMNIPRED` study on a shifted, rotated BBOB function (default 4-D Rastrigin)
+  through the in-process Vizier server, against Vizier's GP bandit with the same budget.
+
+Both drive the OmniPred study through `vizier.service.clients.Study` exactly as a user
+would (suggest -> evaluate -> complete) and the baselines directly as designers; both print
+a table and write `<out>/results.json` and `<out>/convergence.png` (best-so-far curves).
+This module holds what they share: the run record, the two loops, the table and the plot.
+
+The GP bandit's trial count is padded to multiples of 10 (Vizier's `PaddingSchedule`),
+which keeps JAX from recompiling the GP at every trial: same model, a few times faster on
+a CPU. The OmniPred run's seconds per suggest include the service round trip (gRPC +
+SQLite, milliseconds); the designers' do not.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import attrs
 import numpy as np
 
 _log = logging.getLogger(__name__)
+
+STORIES = ("warm-start", "bbob")
 
 
 @attrs.define
@@ -38,54 +44,45 @@ class RunResult:
     """One optimizer's run: objective values in trial order and time per suggest."""
 
     name: str
+    goal_is_min: bool = True
     values: list[float] = attrs.field(factory=list)
     suggest_seconds: list[float] = attrs.field(factory=list)
     seconds: float = 0.0
     note: str = ""
 
-    def best_so_far(self, goal_is_min: bool = True) -> np.ndarray:
-        v = np.array([x if math.isfinite(x) else (np.inf if goal_is_min else -np.inf) for x in self.values])
-        return np.minimum.accumulate(v) if goal_is_min else np.maximum.accumulate(v)
+    def best_so_far(self) -> np.ndarray:
+        worst = np.inf if self.goal_is_min else -np.inf
+        v = np.array([x if math.isfinite(x) else worst for x in self.values], dtype=float)
+        return np.minimum.accumulate(v) if self.goal_is_min else np.maximum.accumulate(v)
 
-    def summary(self, goal_is_min: bool = True) -> dict[str, Any]:
-        best = self.best_so_far(goal_is_min)
+    @property
+    def best(self) -> float:
+        curve = self.best_so_far()
+        return float(curve[-1]) if len(curve) else math.nan
+
+    @property
+    def trial_of_best(self) -> int | None:
+        """The first trial (1-based) that reached the run's best value."""
+        curve = self.best_so_far()
+        if not len(curve) or not math.isfinite(curve[-1]):
+            return None
+        return int(np.flatnonzero(curve == curve[-1])[0]) + 1
+
+    @property
+    def seconds_per_suggest(self) -> float:
+        return float(np.mean(self.suggest_seconds)) if self.suggest_seconds else math.nan
+
+    def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "best": float(best[-1]) if len(best) else None,
+            "best": self.best if len(self.values) else None,
+            "trial_of_best": self.trial_of_best,
             "trials": len(self.values),
-            "seconds_per_suggest": float(np.mean(self.suggest_seconds)) if self.suggest_seconds else None,
+            "seconds_per_suggest": self.seconds_per_suggest if self.suggest_seconds else None,
             "seconds": self.seconds,
             "values": self.values,
             "note": self.note,
         }
-
-
-# ----- the benchmark ------------------------------------------------------------------
-
-
-def make_task(seed: int, dim: int, function_name: str):
-    """(problem, experimenter): a shifted BBOB function, MINIMIZE `bbob_eval`.
-
-    Uses the corpus's `random_bbob_task` (shift + rotation seeded, study text naming the
-    function); Vizier's own BBOB + `ShiftingExperimenter` if that module is unavailable.
-    """
-    try:
-        from vizier_omnipred.corpus.bbob import random_bbob_task
-    except ImportError:
-        random_bbob_task = None
-    if random_bbob_task is not None:
-        return random_bbob_task(seed, dim, function_name)
-    import functools
-
-    from vizier._src.benchmarks.experimenters.synthetic import bbob
-    from vizier.benchmarks.experimenters import NumpyExperimenter, ShiftingExperimenter
-
-    rng = np.random.default_rng(seed)
-    problem = bbob.DefaultBBOBProblemStatement(dim)
-    problem.metadata["description"] = f"shifted BBOB {function_name} in {dim}-D"
-    impl = functools.partial(getattr(bbob, function_name), seed=int(rng.integers(1, 2**31 - 1)))
-    experimenter = ShiftingExperimenter(NumpyExperimenter(impl, problem), shift=rng.uniform(-2, 2, size=dim))
-    return experimenter.problem_statement(), experimenter
 
 
 def evaluate(experimenter, parameters, metric: str) -> float:
@@ -98,7 +95,7 @@ def evaluate(experimenter, parameters, metric: str) -> float:
     return float(m.metrics[metric].value) if m is not None and metric in m.metrics else math.nan
 
 
-# ----- the two runs -------------------------------------------------------------------
+# ----- the loops ------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -111,52 +108,94 @@ def _progress(total: int, desc: str):
         yield bar
 
 
-def run_omnipred_service(problem, experimenter, *, trials: int, db_path: Path, factory, study_id: str) -> RunResult:
-    """OMNIPRED through a Vizier server and `clients.Study`, as a user would run it."""
+def _measurement(metric: str, y: float):
+    """(measurement, infeasibility reason) for a value: a non-finite one is infeasible."""
     from vizier import pyvizier as vz
+
+    return (vz.Measurement({metric: y}), None) if math.isfinite(y) else (vz.Measurement(), "no value")
+
+
+def _show(bar, result: RunResult) -> None:
+    bar.set_postfix(best=f"{result.best:.4g}", last=f"{result.values[-1]:.4g}",
+                    s_per_suggest=f"{result.suggest_seconds[-1]:.1f}")
+    bar.update()
+
+
+def run_omnipred_service(config, experimenter, *, trials: int, db_path: Path, factory, study_id: str,
+                         name: str = "OmniPred (service)", first_note: str | None = None) -> RunResult:
+    """A study with `config` (algorithm OMNIPRED) through a Vizier server on `db_path` and
+    `clients.Study`, as a user would run it: suggest -> evaluate -> complete, `trials` times.
+
+    `first_note`: printed before the first suggestion, which then runs before the progress
+    bar (for a first suggestion that does a one-off job with its own output, such as a
+    warm-start build).
+    """
     from vizier.service import clients
-    from vizier.service import pyvizier as svz
 
     from vizier_omnipred import service
 
-    metric = problem.metric_information.item().name
-    result = RunResult("OmniPred (service)")
+    metric = config.metric_information.item()
+    result = RunResult(name, goal_is_min=metric.goal.is_minimize)
     start = time.perf_counter()
+
+    def one_trial(study) -> None:
+        t0 = time.perf_counter()
+        (trial,) = study.suggest(count=1)
+        result.suggest_seconds.append(time.perf_counter() - t0)
+        y = evaluate(experimenter, trial.parameters, metric.name)
+        measurement, infeasible = _measurement(metric.name, y)
+        trial.complete(measurement, infeasible_reason=infeasible)  # the client's keyword (vz.Trial's differs)
+        result.values.append(y)
+
     with service.start_server(db_path, policy_factory=factory) as server:
-        config = svz.StudyConfig.from_problem(problem)
-        config.algorithm = service.ALGORITHM
         study = clients.Study.from_study_config(config, owner="demo", study_id=study_id)
         _log.info("study %s on %s (server %s)", study.resource_name, db_path, server.endpoint)
-        best = math.inf
-        with _progress(trials, "OmniPred") as bar:
-            for _ in range(trials):
-                t0 = time.perf_counter()
-                (trial,) = study.suggest(count=1)
-                result.suggest_seconds.append(time.perf_counter() - t0)
-                y = evaluate(experimenter, trial.parameters, metric)
-                if math.isfinite(y):
-                    trial.complete(vz.Measurement({metric: y}))
-                    best = min(best, y)
-                else:
-                    trial.complete(vz.Measurement(), infeasibility_reason="no value")
-                result.values.append(y)
-                bar.set_postfix(best=f"{best:.4g}", last=f"{y:.4g}", s_per_suggest=f"{result.suggest_seconds[-1]:.1f}")
-                bar.update()
+        done = 0
+        if first_note is not None:
+            print(first_note, flush=True)
+            one_trial(study)
+            done = 1
+            print(f"{name}: first suggestion after {result.suggest_seconds[0]:.0f} s; value {result.values[0]:.4g}",
+                  flush=True)
+        with _progress(trials, name) as bar:
+            bar.update(done)
+            for _ in range(trials - done):
+                one_trial(study)
+                _show(bar, result)
     result.seconds = time.perf_counter() - start
     result.note = f"study {study_id} in {db_path}"
     return result
 
 
+def run_designer(name: str, designer, problem, experimenter, *, trials: int) -> RunResult:
+    """A Vizier designer (no service) on the experimenter: suggest -> evaluate -> update."""
+    from vizier import algorithms as vza
+
+    metric = problem.metric_information.item()
+    result = RunResult(name, goal_is_min=metric.goal.is_minimize)
+    start = time.perf_counter()
+    with _progress(trials, name) as bar:
+        for i in range(trials):
+            t0 = time.perf_counter()
+            (suggestion,) = designer.suggest(1)
+            result.suggest_seconds.append(time.perf_counter() - t0)
+            y = evaluate(experimenter, suggestion.parameters, metric.name)
+            measurement, infeasible = _measurement(metric.name, y)
+            trial = suggestion.to_trial(i + 1)
+            trial.complete(measurement, infeasibility_reason=infeasible)
+            designer.update(vza.CompletedTrials([trial]), vza.ActiveTrials())
+            result.values.append(y)
+            _show(bar, result)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
 def run_gp_bandit(problem, experimenter, *, trials: int, seed: int) -> RunResult:
-    """Vizier's GP bandit as a designer (no service), on the same function and budget."""
+    """Vizier's GP bandit as a designer, on the same function and budget."""
     import jax
 
     jax.config.update("jax_enable_x64", True)  # what Vizier's Pythia service sets
-    from vizier import algorithms as vza
-    from vizier import pyvizier as vz
     from vizier._src.algorithms.designers import gp_bandit
-
-    metric = problem.metric_information.item().name
     from vizier.pyvizier.converters import padding
 
     # Padding the trial count to multiples of 10 is Vizier's own knob against re-JIT-compiling
@@ -164,59 +203,59 @@ def run_gp_bandit(problem, experimenter, *, trials: int, seed: int) -> RunResult
     designer = gp_bandit.VizierGPBandit.from_problem(
         problem, seed=seed, padding_schedule=padding.PaddingSchedule(num_trials=padding.PaddingType.MULTIPLES_OF_10)
     )
-    result = RunResult("Vizier GP bandit")
-    start = time.perf_counter()
-    best = math.inf
-    with _progress(trials, "GP bandit") as bar:
-        for i in range(trials):
-            t0 = time.perf_counter()
-            (suggestion,) = designer.suggest(1)
-            result.suggest_seconds.append(time.perf_counter() - t0)
-            y = evaluate(experimenter, suggestion.parameters, metric)
-            trial = suggestion.to_trial(i + 1)
-            if math.isfinite(y):
-                trial.complete(vz.Measurement({metric: y}))
-            else:
-                trial.complete(vz.Measurement(), infeasibility_reason="no value")
-            designer.update(vza.CompletedTrials([trial]), vza.ActiveTrials())
-            best = min(best, y) if math.isfinite(y) else best
-            result.values.append(y)
-            bar.set_postfix(best=f"{best:.4g}", last=f"{y:.4g}", s_per_suggest=f"{result.suggest_seconds[-1]:.1f}")
-            bar.update()
-    result.seconds = time.perf_counter() - start
-    return result
+    return run_designer("Vizier GP bandit", designer, problem, experimenter, trials=trials)
 
 
-# ----- reporting ----------------------------------------------------------------------
+def run_random_search(problem, experimenter, *, trials: int, seed: int) -> RunResult:
+    """Vizier's random designer: the floor every model-based optimizer has to clear."""
+    from vizier._src.algorithms.designers.random import RandomDesigner
+
+    designer = RandomDesigner.from_problem(problem, seed=seed)
+    return run_designer("random search", designer, problem, experimenter, trials=trials)
 
 
-def format_table(results: list[RunResult]) -> str:
-    rows = [("method", "best value", "trials", "s/suggest", "total s")]
-    for r in results:
-        s = r.summary()
-        rows.append((r.name, f"{s['best']:.4g}", str(s["trials"]),
-                     f"{s['seconds_per_suggest']:.2f}", f"{r.seconds:.0f}"))
+def run_baseline(run: Callable[[], RunResult], name: str) -> RunResult | None:
+    """A baseline's result, or None (logged loudly) when it fails: the other results stay."""
+    try:
+        return run()
+    except Exception:  # noqa: BLE001 - keep what ran; say loudly what is missing
+        _log.exception("the %s baseline failed; it is missing from the results", name)
+        return None
+
+
+# ----- reporting ------------------------------------------------------------------------
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """A text table: first row the header, first column left-aligned, the rest right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def plot_convergence(results: list[RunResult], path: Path, title: str) -> Path:
+def plot_convergence(results: Sequence[RunResult], path: Path, title: str, *, ylabel: str | None = None,
+                     reference: tuple[float, str] | None = None) -> Path:
+    """Best-so-far curves of the runs; `reference`: (value, label) drawn as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
+    goal_is_min = results[0].goal_is_min
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     curves = [r.best_so_far() for r in results]
-    positive = all(np.all(c[np.isfinite(c)] > 0) for c in curves)
     for r, c in zip(results, curves):
         ax.plot(np.arange(1, len(c) + 1), c, drawstyle="steps-post", marker="o", markersize=3, label=r.name)
-    if positive:
+    if reference is not None:
+        ax.axhline(reference[0], color="gray", linestyle="--", linewidth=1, label=reference[1])
+    if goal_is_min and all(np.all(c[np.isfinite(c)] > 0) for c in curves):
         ax.set_yscale("log")
     ax.set_xlabel("trial")
-    ax.set_ylabel("best objective so far (lower is better)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel or f"best objective so far ({'lower' if goal_is_min else 'higher'} is better)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -227,7 +266,33 @@ def plot_convergence(results: list[RunResult], path: Path, title: str) -> Path:
     return path
 
 
-# ----- the command --------------------------------------------------------------------
+def setup_output(out: Path) -> bool:
+    """Logging, quiet transformers bars, the output folder; whether matplotlib is there."""
+    # This package's INFO lines (checkpoint, fits, server) but only Vizier's warnings: its
+    # GP logs whole model reprs at INFO through the root logger.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vizier_omnipred").setLevel(logging.INFO)
+    # transformers' own bars (per checkpoint save/load) would break the trial progress bar.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    out.mkdir(parents=True, exist_ok=True)
+    try:  # checked now, not after minutes of optimisation
+        import matplotlib  # noqa: F401
+    except ImportError:
+        _log.warning("matplotlib is not installed (pip install 'vizier-omnipred[bench]'): no convergence.png")
+        return False
+    return True
+
+
+# ----- the BBOB story -------------------------------------------------------------------
+
+
+def make_task(seed: int, dim: int, function_name: str):
+    """(problem, experimenter): a shifted, rotated BBOB function, MINIMIZE `bbob_eval`."""
+    from vizier_omnipred.corpus.bbob import random_bbob_task
+
+    return random_bbob_task(seed, dim, function_name)
 
 
 def describe_model(factory) -> str:
@@ -259,24 +324,13 @@ def tiny_designer_kwargs(seed: int) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
+def run_bbob(args: argparse.Namespace) -> int:
+    from vizier.service import pyvizier as svz
+
     from vizier_omnipred import service
 
-    # This package's INFO lines (checkpoint, fits, server) but only Vizier's warnings: its
-    # GP logs whole model reprs at INFO through the root logger.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("vizier_omnipred").setLevel(logging.INFO)
-    # transformers' own bars (per checkpoint save/load) would break the trial progress bar.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:  # checked now, not after minutes of optimisation
-        import matplotlib  # noqa: F401
-    except ImportError:
-        matplotlib = None
-        _log.warning("matplotlib is not installed (pip install 'vizier-omnipred[bench]'): no convergence.png")
+    can_plot = setup_output(out)
     problem, experimenter = make_task(args.seed, args.dim, args.function)
     title = f"shifted BBOB {args.function}, {args.dim}-D, seed {args.seed}"
     print(f"task: {title} ({problem.metric_information.item().name}, minimize)")
@@ -293,28 +347,41 @@ def run(args: argparse.Namespace) -> int:
     model = describe_model(factory)
     print(f"OmniPred model: {model}")
     study_id = f"{args.function.lower()}-{args.dim}d-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    results = [
-        run_omnipred_service(problem, experimenter, trials=args.trials, db_path=out / "demo.db",
-                             factory=factory, study_id=study_id)
-    ]
+    config = svz.StudyConfig.from_problem(problem)
+    config.algorithm = service.ALGORITHM
+    results = [run_omnipred_service(config, experimenter, trials=args.trials, db_path=out / "demo.db",
+                                    factory=factory, study_id=study_id)]
     status = 0
     if not args.no_baseline:
-        try:
-            results.append(run_gp_bandit(problem, experimenter, trials=args.trials, seed=args.seed))
-        except Exception:  # keep the OmniPred results; say loudly that the baseline is missing
-            _log.exception("the GP-bandit baseline failed; reporting OmniPred alone")
-            status = 1
+        gp = run_baseline(lambda: run_gp_bandit(problem, experimenter, trials=args.trials, seed=args.seed),
+                          "GP-bandit")
+        status = 1 if gp is None else 0
+        results += [gp] if gp is not None else []
 
+    rows = [("method", "best value", "trials", "s/suggest", "total s")]
+    rows += [(r.name, f"{r.best:.4g}", str(len(r.values)), f"{r.seconds_per_suggest:.2f}", f"{r.seconds:.0f}")
+             for r in results]
     print()
-    print(format_table(results))
-    png = plot_convergence(results, out / "convergence.png", title) if matplotlib is not None else None
-    summary = {"task": title, "model": model, "results": [r.summary() for r in results]}
+    print(format_table(rows))
+    png = plot_convergence(results, out / "convergence.png", title) if can_plot else None
+    summary = {"story": "bbob", "task": title, "model": model, "results": [r.summary() for r in results]}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"\nconvergence plot: {png}\nresults: {out / 'results.json'}\nVizier database: {out / 'demo.db'}")
     return status
 
 
-def _positive_int(text: str) -> int:
+# ----- the command ----------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.story == "bbob":
+        return run_bbob(args)
+    from vizier_omnipred import demo_warm_start
+
+    return demo_warm_start.run(args)
+
+
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
@@ -322,23 +389,38 @@ def _positive_int(text: str) -> int:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    from vizier_omnipred import demo_warm_start
+
     p = subparsers.add_parser(
         "demo",
-        help="OmniPred designer in a Vizier service study vs Vizier's GP bandit on a BBOB function",
+        help="the main job: OmniPred warm-started from past studies vs Vizier's GP bandit on a new study",
         description=(
-            "Runs a Vizier study with algorithm OMNIPRED (in-process Vizier server on a SQLite file, "
-            "driven through vizier.service.clients) on a shifted BBOB function, then Vizier's GP bandit "
-            "with the same budget; prints best value, trials and seconds per suggest for each, and writes "
-            "<out>/convergence.png and <out>/results.json."
+            "Default story (warm-start): builds a Vizier SQLite datastore of past studies on HPOBench MLP "
+            "tables (<out>/history.db, first run only), then runs a new study on another HPOBench dataset "
+            "with algorithm OMNIPRED warm-started from that history (in-process Vizier server, driven "
+            "through vizier.service.clients), the same study with Vizier's GP bandit and with random "
+            "search, and prints best value found, regret against the table's best, seconds per suggest "
+            "and the one-off warm-start cost. --story bbob runs the OMNIPRED designer against the GP "
+            "bandit on a shifted BBOB function instead. Both write <out>/convergence.png and "
+            "<out>/results.json."
         ),
     )
-    p.add_argument("--trials", type=_positive_int, default=30, help="trials per optimizer (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the function's shift/rotation and both optimizers")
+    p.add_argument("--story", choices=STORIES, default="warm-start",
+                   help="warm-start (default): past studies -> warm start -> new study; bbob: a BBOB function")
+    p.add_argument("--trials", type=positive_int, default=30, help="trials per optimizer (default 30)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the task (history draws, BBOB shift/rotation) and every optimizer")
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped one)")
-    p.add_argument("--out", default="runs/demo", help="output folder: demo.db, work/, convergence.png, results.json")
+    p.add_argument("--checkpoint", default=None,
+                   help="the OmniPred model: for warm-start the base checkpoint (default: the packaged "
+                        "hpobench-fold0, which never read kc1); for bbob the model (default: the shipped one)")
+    p.add_argument("--out", default="runs/demo",
+                   help="output folder: history.db, demo.db, work/, convergence.png, results.json")
     p.add_argument("--no-baseline", action="store_true", help="skip the GP-bandit run")
-    p.add_argument("--function", default="Rastrigin", help="Vizier BBOB function name (default Rastrigin)")
-    p.add_argument("--dim", type=int, default=4, help="dimension (default 4)")
-    p.add_argument("--tiny", action="store_true", help="smoke test: tiny untrained model, few samples")
+    p.add_argument("--tiny", action="store_true", help="smoke test: few samples and candidates, a tiny warm start "
+                   "(warm-start story), a tiny untrained model (bbob)")
+    demo_warm_start.add_arguments(p.add_argument_group("warm-start story"))
+    bbob = p.add_argument_group("bbob story")
+    bbob.add_argument("--function", default="Rastrigin", help="Vizier BBOB function name (default Rastrigin)")
+    bbob.add_argument("--dim", type=int, default=4, help="dimension (default 4)")
     p.set_defaults(func=run)

@@ -152,7 +152,9 @@ class Space:
                 point[name] = py_value(pc.feasible_values[0])
                 continue
             lo, hi = (float(b) for b in pc.bounds)
-            mid = math.sqrt(lo * hi) if pc.type == vz.ParameterType.DOUBLE and is_log(pc) else (lo + hi) / 2
+            # Log-scaled parameters of every numeric type (HPOBench's grids are log DISCRETE):
+            # the midpoint of the log scale, the nearest feasible value to it, as Vizier's GP bandit.
+            mid = math.sqrt(lo * hi) if is_log(pc) else (lo + hi) / 2
             if pc.type == vz.ParameterType.DOUBLE:
                 point[name] = float(mid)
             elif pc.type == vz.ParameterType.INTEGER:

@@ -214,7 +214,7 @@ class TimedPolicyFactory(service.OmniPredPolicyFactory):
 def designer_kwargs(seed: int, tiny: bool) -> dict[str, Any]:
     """The OmniPred designer's settings: one seed trial (the space's center, as the GP
     bandit's first), then the transfer recipe on the warm-started model."""
-    from vizier_omnipred.training import FinetuneConfig
+    from vizier_omnipred.training import recipe
 
     kwargs: dict[str, Any] = {
         "seed": seed,
@@ -222,7 +222,7 @@ def designer_kwargs(seed: int, tiny: bool) -> dict[str, Any]:
         # The transfer recipe (training.recipe("transfer")): the level map puts the model's
         # predictions on the study's level, then the decoder-only fine-tune keeps the ranking
         # it brought from pretraining and the history.
-        "finetune_config": FinetuneConfig(train_encoder=False, level_map=True),
+        "finetune_config": recipe("transfer"),
     }
     if tiny:
         kwargs.update(num_samples=16, num_candidates=32)

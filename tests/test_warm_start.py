@@ -247,3 +247,22 @@ def test_cli_builds_then_reports_the_cached_checkpoint(history_db, tiny_checkpoi
     assert cli.main(["warm-start", "--history", str(tmp_path / "nope"), "--metric", "loss:min"]) == 2
     assert "no such history" in capsys.readouterr().err
     assert os.path.isdir(tmp_path / "cache")
+
+
+def test_replay_rehearses_the_tables_the_base_was_pretrained_on(history_db, tiny_checkpoint, tmp_path):
+    import json
+
+    from vizier_omnipred.warm_start import replayed_datasets
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_checkpoint, base)
+    assert replayed_datasets(base) == ()  # no saved pretraining config: nothing to rehearse
+    (base / "pretrain_config.json").write_text(json.dumps({"hpobench_datasets": ["kc1"]}))
+    assert replayed_datasets(base) == ("kc1",)
+    plain = warm_start_checkpoint(history_db, _problem(), checkpoint=base, config=_config(tmp_path), progress=False)
+    rehearsed = warm_start_checkpoint(history_db, _problem(), checkpoint=base, progress=False,
+                                      config=_config(tmp_path, replay_trials=4))
+    assert rehearsed.key != plain.key  # a different training mix is a different cache entry
+    saved = json.loads((rehearsed.path.parent / "pretrain_config.json").read_text())
+    assert saved["hpobench_datasets"] == ["kc1"] and saved["hpobench_trials"] == 4
+    assert json.loads((plain.path.parent / "pretrain_config.json").read_text())["hpobench_datasets"] == []

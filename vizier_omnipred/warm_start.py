@@ -126,6 +126,10 @@ class WarmStartConfig:
     # Synthetic BBOB studies mixed in: keep the base's general prior when the history is
     # small, at the cost of part of each batch.
     synthetic_studies: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    # Rehearsal: configurations of each HPOBench table the base checkpoint was pretrained on
+    # (read from its saved pretraining config) mixed in, so the base does not forget what it
+    # knew while it learns a small history (0: off). See `replayed_datasets`.
+    replay_trials: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     seed: int = 0
     # Not in the cache key: they change where and how fast, not what is trained.
     num_threads: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # 0: torch's default
@@ -147,7 +151,8 @@ class WarmStartConfig:
     def key_fields(self) -> dict[str, Any]:
         return {"steps": self.steps, "batch_size": self.batch_size, "max_trials_per_study": self.max_trials_per_study,
                 "max_studies": self.max_studies, "learning_rate": self.learning_rate,
-                "synthetic_studies": self.synthetic_studies, "seed": self.seed}
+                "synthetic_studies": self.synthetic_studies, "seed": self.seed,
+                **({"replay_trials": self.replay_trials} if self.replay_trials else {})}
 
 
 def estimated_seconds(config: WarmStartConfig, threads: int | None = None) -> float:
@@ -519,8 +524,10 @@ def _build(entry: Path, history: History, base: Path, key_payload: dict[str, Any
         write_corpus(corpus, history.records)
     preset = model_lib.load_checkpoint(base).preset.name
     steps = config.steps
+    replay = replayed_datasets(base) if config.replay_trials else ()
     pretrain_config = pretraining.PretrainConfig(
         out_dir=str(entry / RUN_DIR), corpus=(str(corpus),), synthetic_studies=config.synthetic_studies,
+        hpobench_datasets=replay, hpobench_trials=config.replay_trials or 1,
         init_checkpoint=str(base), preset=preset, steps=steps, batch_size=config.batch_size,
         learning_rate=config.learning_rate, warmup_steps=min(100, max(1, steps // 10)),
         # Every history study trains: a held-out study would be a lost study, and the
@@ -557,6 +564,17 @@ def _build(entry: Path, history: History, base: Path, key_payload: dict[str, Any
     os.replace(tmp, entry / DONE_FILE)
     _say(f"warm-start: built {final} in {done['seconds']:.0f} s", progress)
     return final
+
+
+def replayed_datasets(base: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The HPOBench datasets the base checkpoint's saved pretraining config names (its own run
+    only): what a warm start rehearses. A base without a saved config has nothing to replay."""
+    path = Path(base)
+    for folder in (path, path.parent):
+        saved = folder / "pretrain_config.json"
+        if saved.is_file():
+            return tuple(json.loads(saved.read_text()).get("hpobench_datasets") or ())
+    return ()
 
 
 def _say(message: str, progress: bool) -> None:

@@ -259,7 +259,8 @@ def test_replay_rehearses_the_tables_the_base_was_pretrained_on(history_db, tiny
     assert replayed_datasets(base) == ()  # no saved pretraining config: nothing to rehearse
     (base / "pretrain_config.json").write_text(json.dumps({"hpobench_datasets": ["kc1"]}))
     assert replayed_datasets(base) == ("kc1",)
-    plain = warm_start_checkpoint(history_db, _problem(), checkpoint=base, config=_config(tmp_path), progress=False)
+    plain = warm_start_checkpoint(history_db, _problem(), checkpoint=base, config=_config(tmp_path, replay_trials=0),
+                                  progress=False)
     rehearsed = warm_start_checkpoint(history_db, _problem(), checkpoint=base, progress=False,
                                       config=_config(tmp_path, replay_trials=4))
     assert rehearsed.key != plain.key  # a different training mix is a different cache entry

@@ -40,7 +40,7 @@ def datasets_read_by(checkpoint: str | os.PathLike[str]) -> set[str]:
     any corpus file whose name or studies say `hpobench-<dataset>`.
 
     A checkpoint without a saved config (built elsewhere) reads as having seen nothing;
-    callers that must be sure check `has_pretrain_config` too.
+    callers that must be sure check that the config exists (as the demo does).
     """
     from vizier_omnipred.corpus.format import read_corpus
 

@@ -121,7 +121,9 @@ def test_max_steps_bounds_the_cost_of_a_fit(tiny_regressor_factory, problem_2d):
                                                                max_steps=7))
     assert (capped.steps, capped.epochs) == (7, 2)
     with pytest.raises(ValueError, match="max_steps"):
-        FinetuneConfig(max_steps=0)
+        FinetuneConfig(max_steps=-1)
+    none = reg.fit(problem_2d, trials, config=FinetuneConfig(max_steps=0, batch_size=4, validation_fraction=0.0))
+    assert none.steps == 0  # max_steps=0: no gradient step (the level map alone, when it is on)
 
 
 # ----- bad input --------------------------------------------------------------------------

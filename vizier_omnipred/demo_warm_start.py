@@ -166,7 +166,7 @@ def check_base(path: Path, dataset: str, history: Sequence[str]) -> BaseCheck:
     """The base checkpoint, refused (ValueError naming the fix) when it is missing or its saved
     pretraining config says it read the new study's dataset."""
     from vizier_omnipred.bench.folds import datasets_read_by
-    from vizier_omnipred.pretraining import CONFIG_FILE
+    from vizier_omnipred.pretraining import saved_pretrain_config
 
     if not (path / "omnipred.json").is_file():
         raise ValueError(
@@ -174,7 +174,7 @@ def check_base(path: Path, dataset: str, history: Sequence[str]) -> BaseCheck:
             f"(about 15 minutes on one thread) and pass --checkpoint runs/folds/v2/fold-0/final, or copy that "
             f"folder and its pretrain_config.json to {BASE_CHECKPOINT}"
         )
-    has_config = any((p / CONFIG_FILE).is_file() for p in (path, path.parent))
+    has_config = saved_pretrain_config(path) is not None
     read = datasets_read_by(path)
     if dataset in read:
         unseen = [d for d in HPOBENCH_DATASETS if d not in read and d not in history]

@@ -125,6 +125,17 @@ SHIPPED_RECIPE = dict(preset="small", synthetic_studies=1500, synthetic_seed=0,
                       eval_every=1000, checkpoint_every=250, seed=0)
 
 
+def saved_pretrain_config(checkpoint: str | os.PathLike[str]) -> dict | None:
+    """The pretraining config saved with a checkpoint (`CONFIG_FILE` in its folder, or in the
+    run folder above `final`/`last`), as a dict; None when the checkpoint has none (built
+    elsewhere, or a fine-tuned copy)."""
+    path = Path(checkpoint)
+    for folder in (path, path.parent):
+        if (folder / CONFIG_FILE).is_file():
+            return json.loads((folder / CONFIG_FILE).read_text())
+    return None
+
+
 # ----- data -------------------------------------------------------------------------------
 def iter_studies(config: PretrainConfig):
     """All studies of the run: one from each source in turn (corpus files, then synthetic).

@@ -279,7 +279,7 @@ class OmniPredRegressor(vza.Predictor):
         config = config or FinetuneConfig()
         self.set_problem(problem, metric_name=metric_name)
         names = [self._metric_name] if metric_name is not None else [m.name for m in problem.metric_information]
-        use_level_map = config.resolved(pretrained=self._pretrained, num_train=len(trials)).level_map
+        use_level_map = config.uses_level_map(pretrained=self._pretrained)
         self._level_maps, self._level_key = {}, None  # the fit below starts from the model's own frame
         maps = {name: self._fit_level_map(problem, trials, name) for name in names} if use_level_map else {}
         if len(names) > 1:  # several metrics: one example per (trial, metric)

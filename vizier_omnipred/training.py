@@ -314,12 +314,17 @@ class FinetuneConfig:
             per_epoch = max(1, math.ceil(num_train / self.batch_size))
             steps = min(PRETRAINED_MAX_STEPS, PRETRAINED_EPOCHS * per_epoch) if steps is None else steps
             stopping = True if stopping is None else stopping
-        # The map by default only where the encoder stays as pretrained: the full recipe moves
-        # every weight (it re-learns the level anyway), and on held-out HPOBench datasets the
-        # map followed by it diverged (australian, 30 trials: nMAE 3,001; without the map 0.15).
-        level_map = (pretrained and not encoder) if self.level_map is None else self.level_map
         return attrs.evolve(self, max_steps=steps, train_encoder=encoder, dropout=dropout, early_stopping=stopping,
-                            level_map=level_map)
+                            level_map=self.uses_level_map(pretrained=pretrained))
+
+    def uses_level_map(self, *, pretrained: bool) -> bool:
+        """`level_map`, decided: by default only where the encoder stays as pretrained. The
+        full recipe moves every weight (it re-learns the level anyway), and on held-out
+        HPOBench datasets the map followed by it diverged (australian, 30 trials: nMAE 3,001;
+        without the map 0.15)."""
+        if self.level_map is not None:
+            return self.level_map
+        return pretrained and self.train_encoder is False
 
 
 @attrs.frozen

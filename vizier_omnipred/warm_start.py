@@ -571,12 +571,10 @@ def _build(entry: Path, history: History, base: Path, key_payload: dict[str, Any
 def replayed_datasets(base: str | os.PathLike[str]) -> tuple[str, ...]:
     """The HPOBench datasets the base checkpoint's saved pretraining config names (its own run
     only): what a warm start rehearses. A base without a saved config has nothing to replay."""
-    path = Path(base)
-    for folder in (path, path.parent):
-        saved = folder / "pretrain_config.json"
-        if saved.is_file():
-            return tuple(json.loads(saved.read_text()).get("hpobench_datasets") or ())
-    return ()
+    from vizier_omnipred.pretraining import saved_pretrain_config
+
+    saved = saved_pretrain_config(base)
+    return tuple((saved or {}).get("hpobench_datasets") or ())
 
 
 def _say(message: str, progress: bool) -> None:

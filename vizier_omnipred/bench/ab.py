@@ -290,15 +290,9 @@ def _random_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement) 
 
 
 def _make_gp_bandit(problem: vz.ProblemStatement, *, seed: int, options: DesignerOptions, task: BuiltTask):
-    ensure_jax_x64()
-    from vizier._src.algorithms.designers import gp_bandit
+    from vizier_omnipred.bench.baselines import padded_gp_bandit
 
-    from vizier.pyvizier.converters import padding
-
-    # Trial counts padded to multiples of 10: Vizier's own knob against re-compiling the GP
-    # at every new trial (the same model, 3-4x less time per suggest on a CPU).
-    return gp_bandit.VizierGPBandit.from_problem(
-        problem, seed=seed, padding_schedule=padding.PaddingSchedule(num_trials=padding.PaddingType.MULTIPLES_OF_10))
+    return padded_gp_bandit(problem, seed=seed)
 
 
 def _gp_bandit_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement) -> int | None:

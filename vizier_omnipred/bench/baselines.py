@@ -322,6 +322,18 @@ def ensure_jax_x64() -> None:
     jax.config.update("jax_enable_x64", True)
 
 
+def padded_gp_bandit(problem: vz.ProblemStatement, *, seed: int):
+    """Vizier's `VizierGPBandit` for `problem`, float64 JAX, trial counts padded to multiples of
+    10: Vizier's own knob against re-compiling the GP at every new trial (the same model,
+    3-4x less time per suggest on a CPU). The GP baseline of the A/B and of the main job."""
+    ensure_jax_x64()
+    from vizier._src.algorithms.designers import gp_bandit
+    from vizier.pyvizier.converters import padding
+
+    return gp_bandit.VizierGPBandit.from_problem(
+        problem, seed=seed, padding_schedule=padding.PaddingSchedule(num_trials=padding.PaddingType.MULTIPLES_OF_10))
+
+
 @attrs.define
 class VizierGPModel:
     """Vizier's VizierGPBandit as a regressor, in the metric's own units and sign."""

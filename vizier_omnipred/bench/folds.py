@@ -23,7 +23,7 @@ from pathlib import Path
 import attrs
 
 from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
-from vizier_omnipred.pretraining import PretrainConfig, pretrain
+from vizier_omnipred.pretraining import PretrainConfig, pretrain, saved_pretrain_config
 
 
 def fold_layout(k: int, datasets: tuple[str, ...] = HPOBENCH_DATASETS) -> tuple[tuple[str, ...], ...]:
@@ -45,12 +45,9 @@ def datasets_read_by(checkpoint: str | os.PathLike[str]) -> set[str]:
     from vizier_omnipred.corpus.format import read_corpus
 
     seen: set[str] = set()
-    path = Path(checkpoint)
-    config_file = next((p / "pretrain_config.json" for p in (path, path.parent) if (p / "pretrain_config.json").is_file()),
-                       None)
-    if config_file is None:
+    saved = saved_pretrain_config(checkpoint)
+    if saved is None:
         return seen
-    saved = json.loads(config_file.read_text())
     seen.update(saved.get("hpobench_datasets") or ())
     for corpus in saved.get("corpus") or ():
         if Path(corpus).is_file():

@@ -57,8 +57,25 @@ def test_calibration_from_gaussian_and_samples():
     dist = metrics.PredictiveDistribution.from_samples(samples)
     assert dist.mean[0] == pytest.approx(5.5) and math.isnan(dist.mean[2])
     assert metrics.calibration([5.0, 9.5, 5.0], dist) == pytest.approx(1 / 3)
-    scores = metrics.score_regression([5.0, 9.5, 5.0], dist)
+    scores = metrics.score_regression([5.0, 9.5, 5.0], dist, maximize=False)
     assert scores.missing_fraction == pytest.approx(1 / 3)
+
+
+def test_top_k_regret_reads_the_top_of_the_ranking_in_the_goals_direction():
+    y = np.array([0.0, 1.0, 2.0, 3.0, 4.0])  # median 2
+    # Maximize, best is 4: a model whose favourite is the worst point has regret (4-0)/(4-2).
+    assert metrics.top_k_regret(y, -y, k=1, maximize=True) == pytest.approx(2.0)
+    assert metrics.top_k_regret(y, y, k=1, maximize=True) == 0.0
+    # Minimize: predictions are in y's units, so -y again puts the worst point first; k=2
+    # takes the better of the two favourites.
+    assert metrics.top_k_regret(y, -y, k=1, maximize=False) == pytest.approx(2.0)
+    assert metrics.top_k_regret(y, [9.0, 0.5, 9.0, 9.0, 0.0], k=2, maximize=False) == pytest.approx(0.5)
+    # A point without a prediction is never a pick; nothing predicted or a flat test set: nan.
+    assert metrics.top_k_regret(y, [np.nan, 0, 1, 0, np.nan], k=1, maximize=True) == pytest.approx(1.0)
+    assert math.isnan(metrics.top_k_regret(y, [np.nan] * 5, maximize=True))
+    assert math.isnan(metrics.top_k_regret([1.0, 1.0, 1.0], [0.0, 1.0, 2.0], maximize=True))
+    with pytest.raises(ValueError, match="k must be"):
+        metrics.top_k_regret(y, y, k=0, maximize=True)
 
 
 def test_regret_and_best_so_far():

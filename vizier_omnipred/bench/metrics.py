@@ -66,6 +66,36 @@ def normalized_mae(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float]
     return float(np.mean(np.abs(p[ok] - y[ok])) / span)
 
 
+def top_k_regret(
+    y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray, *, k: int = 5, maximize: bool
+) -> float:
+    """How good the model's favourite test points are: (best test y - best y among the k
+    points predicted best) / (best test y - median test y), in the goal's direction.
+
+    0: the model's top k hold the best test point; 1: its best pick is a typical point.
+    What an acquisition exploits is the top of the ranking, which Spearman over the whole
+    test set weighs like any other part: a model can rank 0.9 and still put mediocre points
+    first. Points without a finite prediction are never picked; nan when no point has one or
+    the test set's best equals its median.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    y = _as_1d(y_true, "y_true")
+    p = _as_1d(y_pred, "y_pred")
+    _check_same_length(y, p)
+    loss, score = to_loss(y, maximize), to_loss(p, maximize)
+    ok_y = np.isfinite(loss)
+    ok = ok_y & np.isfinite(score)
+    if not ok.any():
+        return float("nan")
+    best, typical = float(np.min(loss[ok_y])), float(np.median(loss[ok_y]))
+    if not typical > best:
+        return float("nan")
+    idx = np.flatnonzero(ok)
+    top = idx[np.argsort(score[idx], kind="stable")[:k]]
+    return float((np.min(loss[top]) - best) / (typical - best))
+
+
 def _rank_correlation(fn, y_true, y_pred) -> float:
     y = _as_1d(y_true, "y_true")
     p = _as_1d(y_pred, "y_pred")
@@ -206,6 +236,7 @@ class RegressionScores:
     kendall: float
     calibration: float
     missing_fraction: float  # predictions that were nan (model said infeasible / failed)
+    top5_regret: float  # see `top_k_regret`
 
     def to_dict(self) -> dict[str, float]:
         return attrs.asdict(self)
@@ -215,6 +246,8 @@ def score_regression(
     y_true: Sequence[float] | np.ndarray,
     prediction: PredictiveDistribution,
     coverage: float = DEFAULT_COVERAGE,
+    *,
+    maximize: bool,
 ) -> RegressionScores:
     y = _as_1d(y_true, "y_true")
     if len(prediction) != y.shape[0]:
@@ -225,6 +258,7 @@ def score_regression(
         kendall=kendall(y, prediction.mean),
         calibration=calibration(y, prediction, coverage),
         missing_fraction=float(np.mean(~np.isfinite(prediction.mean))),
+        top5_regret=top_k_regret(y, prediction.mean, k=5, maximize=maximize),
     )
 
 

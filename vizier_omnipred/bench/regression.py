@@ -365,7 +365,8 @@ def run_cell(task: RegressionTask, train_size: int, model_name: str, config: Reg
         t1 = time.perf_counter()
         pred = model.predict([vz.TrialSuggestion(parameters=t.parameters) for t in task.test])
         t2 = time.perf_counter()
-        scores = metrics.score_regression(task.y_test, pred)
+        maximize = task.problem.metric_information.item().goal.is_maximize
+        scores = metrics.score_regression(task.y_test, pred, maximize=maximize)
     except Exception as e:  # noqa: BLE001 - one failing model must not stop the benchmark
         return cell | {
             "status": "failed",
@@ -415,6 +416,7 @@ def aggregate(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "median_spearman": med("spearman"),
                 "median_kendall": med("kendall"),
                 "median_calibration": med("calibration"),
+                "median_top5_regret": med("top5_regret"),
                 "median_fit_seconds": med("fit_seconds"),
                 "median_seconds": med("seconds"),
             }
@@ -425,15 +427,18 @@ def aggregate(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]]) -> str:
     lines = [
         "Medians over tasks x repeats. nMAE = MAE / test y range (lower is better); calibration = "
-        "share of test points inside the central 80% predicted interval (ideal 0.80).",
+        "share of test points inside the central 80% predicted interval (ideal 0.80); top-5 regret = "
+        "how far the best of the 5 test points predicted best falls short of the best test point, "
+        "over the best-to-median gap (0 = found the best, 1 = a typical point).",
         "",
-        "| suite | train n | model | nMAE | Spearman | Kendall | calib@80 | fit+predict s | ok/failed/skipped |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| suite | train n | model | nMAE | Spearman | Kendall | calib@80 | top-5 regret | fit+predict s | ok/failed/skipped |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['suite']} | {r['train_size']} | {r['model']} | {fmt(r['median_normalized_mae'])} | "
             f"{fmt(r['median_spearman'])} | {fmt(r['median_kendall'])} | {fmt(r['median_calibration'], 2)} | "
+            f"{fmt(r.get('median_top5_regret'))} | "
             f"{fmt(r['median_seconds'], 2)} | {r['ok']}/{r['failed']}/{r['skipped']} |"
         )
     notes: dict[tuple[str, str], list[str]] = {}

@@ -57,6 +57,7 @@ from vizier_omnipred.bench.common import (
     fmt,
     pyplot,
     read_json,
+    set_torch_threads,
     stable_seed,
     write_json_atomic,
 )
@@ -656,10 +657,7 @@ def run_job(job: ABJob, spec: DesignerSpec) -> dict[str, Any]:
     from vizier import algorithms as vza
 
     ensure_jax_x64()  # before any Vizier GP code, also in spawned workers
-    if job.threads:
-        import torch
-
-        torch.set_num_threads(job.threads)
+    set_torch_threads(job.threads)
     start = time.time()
     record: dict[str, Any] = {
         "job_key": job.key,

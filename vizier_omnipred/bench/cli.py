@@ -185,13 +185,11 @@ def _layouts(text: str) -> tuple[tuple[int, int], ...]:
 def _cmd_service_load(args: argparse.Namespace) -> int:
     import tempfile
 
-    import torch
-
     from vizier_omnipred import service
     from vizier_omnipred.bench import service_load as sl
-    from vizier_omnipred.bench.common import jsonable, write_json_atomic
+    from vizier_omnipred.bench.common import jsonable, set_torch_threads, write_json_atomic
 
-    torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     regressor = None
     designer_kwargs = None
     if args.tiny:
@@ -266,14 +264,12 @@ def _cmd_token_loss(args: argparse.Namespace) -> int:
     import json
 
     from vizier_omnipred.bench import token_loss
+    from vizier_omnipred.bench.common import set_torch_threads
     from vizier_omnipred.corpus.format import read_corpus
     from vizier_omnipred.corpus.hpobench import hpobench_studies
     from vizier_omnipred.model import CheckpointError, load_checkpoint
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     if not args.corpus and not args.hpobench:
         print("bench token-loss: give --corpus files and/or --hpobench datasets", file=sys.stderr)
         return 2

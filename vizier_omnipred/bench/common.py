@@ -93,6 +93,18 @@ def environment_info() -> dict[str, Any]:
     return info
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """torch's intra-op threads for this process (None or 0: leave torch's default).
+
+    Benchmarks pin this so that runs beside each other on a shared machine take one core
+    each, and so that a figure says how many threads it was measured with. torch is
+    imported here, not at module level: the bench's front end runs without it."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend (benchmarks run headless and in workers)."""
     import matplotlib

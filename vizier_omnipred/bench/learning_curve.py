@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from vizier_omnipred.bench.common import jsonable, write_json_atomic
+from vizier_omnipred.bench.common import jsonable, set_torch_threads, write_json_atomic
 from vizier_omnipred.text import NUMBER_FEATURES
 
 
@@ -206,9 +206,7 @@ def format_table(config: CurveConfig, points: Sequence[CurvePoint], rf: dict, x_
 
 
 def run_learning_curve(config: CurveConfig, log=print) -> str:
-    import torch
-
-    torch.set_num_threads(config.threads)
+    set_torch_threads(config.threads)
     problem, train, test = _split(config)
     points: list[CurvePoint] = []
     for preset in config.presets:

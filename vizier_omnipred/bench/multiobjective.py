@@ -40,7 +40,15 @@ import numpy as np
 from vizier import algorithms as vza
 from vizier import pyvizier as vz
 
-from vizier_omnipred.bench.common import environment_info, fmt, pyplot, read_json, stable_seed, write_json_atomic
+from vizier_omnipred.bench.common import (
+    environment_info,
+    fmt,
+    pyplot,
+    read_json,
+    set_torch_threads,
+    stable_seed,
+    write_json_atomic,
+)
 from vizier_omnipred.multimetric import hypervolume_2d, is_safe, pareto_mask, to_maximise
 
 SUITES: tuple[str, ...] = ("multiobjective", "safety")
@@ -224,10 +232,7 @@ class Job:
 
 def run_job(job: Job) -> dict[str, Any]:
     """One designer on one (task, repeat): `budget` rounds of suggest(1), evaluate, update."""
-    if job.options.threads:
-        import torch
-
-        torch.set_num_threads(job.options.threads)
+    set_torch_threads(job.options.threads)
     built = job.task.build(job.task_seed)
     record: dict[str, Any] = {"job_key": job.key, "suite": job.suite, "task": job.task.task_id,
                               "designer": job.designer, "repeat": job.repeat, "budget": job.budget}

@@ -60,6 +60,7 @@ from vizier_omnipred.bench.common import (
     environment_info,
     fmt,
     pyplot,
+    set_torch_threads,
     stable_seed,
     write_json_atomic,
 )
@@ -534,19 +535,12 @@ def _failed_cell(task: RegressionTask, n: int, model: str, exc: BaseException) -
             "status": "failed", "error": f"worker died: {type(exc).__name__}: {exc}"}
 
 
-def _set_torch_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 _WORKER_TASKS: dict[RegressionConfig, list[RegressionTask]] = {}
 
 
 def _worker_task_cells(config: RegressionConfig, index: int) -> list[dict[str, Any]]:
     """Worker process: task `index` of the configured tasks (built once per process)."""
-    if config.threads:
-        _set_torch_threads(config.threads)
+    set_torch_threads(config.threads)
     if config not in _WORKER_TASKS:
         _WORKER_TASKS[config] = configured_tasks(config)
     return task_cells_of(_WORKER_TASKS[config][index], config, log=lambda _msg: None)
@@ -617,8 +611,7 @@ def run_regression(
                     task_log(i)(_cell_line(tasks[i], cell))
                 finished(i, task_cells)
     else:
-        if config.threads:
-            _set_torch_threads(config.threads)
+        set_torch_threads(config.threads)
         for i, task in enumerate(tasks):
             finished(i, task_cells_of(task, config, log=task_log(i)))
     save()

@@ -24,7 +24,7 @@ import attrs
 import numpy as np
 from vizier import pyvizier as vz
 
-from vizier_omnipred.bench.common import jsonable, write_json_atomic
+from vizier_omnipred.bench.common import jsonable, set_torch_threads, write_json_atomic
 
 DEFAULT_TASKS = ("smooth3", "bbob-Sphere-4", "bbob-Rastrigin-2", "hpobench-kc1")
 
@@ -176,11 +176,9 @@ def rf_score(task: ScratchTask, seed: int) -> dict:
 
 
 def run_scratch_fit(config: ScratchFitConfig, log=print) -> str:
-    import torch
-
     from vizier_omnipred.training import FinetuneConfig
 
-    torch.set_num_threads(config.threads)
+    set_torch_threads(config.threads)
     rows: list[dict] = []
     for name in config.tasks:
         for seed in config.seeds:

@@ -46,7 +46,7 @@ import numpy as np
 
 from vizier_omnipred.bench.ab import DESIGNERS, BuiltTask, DesignerOptions
 from vizier_omnipred.bench.baselines import ensure_jax_x64
-from vizier_omnipred.bench.common import environment_info, fmt, stable_seed, write_json_atomic
+from vizier_omnipred.bench.common import environment_info, fmt, set_torch_threads, stable_seed, write_json_atomic
 
 
 @attrs.frozen
@@ -383,10 +383,7 @@ def run_speed(
             f"trial counts {tuple(counts)} must be at least suggests_per_count={config.suggests_per_count} apart: "
             "each count is timed at n, n+1, ..., n+suggests_per_count-1 trials"
         )
-    if config.threads:
-        import torch
-
-        torch.set_num_threads(config.threads)
+    set_torch_threads(config.threads)
     task = _bbob_task(config)
     n_trials = max(max(counts) + config.suggests_per_count - 1, config.finetune_trials, config.sample_candidates)
     trials = _random_trials(task, n_trials, stable_seed("speed-trials", config.seed))

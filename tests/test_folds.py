@@ -13,6 +13,7 @@ from vizier_omnipred.bench.folds import (
     datasets_read_by,
     fold_layout,
 )
+from vizier_omnipred.bench.regression import hpobench_prior_datasets
 from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
 
 
@@ -39,7 +40,13 @@ def test_each_fold_checkpoint_never_read_the_datasets_it_is_evaluated_on(tmp_pat
         for dataset in fold["held_out"]:  # the per-dataset link leads to the checkpoint that never saw it
             link = tmp_path / "folds" / "by-dataset" / dataset
             assert link.resolve() == final.resolve()
-            assert dataset not in datasets_read_by(link)
+            assert datasets_read_by(link) == read  # the link is followed to the fold's run folder
+            # The regression bench's transfer baseline reads the same history as the model.
+            pattern = str(tmp_path / "folds" / "by-dataset" / "{dataset}")
+            assert set(hpobench_prior_datasets(dataset, pattern)) == set(fold["trained_on"])
+            others = set(HPOBENCH_DATASETS) - {dataset}
+            assert set(hpobench_prior_datasets(dataset, None)) == others  # no checkpoint: the other seven
+            assert set(hpobench_prior_datasets(dataset, str(tmp_path / "missing-{dataset}"))) == others
 
     capsys.readouterr()
     build_fold_checkpoints(config, progress=False)  # finished folds are skipped, not retrained

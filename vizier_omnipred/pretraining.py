@@ -128,9 +128,11 @@ SHIPPED_RECIPE = dict(preset="small", synthetic_studies=1500, synthetic_seed=0,
 def saved_pretrain_config(checkpoint: str | os.PathLike[str]) -> dict | None:
     """The pretraining config saved with a checkpoint (`CONFIG_FILE` in its folder, or in the
     run folder above `final`/`last`), as a dict; None when the checkpoint has none (built
-    elsewhere, or a fine-tuned copy)."""
+    elsewhere, or a fine-tuned copy). A link to a checkpoint (`bench fold-pretrain`'s
+    `by-dataset/<dataset>`) is followed: the run folder is above its target, not above it."""
     path = Path(checkpoint)
-    for folder in (path, path.parent):
+    target = path.resolve()
+    for folder in dict.fromkeys((path, path.parent, target, target.parent)):
         if (folder / CONFIG_FILE).is_file():
             return json.loads((folder / CONFIG_FILE).read_text())
     return None

@@ -9,9 +9,11 @@ Suites:
 - `bbob`: `corpus.bbob.random_bbob_task` (shifted, rotated BBOB functions) in several
   dimensions; inputs drawn uniformly by Vizier's RandomDesigner. Task seeds start at
   `common.BENCH_SEED_OFFSET`, away from the seeds pretraining corpora use.
-- `hpobench`: each dataset's full result table (corpus.hpobench), leave-one-out: the
-  `transfer` baseline averages the *other* datasets' tables, and a pretrained OmniPred
-  model must not have seen the test dataset either. Such a checkpoint exists per held-out
+- `hpobench`: each dataset's full result table (corpus.hpobench), held out: the
+  `transfer` baseline averages *other* datasets' tables (those the dataset's checkpoint
+  was pretrained on, so that model and baseline read the same history; all seven others
+  without a checkpoint; `hpobench_prior_datasets`), and a pretrained OmniPred model must
+  not have seen the test dataset either. Such a checkpoint exists per held-out
   dataset, so it is given as a pattern, `--hpobench-checkpoint-pattern
   'ckpts/loo-{dataset}'`; without one the pretrained/finetuned OmniPred cells of this
   suite are *skipped* (recorded with the reason), never run with a checkpoint that may
@@ -24,8 +26,8 @@ bandit as a predictor), `transfer` (HPOBench only; REFERENCE.md section 4),
 `omnipred-finetuned` (pretrained + fit), `omnipred-warmstart` (HPOBench only: the
 `--pretrained-checkpoint`, which must never have seen HPOBench - the shipped one is trained on
 synthetic BBOB studies only - fine-tuned on the n trials together with
-`--prior-trials` random trials of each of the *other* seven datasets as prior studies, so the
-leave-one-out holds by construction). A model that fails on a cell is recorded as
+`--prior-trials` random trials of each related dataset, the same ones as `transfer`'s, as
+prior studies, so the held-out rule holds by construction). A model that fails on a cell is recorded as
 failed with its error; the other cells go on.
 
 Outputs in `out_dir`: results.json (every cell, with predictions), table.md (medians per
@@ -170,6 +172,7 @@ class RegressionTask:
     dataset: str | None = None
     prior_table: MeanTable | None = None  # related studies' mean table, for `transfer`
     prior_studies: tuple[tuple[vz.ProblemStatement, tuple[vz.Trial, ...]], ...] = ()  # for omnipred-warmstart
+    prior_datasets: tuple[str, ...] = ()  # the related datasets behind prior_table and prior_studies
 
     @property
     def y_test(self) -> np.ndarray:
@@ -217,6 +220,26 @@ def bbob_tasks(config: RegressionConfig) -> list[RegressionTask]:
     return tasks
 
 
+def hpobench_prior_datasets(dataset: str, checkpoint_pattern: str | None) -> tuple[str, ...]:
+    """The related HPOBench datasets that the transfer rivals (`transfer`, `omnipred-warmstart`)
+    of `dataset` may read: those its checkpoint (`checkpoint_pattern` with '{dataset}') was
+    pretrained on, read from the checkpoint's saved pretraining config, so that the baseline and
+    the model learn from the same history (2 folds of 4: four datasets, not seven); when no
+    checkpoint is given or it read none of them (or says nothing), every other dataset.
+    `dataset` itself never.
+    """
+    from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
+
+    others = tuple(o for o in HPOBENCH_DATASETS if o != dataset)
+    if checkpoint_pattern:
+        from vizier_omnipred.bench.folds import datasets_read_by
+
+        read = datasets_read_by(checkpoint_pattern.format(dataset=dataset))
+        if read - {dataset}:
+            return tuple(o for o in others if o in read)
+    return others
+
+
 def hpobench_tasks(config: RegressionConfig) -> list[RegressionTask]:
     from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS, hpobench_problem, hpobench_table
 
@@ -225,11 +248,12 @@ def hpobench_tasks(config: RegressionConfig) -> list[RegressionTask]:
     if bad:
         raise RegressionConfigError(f"unknown HPOBench dataset(s) {bad}; valid: {', '.join(HPOBENCH_DATASETS)}")
     tables = {d: hpobench_table(d) for d in HPOBENCH_DATASETS}
-    # Leave-one-out: the transfer baseline for dataset d only sees the other datasets.
+    # The transfer rivals of dataset d never see d, and read what d's checkpoint read.
+    related = {d: hpobench_prior_datasets(d, config.omnipred.hpobench_checkpoint_pattern) for d in datasets}
     key_cache: dict = {}
     loo_tables = {
         d: MeanTable(
-            [(tables[o][0], np.asarray(tables[o][1], dtype=float)) for o in HPOBENCH_DATASETS if o != d],
+            [(tables[o][0], np.asarray(tables[o][1], dtype=float)) for o in related[d]],
             key_cache=key_cache,
         )
         for d in datasets
@@ -247,9 +271,7 @@ def hpobench_tasks(config: RegressionConfig) -> list[RegressionTask]:
             order = rng.permutation(len(params))[: n_pool + config.test_size]
             trials = _completed(problem, [params[i] for i in order], values[order])
             priors = []
-            for o in HPOBENCH_DATASETS:
-                if o == d:
-                    continue  # leave-one-out
+            for o in related[d]:
                 o_params, o_values = tables[o]
                 pick = rng.permutation(len(o_params))[: config.omnipred.prior_trials]
                 o_problem = hpobench_problem(o)
@@ -266,6 +288,7 @@ def hpobench_tasks(config: RegressionConfig) -> list[RegressionTask]:
                     dataset=d,
                     prior_table=loo_tables[d],
                     prior_studies=tuple(priors),
+                    prior_datasets=related[d],
                 )
             )
     return tasks
@@ -453,6 +476,19 @@ def markdown_table(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any
     return "\n".join(lines) + "\n"
 
 
+def _prior_datasets_note(tasks: Sequence[RegressionTask], models: Sequence[str]) -> str:
+    """Which related datasets the transfer rivals read, per held-out dataset (the figure is
+    meaningless without it)."""
+    if not any(m in ("transfer", "omnipred-warmstart") for m in models):
+        return ""
+    read = {t.name: t.prior_datasets for t in tasks if t.prior_datasets}
+    if not read:
+        return ""
+    lines = ["", "Related datasets read by `transfer` / `omnipred-warmstart` (never the test dataset):"]
+    lines += [f"- {name}: {', '.join(datasets)}" for name, datasets in sorted(read.items())]
+    return "\n".join(lines) + "\n"
+
+
 def plot_predictions(cells: Sequence[dict[str, Any]], tasks: Sequence[RegressionTask], out_dir: Path) -> list[Path]:
     """Predicted vs true, one panel per model, one PNG per train size. Both axes are scaled
     by each task's test range (0 = the task's smallest test value) so tasks can share a panel."""
@@ -575,7 +611,8 @@ def run_regression(
                 "config": attrs.asdict(config, value_serializer=lambda _, __, v: str(v) if isinstance(v, Path) else v),
                 "environment": environment_info(),
                 "tasks": [
-                    {"suite": t.suite, "task": t.name, "repeat": t.repeat, "y_test": t.y_test.tolist()} for t in tasks
+                    {"suite": t.suite, "task": t.name, "repeat": t.repeat, "y_test": t.y_test.tolist(),
+                     "prior_datasets": list(t.prior_datasets)} for t in tasks
                 ],
                 "summary": aggregate(cells),
                 "cells": cells,
@@ -616,7 +653,7 @@ def run_regression(
             finished(i, task_cells_of(task, config, log=task_log(i)))
     save()
     rows = aggregate(cells)
-    table = markdown_table(rows, cells)
+    table = markdown_table(rows, cells) + _prior_datasets_note(tasks, config.models)
     (out_dir / "table.md").write_text(table)
     if config.plot:
         plot_predictions(cells, tasks, out_dir)

@@ -111,6 +111,37 @@ def test_safe_probability_follows_vizier_safety_checker():
     assert multimetric.safe_probability(samples, []) is None
 
 
+def test_safety_margin_orders_points_by_how_close_to_safe_they_are():
+    safety = [vz.MetricInformation("mem", goal=MIN, safety_threshold=16.0),
+              vz.MetricInformation("acc", goal=MAX, safety_threshold=0.5)]
+    scales = multimetric.safety_scales([{"mem": 8.0, "acc": 0.4}, {"mem": 24.0, "acc": 0.6}], safety)
+    assert scales == pytest.approx({"mem": 8.0, "acc": 0.1})
+    # mem 20 is 0.5 of its spread over the line; acc 0.45 is 0.5 below: the worst metric counts.
+    assert multimetric.safety_margin({"mem": 20.0, "acc": 0.9}, safety, scales) == pytest.approx(-0.5)
+    assert multimetric.safety_margin({"mem": 8.0, "acc": 0.45}, safety, scales) == pytest.approx(-0.5)
+    assert multimetric.safety_margin({"mem": 8.0, "acc": 0.9}, safety, scales) == pytest.approx(1.0)
+    assert multimetric.safety_margin({"mem": 8.0}, safety, scales) == pytest.approx(1.0)  # unreported: not counted
+    assert multimetric.safety_margin({}, safety, scales) == math.inf
+    # One value, no spread: |threshold| (or 1 for a zero threshold) is the unit.
+    lone = [vz.MetricInformation("risk", goal=MIN, safety_threshold=0.0)]
+    assert multimetric.safety_scales([{"risk": 3.0}], lone) == {"risk": 1.0}
+
+    # Predicted: the median over joint samples; an infeasible sample is -inf.
+    mem = np.array([[20.0, 20.0, 40.0], [18.0, np.nan, np.nan]])
+    acc = np.full((2, 3), 0.9)
+    samples = {"mem": YSamples(values=mem, infeasible=np.isnan(mem)),
+               "acc": YSamples(values=acc, infeasible=np.zeros_like(acc, dtype=bool))}
+    margin = multimetric.predicted_safety_margin(samples, safety, scales)
+    assert margin[0] == pytest.approx(-0.5) and margin[1] == -np.inf
+    assert multimetric.predicted_safety_margin(samples, [], scales) is None
+
+    # Among candidates that are all probably unsafe, closer to safe scores higher, and the
+    # margin never outweighs a step in the safe probability.
+    floor = multimetric.unsafe_floor(np.array([0.0, 0.0, 0.0, 0.001]), np.array([-3.0, -0.1, -np.inf, -50.0]))
+    assert floor[1] > floor[0] > floor[2] and floor[3] > floor[1]
+    assert np.all(floor < multimetric.UNSAFE_FLOOR) and np.all(floor >= 2 * multimetric.UNSAFE_FLOOR)
+
+
 # ------------------------------------------------------------------- regressor
 def test_regressor_fits_every_metric_and_counts_what_is_missing(tiny_regressor_factory, caplog):
     space = vz.SearchSpace()
@@ -272,6 +303,16 @@ def test_with_a_safe_trial_the_trust_region_is_around_safe_trials(make):
     region = designer._trust_region()
     near_safe, near_unsafe = region.beyond([{"x": 1.5, "z": 5.0}, {"x": 9.0, "z": 5.0}])
     assert near_safe == 0.0 and near_unsafe > 0.0
+    # No safe trial yet: the region grows from the quarter of the trials closest to safe.
+    unsafe = make(problem)
+    far = []
+    for i, (x, risk) in enumerate([(1.0, 1.5), (5.0, 4.0), (9.0, 5.0), (8.5, 7.0)]):
+        t = vz.Trial(parameters={"x": x, "z": 5.0}, id=i + 1)
+        t.complete(vz.Measurement(metrics={"y": x, "risk": risk}))
+        far.append(t)
+    unsafe.update(vza.CompletedTrials(far), vza.ActiveTrials())
+    near_least_unsafe, near_worst = unsafe._trust_region().beyond([{"x": 1.5, "z": 5.0}, {"x": 9.0, "z": 5.0}])
+    assert near_least_unsafe == 0.0 and near_worst > 0.0
     # Without a safety metric the unsafe-looking trials are trusted like any other.
     plain = make(metrics_problem(space, vz.MetricInformation("y", goal=MAX)))
     plain.update(vza.CompletedTrials(trials), vza.ActiveTrials())

@@ -107,7 +107,10 @@ from vizier_omnipred.multimetric import (
     greedy_front_picks,
     is_safe,
     pareto_mask,
+    predicted_safety_margin,
     safe_probability,
+    safety_margin,
+    safety_scales,
     to_maximise,
     unsafe_floor,
 )
@@ -388,13 +391,15 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
     - Safety metrics: a candidate's probability of being safe is the fraction of its
       joint samples in which every safety metric is feasible and on the safe side of its
       threshold. Below `SearchConfig.safe_probability` its score drops to
-      `multimetric.unsafe_floor(p)` (below every candidate that passes, ordered by p), so
-      such a point is picked only when no candidate passes, most likely safe first.
+      `multimetric.unsafe_floor(p, margin)` (below every candidate that passes, ordered by
+      p, then by the predicted safety margin), so such a point is picked only when no
+      candidate passes: most likely safe first, then closest to safe.
       Unsafe trials (by Vizier's `SafetyChecker` rule) are trained on twice: their
       safety values, and as infeasible (as Vizier's `UnsafeAsInfeasibleDesigner`
       reports them), so the model learns where the space is unsafe; they are never
       incumbents, front points or search primers; once a trial is known safe, the trust
-      region is around the safe trials only.
+      region is around the safe trials only, and before that around the quarter of the
+      trials that came closest to safe.
     """
 
     def __init__(
@@ -836,6 +841,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             self.last_scalarization = scalarizer
         best = self._best_value()
         threshold = self.search.safe_probability
+        scales = safety_scales([r.metrics for r in self._history.values() if r.metrics], self._safety)
 
         def evaluate(points: Sequence[Mapping[str, Any]], num_samples: int) -> Evaluation:
             samples = self._regressor.sample_metrics(
@@ -864,10 +870,12 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             p_safe = safe_probability(samples, self._safety)
             info: list[dict[str, str]] = [{} for _ in points]
             if p_safe is not None:
+                margin = predicted_safety_margin(samples, self._safety, scales)
                 scores = np.where(np.isnan(scores), -np.inf, scores)
-                scores = np.where((p_safe >= threshold) | ~np.isfinite(scores), scores, unsafe_floor(p_safe))
-                for d, p in zip(info, p_safe):
+                scores = np.where((p_safe >= threshold) | ~np.isfinite(scores), scores, unsafe_floor(p_safe, margin))
+                for d, p, m in zip(info, p_safe, margin):
                     d["safe_probability"] = repr(float(p))
+                    d["predicted_safety_margin"] = repr(float(m))
             if scalarizer is not None:
                 per_metric = {m.name: samples[m.name].quantiles([0.5])[0] for m in self._objectives}
                 for i, d in enumerate(info):
@@ -918,12 +926,20 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         trials only (the safe set grows outward from known-safe points, as in SafeOpt): a
         model that has not yet learned where the space is unsafe then still proposes
         points near ones that were safe, and the safe-probability gate decides among them.
+        While no trial is safe, it is around the quarter of them (at least one) that came
+        closest to safe (`multimetric.safety_margin`): a search for a first safe point
+        grows from the least unsafe ones instead of wandering off with the objective.
         """
         records = [r for r in self._history.values() if self._space.contains(r.params)]
         if self._safety:
-            safe = [r for r in records if not r.infeasible and r.metrics and is_safe(r.metrics, self._safety)]
+            measured = [r for r in records if not r.infeasible and r.metrics]
+            safe = [r for r in measured if is_safe(r.metrics, self._safety)]
             if safe:
                 records = safe
+            elif measured:
+                scales = safety_scales([r.metrics for r in measured], self._safety)
+                measured.sort(key=lambda r: safety_margin(r.metrics, self._safety, scales), reverse=True)
+                records = measured[: max(1, len(measured) // 4)]
         return TrustRegion.around(self._space, [r.params for r in records], enabled=self.search.trust_region)
 
     def _select(self, candidates: list[Candidate], n: int, rng: np.random.Generator) -> list[Candidate]:

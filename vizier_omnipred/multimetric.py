@@ -22,6 +22,9 @@ Safety (Vizier's `SafetyChecker` rule): a value is safe if it is >= the threshol
 MAXIMIZE safety metric, <= for MINIMIZE; a trial that does not report a safety metric is
 safe for it. `safe_probability` is the fraction of joint samples in which *every* safety
 metric is feasible and safe (an infeasible sample of a safety metric counts as unsafe).
+The *safety margin* says how far: each safety metric's distance to the safe side of its
+threshold (positive inside), in units of that metric's observed spread, the smallest over
+the metrics. It orders points that are all (probably) unsafe by how close to safe they are.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ __all__ = [
     "hypervolume_2d",
     "is_safe",
     "pareto_mask",
+    "predicted_safety_margin",
     "safe_probability",
+    "safety_margin",
+    "safety_scales",
     "to_maximise",
     "unsafe_floor",
 ]
@@ -52,9 +58,64 @@ __all__ = [
 UNSAFE_FLOOR = -1e15
 
 
-def unsafe_floor(p_safe: np.ndarray) -> np.ndarray:
-    """Finite scores in [-2e15, -1e15], higher for a higher probability of being safe."""
-    return UNSAFE_FLOOR * (2.0 - np.asarray(p_safe, dtype=float))
+def unsafe_floor(p_safe: np.ndarray, margin: np.ndarray | None = None) -> np.ndarray:
+    """Finite scores in [-2e15, -1e15], higher for a higher probability of being safe and,
+    between equal probabilities (all 0 while the model thinks nothing is safe), for a larger
+    predicted safety margin: closer to safe first. The margin moves a score by less than a
+    step of 1/1000 in probability, so it only breaks ties for up to 1,000 samples."""
+    p = np.asarray(p_safe, dtype=float)
+    if margin is not None:
+        m = np.nan_to_num(np.asarray(margin, dtype=float), nan=-np.inf)
+        p = p + 1e-3 * (0.5 + np.arctan(m) / np.pi)  # in (0, 1e-3); -inf -> 0
+    return UNSAFE_FLOOR * (2.0 - p)
+
+
+def _signed_distance(values: np.ndarray, metric: vz.MetricInformation) -> np.ndarray:
+    """Distance to the safe side of the threshold, positive when safe."""
+    if metric.goal == vz.ObjectiveMetricGoal.MAXIMIZE:
+        return values - metric.safety_threshold
+    return metric.safety_threshold - values
+
+
+def safety_scales(observed: Sequence[Mapping[str, float]], safety: Sequence[vz.MetricInformation]) -> dict[str, float]:
+    """Per safety metric, the spread (std) of its observed finite values: the unit of its
+    margin, so that metrics in different units compare. Fewer than two values or no spread:
+    |threshold|, or 1 for a zero threshold."""
+    scales = {}
+    for m in safety:
+        v = np.array([float(o[m.name]) for o in observed if m.name in o], dtype=float)
+        v = v[np.isfinite(v)]
+        s = float(np.std(v)) if v.size >= 2 else 0.0
+        scales[m.name] = s if s > 0 else (abs(float(m.safety_threshold)) or 1.0)
+    return scales
+
+
+def safety_margin(metrics: Mapping[str, float], safety: Sequence[vz.MetricInformation],
+                  scales: Mapping[str, float]) -> float:
+    """A trial's smallest scaled distance to the safe side over its safety metrics (> 0:
+    strictly safe; a metric it did not report does not count, as in `is_safe`; +inf when
+    it reported none)."""
+    margins = [float(_signed_distance(np.float64(metrics[m.name]), m)) / scales[m.name]
+               for m in safety if m.name in metrics]
+    return min(margins) if margins else float("inf")
+
+
+def predicted_safety_margin(samples: Mapping[str, YSamples], safety: Sequence[vz.MetricInformation],
+                            scales: Mapping[str, float]) -> np.ndarray | None:
+    """(N,) median over joint samples of the smallest scaled margin over the safety metrics
+    (an infeasible sample counts as -inf); None without safety metrics."""
+    if not safety:
+        return None
+    worst = None
+    for m in safety:
+        s = samples[m.name]
+        values = np.asarray(s.values, dtype=float)
+        feasible = ~np.asarray(s.infeasible, dtype=bool) & np.isfinite(values)
+        d = np.where(feasible, _signed_distance(np.where(feasible, values, 0.0), m) / scales[m.name], -np.inf)
+        worst = d if worst is None else np.minimum(worst, d)
+    if worst.shape[1] == 0:
+        return np.full(worst.shape[0], -np.inf)
+    return np.median(worst, axis=1)
 
 
 def to_maximise(values: np.ndarray, goals: Sequence[vz.ObjectiveMetricGoal]) -> np.ndarray:

@@ -100,19 +100,28 @@ def safety_margin(metrics: Mapping[str, float], safety: Sequence[vz.MetricInform
     return min(margins) if margins else float("inf")
 
 
+def _joint_margins(samples: Mapping[str, YSamples], safety: Sequence[vz.MetricInformation],
+                   scales: Mapping[str, float] | None = None) -> np.ndarray:
+    """(N, S) per joint sample, the smallest (scaled) distance to the safe side over the safety
+    metrics; an infeasible sample of any safety metric is -inf. >= 0 exactly when safe."""
+    worst = None
+    for m in safety:
+        s = samples[m.name]
+        values = np.asarray(s.values, dtype=float)
+        feasible = ~np.asarray(s.infeasible, dtype=bool) & np.isfinite(values)
+        d = _signed_distance(np.where(feasible, values, 0.0), m) / (scales[m.name] if scales else 1.0)
+        d = np.where(feasible, d, -np.inf)
+        worst = d if worst is None else np.minimum(worst, d)
+    return worst
+
+
 def predicted_safety_margin(samples: Mapping[str, YSamples], safety: Sequence[vz.MetricInformation],
                             scales: Mapping[str, float]) -> np.ndarray | None:
     """(N,) median over joint samples of the smallest scaled margin over the safety metrics
     (an infeasible sample counts as -inf); None without safety metrics."""
     if not safety:
         return None
-    worst = None
-    for m in safety:
-        s = samples[m.name]
-        values = np.asarray(s.values, dtype=float)
-        feasible = ~np.asarray(s.infeasible, dtype=bool) & np.isfinite(values)
-        d = np.where(feasible, _signed_distance(np.where(feasible, values, 0.0), m) / scales[m.name], -np.inf)
-        worst = d if worst is None else np.minimum(worst, d)
+    worst = _joint_margins(samples, safety, scales)
     if worst.shape[1] == 0:
         return np.full(worst.shape[0], -np.inf)
     return np.median(worst, axis=1)
@@ -142,15 +151,7 @@ def safe_probability(samples: Mapping[str, YSamples], safety: Sequence[vz.Metric
     """(N,) fraction of joint samples safe for every safety metric; None without safety metrics."""
     if not safety:
         return None
-    ok = None
-    for m in safety:
-        s = samples[m.name]
-        values = np.asarray(s.values, dtype=float)
-        feasible = ~np.asarray(s.infeasible, dtype=bool) & np.isfinite(values)
-        v = np.where(feasible, values, 0.0)
-        side = v >= m.safety_threshold if m.goal == vz.ObjectiveMetricGoal.MAXIMIZE else v <= m.safety_threshold
-        good = feasible & side
-        ok = good if ok is None else ok & good
+    ok = _joint_margins(samples, safety) >= 0.0
     return ok.mean(axis=1) if ok.shape[1] else np.zeros(ok.shape[0])
 
 

@@ -40,15 +40,8 @@ import numpy as np
 from vizier import algorithms as vza
 from vizier import pyvizier as vz
 
-from vizier_omnipred.bench.common import (
-    environment_info,
-    fmt,
-    pyplot,
-    read_json,
-    set_torch_threads,
-    stable_seed,
-    write_json_atomic,
-)
+from vizier_omnipred.bench.common import environment_info, fmt, pyplot, read_json, set_torch_threads
+from vizier_omnipred.bench.common import stable_seed, write_json_atomic
 from vizier_omnipred.multimetric import hypervolume_2d, is_safe, pareto_mask, to_maximise
 
 SUITES: tuple[str, ...] = ("multiobjective", "safety")

@@ -126,6 +126,31 @@ def test_priors_designer_only_runs_where_there_are_related_studies(tmp_path):
     assert not list(tmp_path.glob("**/repeat_*.json"))
 
 
+def test_omnipred_is_refused_a_checkpoint_that_read_the_tasks_dataset(tmp_path):
+    from vizier_omnipred.regressor import SHIPPED_CHECKPOINT
+
+    kc1 = ab.HPOBenchTask("kc1").build(seed=0)
+    # The shipped checkpoint was pretrained on all eight tables: an A/B on kc1 would measure memory.
+    with pytest.raises(ab.ABConfigError, match="pretrained on HPOBench kc1"):
+        ab.DESIGNERS["omnipred"].settings(ab.DesignerOptions(), kc1)
+    with pytest.raises(ab.ABConfigError, match="pretrained on HPOBench kc1"):
+        ab.run_ab(ab.ABConfig(suite="hpobench", designers=("omnipred",), budget=3, out_dir=tmp_path,
+                              hpobench_datasets=("kc1",), plot=False), log=lambda m: None)
+    assert not list(tmp_path.glob("**/repeat_*.json"))
+    # The packaged fold-0 checkpoint never read kc1; through a '{dataset}' link, as fold-pretrain
+    # writes them, the check follows the link.
+    fold0 = SHIPPED_CHECKPOINT.parent / "hpobench-fold0"
+    (tmp_path / "by-dataset").mkdir()
+    (tmp_path / "by-dataset" / "kc1").symlink_to(fold0, target_is_directory=True)
+    pattern = str(tmp_path / "by-dataset" / "{dataset}")
+    settings = ab.DESIGNERS["omnipred_no_trust_region"].settings(ab.DesignerOptions(omnipred_checkpoint=pattern), kc1)
+    assert settings == {"checkpoint": str(tmp_path / "by-dataset" / "kc1")}
+    (tmp_path / "by-dataset" / "credit_g").symlink_to(fold0, target_is_directory=True)  # fold 0 read credit_g
+    with pytest.raises(ab.ABConfigError, match="pretrained on HPOBench credit_g"):
+        ab.DESIGNERS["omnipred"].settings(ab.DesignerOptions(omnipred_checkpoint=pattern),
+                                          ab.HPOBenchTask("credit_g").build(seed=0))
+
+
 def test_priors_options_key_only_the_designers_that_read_them():
     base = ab.DesignerOptions(omnipred_checkpoint="runs/folds/v2/by-dataset/{dataset}")
     with_priors = ab.DesignerOptions(omnipred_checkpoint=base.omnipred_checkpoint,

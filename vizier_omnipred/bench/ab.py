@@ -354,6 +354,25 @@ def prior_datasets_for(dataset: str, folds_json: str | None = None) -> tuple[str
     return priors
 
 
+def _omnipred_settings(options: DesignerOptions, task: BuiltTask) -> dict[str, Any]:
+    """The checkpoint OmniPred starts from on `task`. One pretrained on the task's own HPOBench
+    dataset (the shipped one read all eight) is refused: that A/B would measure what the model
+    memorised, not transfer, against a GP that starts from nothing."""
+    checkpoint = options.checkpoint_for(task.dataset)
+    if task.dataset is not None:
+        from vizier_omnipred.bench.folds import datasets_read_by
+        from vizier_omnipred.regressor import SHIPPED_CHECKPOINT
+
+        path = checkpoint or str(SHIPPED_CHECKPOINT)
+        if task.dataset in datasets_read_by(path):
+            raise ABConfigError(
+                f"OmniPred's checkpoint {path} was pretrained on HPOBench {task.dataset}: an A/B on it "
+                "measures memory, not transfer. Pass --omnipred-checkpoint with checkpoints that never "
+                "read the dataset, e.g. 'runs/folds/v2/by-dataset/{dataset}' (bench fold-pretrain)"
+            )
+    return {"checkpoint": checkpoint}
+
+
 def _gp_bandit_priors_settings(options: DesignerOptions, task: BuiltTask) -> dict[str, Any]:
     if task.dataset is None:
         raise ABConfigError(
@@ -440,12 +459,12 @@ DESIGNERS: Mapping[str, DesignerSpec] = {
     for spec in (
         DesignerSpec(
             "omnipred", _make_omnipred, _omnipred_seed_trials, "OmniPredDesigner (this package)", reads_options=True,
-            option_fields=_OMNIPRED_OPTIONS,
+            option_fields=_OMNIPRED_OPTIONS, settings=_omnipred_settings,
         ),
         DesignerSpec(
             "omnipred_no_trust_region", _make_omnipred_no_trust_region, _omnipred_seed_trials,
             "OmniPredDesigner with SearchConfig(trust_region=False) (ablation)", reads_options=True,
-            compare_to=("omnipred",), option_fields=_OMNIPRED_OPTIONS,
+            compare_to=("omnipred",), option_fields=_OMNIPRED_OPTIONS, settings=_omnipred_settings,
         ),
         DesignerSpec("gp_bandit", _make_gp_bandit, _gp_bandit_seed_trials, "Vizier VizierGPBandit"),
         DesignerSpec(

@@ -594,6 +594,12 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             and is_safe(r.metrics, self._safety)
         ]
 
+    def _safety_scales(self) -> dict[str, float]:
+        """Each safety metric's unit of margin: the spread of its values over every trial
+        that reported it (`multimetric.safety_scales`); one unit for the search and the
+        trust region alike."""
+        return safety_scales([r.metrics for r in self._history.values() if r.metrics], self._safety)
+
     def _best_value(self) -> float | None:
         values = [r.value(self._metric.name) for r in self._safe_records()]
         if not values:
@@ -841,7 +847,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             self.last_scalarization = scalarizer
         best = self._best_value()
         threshold = self.search.safe_probability
-        scales = safety_scales([r.metrics for r in self._history.values() if r.metrics], self._safety)
+        scales = self._safety_scales() if self._safety else {}
 
         def evaluate(points: Sequence[Mapping[str, Any]], num_samples: int) -> Evaluation:
             samples = self._regressor.sample_metrics(
@@ -937,7 +943,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             if safe:
                 records = safe
             elif measured:
-                scales = safety_scales([r.metrics for r in measured], self._safety)
+                scales = self._safety_scales()
                 measured.sort(key=lambda r: safety_margin(r.metrics, self._safety, scales), reverse=True)
                 records = measured[: max(1, len(measured) // 4)]
         return TrustRegion.around(self._space, [r.params for r in records], enabled=self.search.trust_region)

@@ -233,3 +233,63 @@ def test_a_corpus_without_one_usable_trial_is_an_error_not_an_endless_loop(tmp_p
             _first_batches(attrs.evolve(config, example_cache_mb=mb), tiny_regressor_factory().vocab, 1)
     with pytest.raises(ValueError, match="example_cache_mb"):
         attrs.evolve(config, example_cache_mb=-1)
+
+
+def _stepper_run(stepper_factory, regressor, problem, trials, steps: int = 3):
+    """Losses and final weights of `steps` AdamW steps through a TrainStepper."""
+    import torch
+
+    from vizier_omnipred.text import TextCodec
+    from vizier_omnipred.training import Batch, make_examples
+
+    examples, _ = make_examples(regressor.vocab, TextCodec(), problem, trials)
+    model = regressor.checkpoint.model
+    model.train()
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    step = stepper_factory(model)
+    # two batch lengths: a dynamic-shape compile must not be specialised to the first one
+    batches = [Batch.collate(examples[i * 6:(i + 1) * 6 + i], regressor.device) for i in range(steps)]
+    losses = [step(b, optimizer, regressor.masks, params, 1.0) for b in batches]
+    return losses, [p.detach().clone() for p in params], step
+
+
+def test_compiled_training_steps_match_eager_ones(tiny_regressor_factory, problem_2d):
+    """The real torch.compile path of `pretrain --compile`: the same losses and weights as eager."""
+    import numpy as np
+    import torch
+
+    from conftest import make_trials
+    from vizier_omnipred.training import TrainStepper
+
+    trials = make_trials([(a, b) for a, b in zip(np.linspace(-2, 2, 30), np.linspace(2, -1, 30))])
+    eager_losses, eager_params, _ = _stepper_run(TrainStepper, tiny_regressor_factory(), problem_2d, trials)
+    losses, params, stepper = _stepper_run(lambda m: TrainStepper(m, compile=True), tiny_regressor_factory(),
+                                           problem_2d, trials)
+    assert stepper.compiled  # no silent fall back to eager on this machine (it has a C++ compiler)
+    np.testing.assert_allclose(losses, eager_losses, rtol=1e-4)
+    for a, b in zip(params, eager_params):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-4)  # Adam magnifies float noise in tiny gradients
+
+
+def test_a_failed_compile_warns_and_trains_eagerly(tiny_regressor_factory, problem_2d, monkeypatch):
+    import numpy as np
+    import torch
+
+    from conftest import make_trials
+    from vizier_omnipred.training import TrainStepper
+
+    class Uncompilable(torch.nn.Module):  # what a missing C++ compiler does: the first call raises
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    trials = make_trials([(a, b) for a, b in zip(np.linspace(-2, 2, 30), np.linspace(2, -1, 30))])
+    eager_losses, eager_params, _ = _stepper_run(TrainStepper, tiny_regressor_factory(), problem_2d, trials)
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: Uncompilable())
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*C\\+\\+ compiler"):
+        losses, params, stepper = _stepper_run(lambda m: TrainStepper(m, compile=True), tiny_regressor_factory(),
+                                               problem_2d, trials)
+    assert not stepper.compiled
+    assert losses == eager_losses  # the failed step was redone, not skipped nor taken twice
+    for a, b in zip(params, eager_params):
+        assert torch.equal(a, b)

@@ -39,7 +39,7 @@ from vizier_omnipred.corpus.format import check_corpus_file, in_validation_split
 from vizier_omnipred.numbers import FloatTokenizer, OutOfRangeWarning
 from vizier_omnipred.sampling import GrammarMasks, sample_y
 from vizier_omnipred.text import TextCodec, TrialTextError
-from vizier_omnipred.training import Batch, Example, evaluate_loss, make_examples, train_step, warmup_cosine
+from vizier_omnipred.training import Batch, Example, TrainStepper, evaluate_loss, make_examples, warmup_cosine
 from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
 
 STATE_FILE = "trainer_state.pt"
@@ -47,7 +47,7 @@ CONFIG_FILE = "pretrain_config.json"
 LOG_FILE = "train_log.jsonl"
 # Fields that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = frozenset({"steps", "device", "eval_every", "checkpoint_every", "num_threads", "out_dir",
-                                "example_cache_mb"})
+                                "example_cache_mb", "compile"})
 
 
 @attrs.frozen
@@ -84,6 +84,9 @@ class PretrainConfig:
     # Memory for this rank's tokenized studies, so that passes after the first skip reading,
     # generating and tokenizing them again (`training_batches`); 0 disables the cache.
     example_cache_mb: float = 2048.0
+    # Train through torch.compile (`training.TrainStepper`: ~1.4x the examples/s of `small`
+    # on a CPU thread, after a one-off compile; falls back to eager if compiling fails).
+    compile: bool = False
     seed: int = 0
 
     def __attrs_post_init__(self):
@@ -470,6 +473,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
 
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    step_on = TrainStepper(trained, compile=config.compile)
     masks = GrammarMasks.build(vocab, device)
     preset = model_lib.get_preset(config.preset)
     # No validation split (validation_fraction 0): no pass over every source to look for one.
@@ -506,7 +510,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
     try:
         while step < config.steps:
             batch = next(batches)
-            loss = train_step(trained, batch, optimizer, masks, params, config.grad_clip)
+            loss = step_on(batch, optimizer, masks, params, config.grad_clip)
             scheduler.step()
             step += 1
             window_examples += batch.labels.shape[0] * world_size
@@ -579,6 +583,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--example-cache-mb", type=float, default=None,
                    help="memory for tokenized studies replayed after the first pass (default 2048; 0: off)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile: ~1.4x faster on a CPU after a one-off compile (needs a C++ "
+                        "compiler; falls back to eager with a warning)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_cli)
 
@@ -602,7 +609,7 @@ def config_from_args(args) -> PretrainConfig:
 
         init = str(SHIPPED_CHECKPOINT)
     return PretrainConfig(out_dir=args.out, corpus=tuple(args.corpus), device=args.device,
-                          num_threads=args.num_threads, init_checkpoint=init, **values)
+                          num_threads=args.num_threads, init_checkpoint=init, compile=args.compile, **values)
 
 
 def _run_cli(args) -> int:

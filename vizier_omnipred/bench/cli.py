@@ -158,6 +158,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         threads=args.threads,
         tracemalloc=args.tracemalloc,
         train_steps=args.train_steps,
+        compile_training=not args.no_compile,
         out_dir=args.out,
         seed=args.seed,
     )
@@ -245,6 +246,7 @@ def _cmd_fold_pretrain(args: argparse.Namespace) -> int:
             learning_rate=args.learning_rate,
             device=args.device,
             num_threads=args.threads or 0,
+            compile=args.compile,
             seed=args.seed,
         )
         if args.fold is not None and not 0 <= args.fold < args.folds:
@@ -459,6 +461,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--tracemalloc", action="store_true", help="also record Python-heap peaks (slows timings)")
     s.add_argument("--train-steps", type=int, default=30,
                    help="training steps timed per side (this version vs before numbers as numbers); 0 skips")
+    s.add_argument("--no-compile", action="store_true", help="skip the torch.compile side of the training throughput")
     s.add_argument("--out", type=Path, default=Path("runs/bench/speed"))
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_speed)
@@ -574,6 +577,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     fo.add_argument("--learning-rate", type=float, default=None)
     fo.add_argument("--device", default="cpu")
     fo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    fo.add_argument("--compile", action="store_true", help="train through torch.compile (see `pretrain --compile`)")
     fo.add_argument("--seed", type=int, default=0)
     fo.add_argument("--no-progress", action="store_true")
     fo.set_defaults(func=_cmd_fold_pretrain)

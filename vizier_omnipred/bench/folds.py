@@ -79,6 +79,7 @@ class FoldPretrainConfig:
     warmup_steps: int = 200
     device: str = "cpu"
     num_threads: int = 0
+    compile: bool = False  # PretrainConfig.compile
     seed: int = 0
 
     def __attrs_post_init__(self):
@@ -116,6 +117,7 @@ class FoldPretrainConfig:
             checkpoint_every=max(1, self.steps // 8),
             device=self.device,
             num_threads=self.num_threads,
+            compile=self.compile,
             seed=self.seed,
         )
 

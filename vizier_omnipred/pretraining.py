@@ -2,7 +2,7 @@
 
 The loop reads like one sitting: studies stream from corpus files and/or the synthetic
 BBOB generator, become (text, y tokens) examples, and pass through a shuffle buffer so
-that batches mix studies (a batch from one study teaches little about reading its text).
+that batches mix studies (`pretraining_data.py`).
 AdamW with linear warm-up and cosine decay; every `eval_every` steps it reports the
 validation loss and the normalized MAE on validation studies; every `checkpoint_every`
 steps it writes `OUT/last` (model, tokenizers, optimizer and schedule state) atomically,
@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import json
 import math
 import os
-import random
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +32,12 @@ import numpy as np
 import torch
 
 from vizier_omnipred import model as model_lib
-from vizier_omnipred.corpus.format import check_corpus_file, in_validation_split
-from vizier_omnipred.numbers import FloatTokenizer, OutOfRangeWarning
+from vizier_omnipred.corpus.format import check_corpus_file
+from vizier_omnipred.numbers import OutOfRangeWarning
+from vizier_omnipred.pretraining_data import build_vocab, study_examples, training_batches, validation_studies
 from vizier_omnipred.sampling import GrammarMasks, sample_y
 from vizier_omnipred.text import TextCodec, TrialTextError
-from vizier_omnipred.training import Batch, Example, TrainStepper, evaluate_loss, make_examples, warmup_cosine
-from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
+from vizier_omnipred.training import TrainStepper, evaluate_loss, warmup_cosine
 
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "pretrain_config.json"
@@ -142,164 +139,6 @@ def saved_pretrain_config(checkpoint: str | os.PathLike[str]) -> dict | None:
 
 
 # ----- data -------------------------------------------------------------------------------
-def iter_studies(config: PretrainConfig):
-    """All studies of the run: one from each source in turn (corpus files, then synthetic).
-
-    Interleaving the sources, rather than reading them one after another, lets the shuffle
-    buffer mix them from the first step, so a run shorter than an epoch still sees all.
-    """
-    from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
-    from vizier_omnipred.corpus.format import read_corpus
-
-    sources = [iter(read_corpus(path)) for path in config.corpus]
-    if config.hpobench_datasets:
-        from vizier_omnipred.corpus.hpobench import hpobench_studies
-
-        sources.append(hpobench_studies(config.hpobench_datasets, seed=config.seed,
-                                        max_trials_per_study=config.hpobench_trials))
-    if config.synthetic_studies > 0:
-        sources.append(synthetic_bbob_studies(config.synthetic_seed, config.synthetic_studies))
-    while sources:
-        for source in list(sources):
-            record = next(source, None)
-            if record is None:
-                sources.remove(source)
-            else:
-                yield record
-
-
-def study_examples(vocab: Vocabulary, codec: TextCodec, record) -> tuple[list[Example], int]:
-    """Examples of one study, and how many of its trials were unusable; bad studies skip."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OutOfRangeWarning)
-            examples, summary = make_examples(vocab, codec, record.problem, list(record.trials))
-    except (TrialTextError, ValueError):
-        return [], len(record.trials)
-    return examples, summary.num_excluded
-
-
-@attrs.frozen(eq=False)
-class PackedStudy:
-    """One study's examples in flat arrays: 4 bytes a token (8 with its number position),
-    where a list of Python ints costs about 36, so a pass over a large corpus fits in memory."""
-
-    input_ids: np.ndarray  # every example's input ids, concatenated (int32)
-    offsets: np.ndarray  # example i is input_ids[offsets[i]:offsets[i + 1]]
-    y_ids: np.ndarray  # (num_examples, y length)
-    input_values: np.ndarray | None = None  # float32, aligned with input_ids; None: pure text
-
-    @classmethod
-    def pack(cls, examples: list[Example]) -> "PackedStudy":
-        lengths = [len(e.input_ids) for e in examples]
-        flat = [i for e in examples for i in e.input_ids]
-        y_length = len(examples[0].y_ids) if examples else 0
-        values = None
-        if any(e.input_values is not None for e in examples):
-            values = np.asarray([v for e in examples for v in (e.input_values or [math.nan] * len(e.input_ids))],
-                                dtype=np.float32)
-        return cls(np.asarray(flat, dtype=np.int32), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                   np.asarray([e.y_ids for e in examples], dtype=np.int32).reshape(len(examples), y_length),
-                   values)
-
-    def unpack(self) -> list[Example]:
-        ids, ys, off = self.input_ids.tolist(), self.y_ids.tolist(), self.offsets.tolist()
-        if self.input_values is None:
-            return [Example(tuple(ids[off[i]:off[i + 1]]), tuple(ys[i])) for i in range(len(ys))]
-        values = self.input_values.tolist()
-        return [Example(tuple(ids[off[i]:off[i + 1]]), tuple(ys[i]), tuple(values[off[i]:off[i + 1]]))
-                for i in range(len(ys))]
-
-    @property
-    def nbytes(self) -> int:
-        extra = self.input_values.nbytes if self.input_values is not None else 0
-        return self.input_ids.nbytes + self.offsets.nbytes + self.y_ids.nbytes + extra
-
-
-def _rank_study_examples(config: PretrainConfig, vocab: Vocabulary, codec: TextCodec, *, rank: int,
-                         world_size: int) -> Iterator[list[Example]]:
-    """Examples of each training study of this rank (its share, validation studies left out)."""
-    any_study = False
-    for i, record in enumerate(iter_studies(config)):
-        if i % world_size != rank or in_validation_split(record.name, config.validation_fraction):
-            continue
-        any_study = True
-        yield study_examples(vocab, codec, record)[0]
-    if not any_study:
-        raise ValueError("no training studies: the corpus is empty or entirely in the validation split")
-
-
-def training_batches(
-    config: PretrainConfig, vocab: Vocabulary, codec: TextCodec, device: torch.device,
-    *, rank: int, world_size: int, seed: int,
-) -> Iterator[Batch]:
-    """Endless shuffled batches over the training studies (this rank's share).
-
-    The first pass reads, generates and tokenizes every study; that is most of a CPU's time
-    per example (reading a corpus and making synthetic studies cost more than the BPE), and
-    on a GPU it would starve the model on every pass. So the first pass also keeps each
-    study's examples, packed (`PackedStudy`), and later passes replay them, unless they do not
-    fit in `config.example_cache_mb`: then every pass reads the sources again. Both paths
-    give the same batches: the studies and their order are the same on every pass.
-    """
-    rng = random.Random(seed)
-    buffer: list[Example] = []
-    cache: list[PackedStudy] | None = [] if config.example_cache_mb > 0 else None
-    cached_bytes, budget = 0, int(config.example_cache_mb * 2**20)
-    replay = False
-    while True:
-        source = (p.unpack() for p in cache) if replay else _rank_study_examples(
-            config, vocab, codec, rank=rank, world_size=world_size)
-        num_examples = 0
-        for examples in source:
-            num_examples += len(examples)
-            if not replay and cache is not None:
-                packed = PackedStudy.pack(examples)
-                cached_bytes += packed.nbytes
-                if cached_bytes <= budget:
-                    cache.append(packed)
-                else:
-                    cache = None
-            buffer.extend(examples)
-            while len(buffer) >= config.shuffle_buffer:
-                yield _pop_batch(buffer, config.batch_size, rng, device)
-        if num_examples == 0:
-            raise ValueError("no usable trials in the training studies (every trial was unusable)")
-        replay = cache is not None
-        while len(buffer) >= config.batch_size:
-            yield _pop_batch(buffer, config.batch_size, rng, device)
-
-
-def _pop_batch(buffer: list[Example], size: int, rng: random.Random, device: torch.device) -> Batch:
-    picked = []
-    for _ in range(size):
-        j = rng.randrange(len(buffer))
-        buffer[j], buffer[-1] = buffer[-1], buffer[j]
-        picked.append(buffer.pop())
-    return Batch.collate(picked, device)
-
-
-def validation_studies(config: PretrainConfig) -> list:
-    out = []
-    for record in iter_studies(config):
-        if in_validation_split(record.name, config.validation_fraction):
-            out.append(record)
-            if len(out) >= config.eval_studies:
-                break
-    return out
-
-
-def build_vocab(config: PretrainConfig, codec: TextCodec) -> Vocabulary:
-    preset = model_lib.get_preset(config.preset)
-    texts: list[str] = []
-    for record in itertools.islice(iter_studies(config), config.tokenizer_studies):
-        try:
-            texts += codec.serialize_many(record.problem, list(record.trials))
-        except (TrialTextError, ValueError):
-            continue
-    return Vocabulary(train_input_tokenizer(texts, preset.input_vocab_size), FloatTokenizer())
-
-
 # ----- evaluation -------------------------------------------------------------------------
 def normalized_mae_on_studies(model, vocab, codec, studies, device, *, num_samples=16, max_trials=32) -> float:
     """Median over studies of mean|median-sample - y| / (max y - min y), feasible trials only."""

@@ -43,6 +43,32 @@ def test_fit_ignores_non_finite_pairs_and_empty_input_is_identity():
     assert fit_level_map(np.array([]), np.array([])).is_identity
 
 
+def test_a_bent_relation_is_fitted_monotone_and_keeps_every_order():
+    """A model that compresses the top of a new study's scale: an affine map misses the bend."""
+    rng = np.random.default_rng(0)
+    m_train, m_test = rng.uniform(0, 1, 10), rng.uniform(-0.2, 1.2, 200)  # test beyond the trials too
+    bend = lambda m: np.exp(3 * m)  # noqa: E731
+    level = fit_level_map(m_train, bend(m_train))
+    assert len(level.knots) >= 2
+    mapped = level.apply(m_test)
+    affine = LevelMap(level.scale, level.shift).apply(m_test)  # the least-squares line alone
+    inside = (m_test >= m_train.min()) & (m_test <= m_train.max())
+    assert np.mean(np.abs(mapped - bend(m_test))[inside]) < 0.5 * np.mean(np.abs(affine - bend(m_test))[inside])
+    order = np.argsort(m_test)
+    assert np.all(np.diff(mapped[order]) > 0)  # strictly increasing: ties would lose the ranking's top
+    for v in (-0.5, 0.05, 0.5, 1.5):  # inside and beyond the knots
+        assert level.invert(float(level.apply(np.array([v]))[0])) == pytest.approx(v)
+    assert np.isnan(level.apply(np.array([np.nan]))[0])
+
+
+def test_level_maps_read_back_from_json_old_and_new():
+    level = fit_level_map(np.array([0.1, 0.5, 0.3, 0.9]), np.array([1.0, 2.0, 1.2, 5.0]))
+    assert level.knots and LevelMap.from_json(level.to_json()) == level
+    assert LevelMap.from_json([2.0, 1.0]) == LevelMap(2.0, 1.0)  # saved by an earlier version: affine
+    with pytest.raises(ValueError, match="strictly increasing"):
+        LevelMap(knots=((0.0, 1.0), (1.0, 1.0)))
+
+
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.nan, math.inf])
 def test_a_level_map_needs_a_positive_finite_scale(scale):
     with pytest.raises(ValueError, match="scale > 0"):

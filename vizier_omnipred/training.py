@@ -304,7 +304,7 @@ class FinetuneConfig:
       budget on every trial instead (a 1-trial validation set only adds noise).
 
     level_map: whether a pretrained model's zero-shot medians are first mapped onto the
-      study's values by a fitted `level_map.LevelMap` (y = scale * y_model + shift), the
+      study's values by a fitted, increasing `level_map.LevelMap`, the
       fine-tune then training in the model's frame; None: True in the decoder-only recipe
       of a pretrained model, False otherwise (from scratch the zero-shot output carries
       nothing to map; the full recipe moves every weight, and the map before it diverged

@@ -570,9 +570,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     fo.add_argument("--init-from", default=None,
                     help="start from this checkpoint (refused if it has read any HPOBench dataset)")
     fo.add_argument("--preset", default="small")
-    fo.add_argument("--trials-per-dataset", type=int, default=1500, help="configurations per training dataset")
+    fo.add_argument("--trials-per-dataset", type=int, default=6000, help="configurations per training dataset")
     fo.add_argument("--synthetic-studies", type=int, default=200, help="synthetic BBOB studies mixed in")
-    fo.add_argument("--steps", type=int, default=3200)
+    fo.add_argument("--steps", type=int, default=6400)
     fo.add_argument("--batch-size", type=int, default=64)
     fo.add_argument("--learning-rate", type=float, default=None)
     fo.add_argument("--device", default="cpu")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The two entry points of this project (see README.md):
 #   ./run.sh           the main job: OmniPred warm-started from past studies vs the GP bandit (demo)
+#   ./run.sh --opts    the main job with options (`./run.sh --story bbob`, same as `./run.sh main --story bbob`)
 #   ./run.sh test      the test suite (what CI runs)
 #   ./run.sh <args>    any other `vizier-omnipred` subcommand, e.g. `./run.sh pretrain --help`
 # Each call creates .venv on first use (or when setup.cfg/constraints.txt change) and
@@ -28,6 +29,7 @@ fi
 export PYTHONUNBUFFERED=1
 case "${1:-main}" in
   main) [ $# -gt 0 ] && shift; exec .venv/bin/vizier-omnipred demo "$@" ;;
+  -*) exec .venv/bin/vizier-omnipred demo "$@" ;;  # options of the main job: ./run.sh --story bbob
   test) shift; exec .venv/bin/python -m pytest -q tests "$@" ;;
   *) exec .venv/bin/vizier-omnipred "$@" ;;
 esac

@@ -12,13 +12,13 @@ fine-tune that may follow then trains in the model's own frame (targets mapped b
 the inverse), where it has only shape left to correct, not the level.
 
 The map is monotone, not affine: isotonic regression of the observed values on the medians
-(pool-adjacent-violators), linear between its blocks and with the least-squares slope
-beyond them. A model that read other datasets ranks a new one well but bends its scale
-(compresses the top, say), which an affine map fitted on 10 trials turns into error: on
-the 8 held-out HPOBench datasets the monotone map's median nMAE was 0.085 at 10 trials
-and 0.077 at 30, the affine one's 0.126 and 0.123 (docs/BENCHMARKS.md). Piecewise linear
-rather than isotonic's steps, so that points between two trials, and beyond the best one,
-keep their order; beyond the trials the slope is halved (`SLOPE_BEYOND_TRIALS`).
+(pool-adjacent-violators), linear between its blocks and with half the least-squares slope
+beyond them (`SLOPE_BEYOND_TRIALS`). A model that read other datasets ranks a new one well
+but bends its scale (compresses the top, say), which an affine map fitted on 10 trials turns
+into error: on the 8 held-out HPOBench datasets this map's median nMAE was 0.092 at 10
+trials and 0.077 at 30, the affine one's 0.137 and 0.117 (docs/BENCHMARKS.md). Piecewise
+linear rather than isotonic's steps, so that points between two trials, and beyond the best
+one, keep their order.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ def isotonic_blocks(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     sx, sy, n = (list(np.add.reduceat(a, starts)) for a in (x, y, np.ones_like(x)))
     merged_x, merged_y, merged_n = [], [], []
     for bx, by, bn in zip(sx, sy, n):
-        merged_x.append(bx), merged_y.append(by), merged_n.append(bn)
+        merged_x.append(bx)
+        merged_y.append(by)
+        merged_n.append(bn)
         while len(merged_y) > 1 and merged_y[-2] / merged_n[-2] >= merged_y[-1] / merged_n[-1]:
             bx, by, bn = merged_x.pop(), merged_y.pop(), merged_n.pop()
             merged_x[-1] += bx
@@ -126,11 +128,12 @@ def fit_level_map(model_medians: np.ndarray, observed: np.ndarray) -> LevelMap:
 
     Pairs with a non-finite median or value are left out. The slope beyond the knots is
     `SLOPE_BEYOND_TRIALS` times the least-squares line's (the whole map is that line when
-    the isotonic fit pools everything into one block). With fewer than `MIN_TRIALS_FOR_SCALE` pairs, or medians that do
-    not vary, only the shift is fitted (scale 1). A fitted slope <= 0 means the model
-    orders these trials against the data; the map then keeps the model's order but
-    matches the observed spread (scale = std of the values / std of the medians), leaving
-    the order for the fine-tune to correct. No usable pair gives the identity.
+    the isotonic fit pools everything into one block). With fewer than
+    `MIN_TRIALS_FOR_SCALE` pairs, or medians that do not vary, only the shift is fitted
+    (scale 1). A fitted slope <= 0 means the model orders these trials against the data;
+    the map is then affine: it keeps the model's order but matches the observed spread
+    (scale = std of the values / std of the medians), leaving the order for the fine-tune
+    to correct. No usable pair gives the identity.
     """
     m = np.asarray(model_medians, dtype=float)
     y = np.asarray(observed, dtype=float)

@@ -215,14 +215,15 @@ class TrainStepper:
     (`bench speed`), after a one-off compile of 30-130 s (inductor caches it on disk for
     later processes), so it pays over a pretraining run, not a fine-tune of a few dozen
     steps. A compile that fails (no C++ compiler, an op the compiler does not handle)
-    fails inside the forward pass, before any gradient exists: the step is then redone
-    eagerly, with one warning, and every later step is eager too.
+    fails on the first step, in its forward or backward pass, before the optimizer has
+    stepped: that step's gradients are dropped and it is redone eagerly, with one warning,
+    and every later step is eager too.
     """
 
     model: torch.nn.Module
     compile: bool = False
     _compiled: torch.nn.Module | None = attrs.field(default=None, init=False)
-    _tried: bool = attrs.field(default=False, init=False)
+    _tried: bool = attrs.field(default=False, init=False)  # a compiled step has succeeded
 
     def __attrs_post_init__(self) -> None:
         if self.compile:

@@ -368,7 +368,7 @@ def _omnipred_settings(options: DesignerOptions, task: BuiltTask) -> dict[str, A
             raise ABConfigError(
                 f"OmniPred's checkpoint {path} was pretrained on HPOBench {task.dataset}: an A/B on it "
                 "measures memory, not transfer. Pass --omnipred-checkpoint with checkpoints that never "
-                "read the dataset, e.g. 'runs/folds/v2/by-dataset/{dataset}' (bench fold-pretrain)"
+                "read the dataset, e.g. 'runs/folds/v3/by-dataset/{dataset}' (bench fold-pretrain)"
             )
     return {"checkpoint": checkpoint}
 

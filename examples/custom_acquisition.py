@@ -16,10 +16,8 @@ import numpy as np
 from vizier import algorithms as vza
 
 from vizier_omnipred.acquisitions import infeasible_floor, maximise_space
+from vizier_omnipred import FinetuneConfig, OmniPredDesigner, OmniPredRegressor
 from vizier_omnipred.corpus.bbob import random_bbob_task
-from vizier_omnipred.designer import OmniPredDesigner
-from vizier_omnipred.regressor import OmniPredRegressor
-from vizier_omnipred.training import FinetuneConfig
 
 
 @attrs.frozen

@@ -13,8 +13,8 @@ import os
 
 from vizier import algorithms as vza
 
+from vizier_omnipred import OmniPredDesigner
 from vizier_omnipred.corpus.bbob import random_bbob_task
-from vizier_omnipred.designer import OmniPredDesigner
 
 
 def main() -> None:

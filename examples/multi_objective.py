@@ -13,7 +13,7 @@ import numpy as np
 from vizier import algorithms as vza
 from vizier import pyvizier as vz
 
-from vizier_omnipred.designer import OmniPredDesigner
+from vizier_omnipred import OmniPredDesigner
 from vizier_omnipred.multimetric import is_safe, pareto_mask
 
 MIN = vz.ObjectiveMetricGoal.MINIMIZE

@@ -12,8 +12,7 @@ import os
 import numpy as np
 from vizier import pyvizier as vz
 
-from vizier_omnipred.regressor import SHIPPED_CHECKPOINT, OmniPredRegressor
-from vizier_omnipred.training import FinetuneConfig
+from vizier_omnipred import SHIPPED_CHECKPOINT, FinetuneConfig, OmniPredRegressor
 
 
 def val_loss(p) -> float:  # the "unknown" objective: best near lr=3e-3, 4 layers, adam

@@ -37,13 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("vizier_omnipred"):
-                continue  # subcommand not built yet
-            raise
-        module.add_cli(subparsers)
+        importlib.import_module(module_name).add_cli(subparsers)
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     _accept_debug_after(parser)
     return parser

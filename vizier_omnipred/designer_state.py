@@ -25,6 +25,7 @@ from vizier import pyvizier as vz
 from vizier.interfaces import serializable
 
 from vizier_omnipred.search_space import py_value
+from vizier_omnipred.text import OMNIPRED_NS, POLICY_NS
 
 __all__ = [
     "BaseState",
@@ -46,8 +47,7 @@ __all__ = [
 STATE_VERSION = 2
 # Version 1 (one metric per record, before several metrics) is still read.
 READABLE_VERSIONS = (1, 2)
-STATE_NS = "omnipred"  # the TextCodec skips this namespace: the model never reads designer state
-POLICY_NS = "designer_policy_v0"  # where Vizier's policies keep their (and our) state
+STATE_NS = OMNIPRED_NS  # the TextCodec skips this namespace: the model never reads designer state
 CACHE_ENV = "VIZIER_OMNIPRED_CACHE"
 WEIGHTS_DIR = "weights"
 _EXCLUDED_FROM_KEY = (POLICY_NS, STATE_NS)

@@ -42,7 +42,7 @@ from vizier_omnipred.designer_state import problem_key
 from vizier_omnipred.level_map import LevelMap, fit_level_map
 from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.sampling import GrammarMasks, YSamples, sample_y
-from vizier_omnipred.text import TextCodec, TrialTextError
+from vizier_omnipred.text import OMNIPRED_NS, TextCodec, TrialTextError
 from vizier_omnipred.training import (
     DataSummary,
     FinetuneConfig,
@@ -58,7 +58,7 @@ _log = logging.getLogger(__name__)
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "omnipred-small"
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
-METADATA_NS = "omnipred"
+METADATA_NS = OMNIPRED_NS  # where predictions go; the codec never reads it back
 # Gaussian-equivalent sigma from the central 68.3% of the samples (robust to outliers).
 _SIGMA_QUANTILES = (0.158655, 0.841345)
 

@@ -74,6 +74,8 @@ from vizier.service import clients
 
 from google.rpc import code_pb2, status_pb2
 
+from vizier_omnipred.text import OMNIPRED_NS, POLICY_NS  # framework-free: no torch here
+
 if TYPE_CHECKING:  # torch-heavy; imported on the first OMNIPRED request only.
     from vizier_omnipred.designer import OmniPredDesigner
     from vizier_omnipred.regressor import OmniPredRegressor
@@ -82,11 +84,9 @@ if TYPE_CHECKING:  # torch-heavy; imported on the first OMNIPRED request only.
 _log = logging.getLogger(__name__)
 
 ALGORITHM = "OMNIPRED"
-# Where PartiallySerializableDesignerPolicy keeps its state in the study metadata.
-_POLICY_NS = "designer_policy_v0"
 # A study names its own history here: `config.metadata.ns('omnipred')['history'] = path`.
 # The namespace is the package's own, which the model's text never reads.
-HISTORY_NS = "omnipred"
+HISTORY_NS = OMNIPRED_NS
 HISTORY_KEY = "history"
 
 
@@ -128,7 +128,7 @@ def _problem_fingerprint(problem: vz.ProblemStatement) -> list[Any]:
     return [
         repr(problem.search_space),
         repr(list(problem.metric_information)),
-        _metadata_fingerprint(problem.metadata, skip=_POLICY_NS),
+        _metadata_fingerprint(problem.metadata, skip=POLICY_NS),
     ]
 
 

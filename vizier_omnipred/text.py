@@ -78,6 +78,8 @@ __all__ = [
     "magnitude_position",
     "serialize_trial",
     "parse_trial_text",
+    "POLICY_NS",
+    "OMNIPRED_NS",
 ]
 
 TEXT_CODEC_VERSION: int = 2
@@ -85,6 +87,11 @@ TEXT_CODEC_VERSION: int = 2
 NUMBER_FEATURES = ("none", "position", "magnitude")
 # Positions outside the search space extrapolate, within these limits (see unit_position).
 POSITION_LIMITS = (-1.0, 2.0)
+# Metadata namespaces that carry state, not a description of the study, so the model never
+# reads them: where Vizier's designer policies keep their state, and this package's own
+# (designer state, predictions, a study's history path).
+POLICY_NS = "designer_policy_v0"
+OMNIPRED_NS = "omnipred"
 
 _HEAD = "{suggestion:{"
 _BARE_NAME = re.compile(r"[A-Za-z0-9_.\-/]+")
@@ -299,7 +306,7 @@ class TextCodec:
 
     float_significant_digits: int = attrs.field(default=3)
     excluded_metadata_namespaces: tuple[str, ...] = attrs.field(
-        default=("designer_policy_v0", "omnipred"),
+        default=(POLICY_NS, OMNIPRED_NS),
         converter=lambda v: (v,) if isinstance(v, str) else tuple(v),
     )
     number_features: str = attrs.field(default="position")

@@ -107,7 +107,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
 
     config = ab.ABConfig(
         suite=args.suite,
-        designers=args.designers or ("omnipred", "gp_bandit", "gp_ucb_pe", "random"),
+        designers=args.designers or ab.DEFAULT_DESIGNERS,
         budget=args.budget,
         repeats=args.repeats,
         workers=args.workers,

@@ -1,0 +1,29 @@
+"""The package's documented surface: every exported name resolves, and the cheap front end
+stays free of torch (a user who only writes trials as text never pays for it)."""
+
+import subprocess
+import sys
+
+import vizier_omnipred
+
+
+def test_every_exported_name_resolves_and_is_listed():
+    for name in vizier_omnipred.__all__:
+        assert getattr(vizier_omnipred, name) is not None, name
+        assert name in dir(vizier_omnipred)
+
+
+def test_unknown_name_is_an_attribute_error():
+    try:
+        vizier_omnipred.NoSuchThing  # noqa: B018
+    except AttributeError as e:
+        assert "NoSuchThing" in str(e)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_package_and_text_codec_import_without_torch():
+    code = ("import sys, vizier_omnipred, vizier_omnipred.text, vizier_omnipred.numbers; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

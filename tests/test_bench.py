@@ -690,3 +690,14 @@ def test_scratch_fit_runs_the_regressor_as_a_user_does(tmp_path):
     assert all(r["steps"] <= 3 for r in rows if "steps" in r) and "random forest" in table
     with pytest.raises(ValueError, match="unknown task"):
         sf.make_task("nope", 5, 5, 0)
+
+
+def test_run_spawned_yields_results_and_a_dead_worker_as_an_error():
+    import os
+
+    from vizier_omnipred.bench.common import run_spawned
+
+    assert sorted((item, out) for item, out, err in run_spawned(abs, [-1, -2, 3], workers=2) if err is None) == [
+        (-2, 2), (-1, 1), (3, 3)]
+    (item, out, err), = run_spawned(os._exit, [3], workers=1)  # the worker process dies
+    assert item == 3 and out is None and err is not None

@@ -33,10 +33,8 @@ rates (a pair needs both runs), so the failures column must be read next to them
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import datetime
 import math
-import multiprocessing
 import sys
 import time
 import traceback
@@ -52,11 +50,13 @@ from vizier import pyvizier as vz
 from vizier_omnipred.bench import metrics
 from vizier_omnipred.bench.baselines import ensure_jax_x64, objective_values, single_metric
 from vizier_omnipred.bench.common import (
+    config_json,
     environment_info,
     floats,
     fmt,
     pyplot,
     read_json,
+    run_spawned,
     set_torch_threads,
     stable_seed,
     write_json_atomic,
@@ -771,18 +771,13 @@ def _execute_sequential(jobs: Sequence[ABJob], registry: Mapping[str, DesignerSp
 def _execute_pool(
     jobs: Sequence[ABJob], registry: Mapping[str, DesignerSpec], workers: int, on_result: ResultCallback
 ) -> None:
-    # spawn, not fork: JAX and torch hold threads and locks that a forked child inherits
-    # in an undefined state.
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(run_job, job, registry[job.designer]): job for job in jobs}
-        for fut in cf.as_completed(futures):
-            job = futures[fut]
-            try:
-                result = fut.result()
-            except BaseException as e:  # noqa: BLE001 - e.g. BrokenProcessPool
-                result = _crash_record(job, e)
-            on_result(job, result)
+    pairs = [(job, registry[job.designer]) for job in jobs]
+    for (job, _), result, crash in run_spawned(_run_pair, pairs, workers):
+        on_result(job, _crash_record(job, crash) if crash is not None else result)
+
+
+def _run_pair(pair: tuple[ABJob, DesignerSpec]) -> dict[str, Any]:
+    return run_job(*pair)
 
 
 def _execute_ray(
@@ -1063,7 +1058,7 @@ def run_ab(
 
     records = [r for job in jobs if (r := read_json(out_dir / job.relpath)) is not None and r.get("job_key") == job.key]
     summary = summarize(records, config.designers, config.budget)
-    summary["config"] = attrs.asdict(config, value_serializer=lambda _, __, v: str(v) if isinstance(v, Path) else v)
+    summary["config"] = config_json(config)
     summary["environment"] = environment_info()
     write_json_atomic(out_dir / "summary.json", summary)
     table = markdown_table(summary)

@@ -9,7 +9,7 @@ import platform
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,40 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def config_json(config: Any) -> dict[str, Any]:
+    """A benchmark's attrs config as the JSON it records next to its results (paths as text)."""
+    import attrs
+
+    return attrs.asdict(config, value_serializer=lambda _inst, _field, v: str(v) if isinstance(v, Path) else v)
+
+
+_Item = TypeVar("_Item")
+
+
+def run_spawned(
+    fn: Callable[[_Item], Any], items: Sequence[_Item], workers: int
+) -> Iterator[tuple[_Item, Any, BaseException | None]]:
+    """Runs `fn(item)` for every item in `workers` spawned processes and yields `(item,
+    result, None)` as each finishes, or `(item, None, error)` when it raised or its worker
+    died (killed, out of memory). A dead worker breaks the pool: its item and those still
+    pending come back with the error (BrokenProcessPool), and the caller records them as
+    failed runs instead of losing the ones already finished.
+
+    Spawned, not forked: JAX and torch hold threads and locks that a forked child would
+    inherit in an undefined state. `fn` and the items must be picklable (module-level).
+    """
+    import concurrent.futures as cf
+    import multiprocessing
+
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(fn, item): item for item in items}
+        for fut in cf.as_completed(futures):
+            try:
+                yield futures[fut], fut.result(), None
+            except BaseException as e:  # noqa: BLE001 - e.g. BrokenProcessPool
+                yield futures[fut], None, e
 
 
 def floats(values: Iterable[Any]) -> np.ndarray:

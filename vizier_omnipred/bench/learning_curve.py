@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from vizier_omnipred.bench.common import jsonable, set_torch_threads, write_json_atomic
+from vizier_omnipred.bench.common import config_json, jsonable, set_torch_threads, write_json_atomic
 from vizier_omnipred.text import NUMBER_FEATURES
 
 
@@ -219,7 +219,7 @@ def run_learning_curve(config: CurveConfig, log=print) -> str:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "learning_curve.json", jsonable({
-        "config": attrs.asdict(config, value_serializer=lambda _i, _a, v: str(v) if isinstance(v, Path) else v),
+        "config": config_json(config),
         "points": [attrs.asdict(p) for p in points],
         "random_forest": {str(n): {"spearman": r, "nmae": m} for n, (r, m) in rf.items()},
         "x_blind_nll_d1": x_blind,

@@ -26,9 +26,7 @@ fronts of repeat 0) are written from the run files.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import functools
-import multiprocessing
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +39,7 @@ from vizier import algorithms as vza
 from vizier import pyvizier as vz
 
 from vizier_omnipred.bench.common import environment_info, fmt, pyplot, read_json, set_torch_threads
-from vizier_omnipred.bench.common import stable_seed, write_json_atomic
+from vizier_omnipred.bench.common import run_spawned, stable_seed, write_json_atomic
 from vizier_omnipred.multimetric import hypervolume_2d, is_safe, pareto_mask, to_maximise
 
 SUITES: tuple[str, ...] = ("multiobjective", "safety")
@@ -270,8 +268,14 @@ def _run_one(job: Job) -> dict[str, Any]:
     try:
         return run_job(job)
     except Exception as e:  # crash outside the designer (building the task): record it
-        return {"job_key": job.key, "suite": job.suite, "task": job.task.task_id, "designer": job.designer,
-                "repeat": job.repeat, "status": "error", "error": f"{type(e).__name__}: {e}"}
+        return _error_record(job, e)
+
+
+def _error_record(job: Job, error: BaseException) -> dict[str, Any]:
+    """A run that produced no record of its own: it raised outside the designer, or its
+    worker process died."""
+    return {"job_key": job.key, "suite": job.suite, "task": job.task.task_id, "designer": job.designer,
+            "repeat": job.repeat, "status": "error", "error": f"{type(error).__name__}: {error}"}
 
 
 # --------------------------------------------------------------------------- summary
@@ -421,10 +425,8 @@ def run(config: Config) -> tuple[dict[str, Any], str]:
               f"{record.get('hypervolume', record.get('num_unsafe', record.get('error', '')))}", flush=True)
 
     if config.workers > 1:
-        with cf.ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_one, j): j for j in todo}
-            for f in cf.as_completed(futures):
-                save(futures[f], f.result())
+        for job, record, crash in run_spawned(_run_one, todo, config.workers):
+            save(job, _error_record(job, crash) if crash is not None else record)
     else:
         for j in todo:
             save(j, _run_one(j))

@@ -36,6 +36,7 @@ suite x train size x model), and with --plot pred_vs_true_n{n}.png per train siz
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -59,9 +60,11 @@ from vizier_omnipred.bench.baselines import (
     single_metric,
 )
 from vizier_omnipred.bench.common import (
+    config_json,
     environment_info,
     fmt,
     pyplot,
+    run_spawned,
     set_torch_threads,
     stable_seed,
     write_json_atomic,
@@ -608,7 +611,7 @@ def run_regression(
         write_json_atomic(
             out_dir / "results.json",
             {
-                "config": attrs.asdict(config, value_serializer=lambda _, __, v: str(v) if isinstance(v, Path) else v),
+                "config": config_json(config),
                 "environment": environment_info(),
                 "tasks": [
                     {"suite": t.suite, "task": t.name, "repeat": t.repeat, "y_test": t.y_test.tolist(),
@@ -630,23 +633,15 @@ def run_regression(
         save()
 
     if config.workers > 1 and configured and len(tasks) > 1:
-        import concurrent.futures as cf
-        import multiprocessing
-
-        # spawn, not fork (torch and JAX threads); each worker rebuilds the same tasks from
-        # the config, which is cheaper and safer than pickling them.
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=config.workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_worker_task_cells, config, i): i for i in range(len(tasks))}
-            for fut in cf.as_completed(futures):
-                i = futures[fut]
-                try:
-                    task_cells = fut.result()
-                except BaseException as e:  # noqa: BLE001 - a dead worker fails its task's cells, not the run
-                    task_cells = [_failed_cell(tasks[i], n, m, e) for n in config.train_sizes for m in config.models]
-                for cell in task_cells:
-                    task_log(i)(_cell_line(tasks[i], cell))
-                finished(i, task_cells)
+        # Each worker rebuilds the same tasks from the config, which is cheaper and safer
+        # than pickling them.
+        for i, task_cells, crash in run_spawned(functools.partial(_worker_task_cells, config), range(len(tasks)),
+                                                config.workers):
+            if crash is not None:  # a dead worker fails its task's cells, not the run
+                task_cells = [_failed_cell(tasks[i], n, m, crash) for n in config.train_sizes for m in config.models]
+            for cell in task_cells:
+                task_log(i)(_cell_line(tasks[i], cell))
+            finished(i, task_cells)
     else:
         set_torch_threads(config.threads)
         for i, task in enumerate(tasks):

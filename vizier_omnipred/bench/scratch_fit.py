@@ -24,7 +24,7 @@ import attrs
 import numpy as np
 from vizier import pyvizier as vz
 
-from vizier_omnipred.bench.common import jsonable, set_torch_threads, write_json_atomic
+from vizier_omnipred.bench.common import config_json, jsonable, set_torch_threads, write_json_atomic
 
 DEFAULT_TASKS = ("smooth3", "bbob-Sphere-4", "bbob-Rastrigin-2", "hpobench-kc1")
 
@@ -213,8 +213,7 @@ def run_scratch_fit(config: ScratchFitConfig, log=print) -> str:
     table = "\n".join(lines)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "scratch_fit.json", jsonable({"rows": rows, "config": attrs.asdict(
-        config, value_serializer=lambda _i, _a, v: str(v) if isinstance(v, Path) else v)}))
+    write_json_atomic(out / "scratch_fit.json", jsonable({"rows": rows, "config": config_json(config)}))
     (out / "table.md").write_text(table + "\n")
     return table
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from vizier_omnipred.bench.ab import DESIGNERS, BuiltTask, DesignerOptions
 from vizier_omnipred.bench.baselines import ensure_jax_x64
-from vizier_omnipred.bench.common import environment_info, fmt, set_torch_threads, stable_seed, write_json_atomic
+from vizier_omnipred.bench.common import config_json, environment_info, fmt, set_torch_threads, stable_seed, write_json_atomic
 
 
 @attrs.frozen
@@ -407,7 +407,7 @@ def run_speed(
     n_trials = max(max(counts) + config.suggests_per_count - 1, config.finetune_trials, config.sample_candidates)
     trials = _random_trials(task, n_trials, stable_seed("speed-trials", config.seed))
     result: dict[str, Any] = {
-        "config": attrs.asdict(config, value_serializer=lambda _, __, v: str(v) if isinstance(v, Path) else v),
+        "config": config_json(config),
         "environment": environment_info(),
         "task": task.label,
     }

@@ -57,6 +57,32 @@ def tiny_regressor_factory():
 
 
 @pytest.fixture(scope="module")
+def base(tiny_regressor_factory):
+    """One tiny from-scratch regressor per test module, the base of the designers `make` builds."""
+    return tiny_regressor_factory(seed=0)
+
+
+@pytest.fixture
+def make(base, tmp_path):
+    """Builds an OmniPredDesigner sized for tests (few samples and candidates, two seed trials,
+    a two-epoch fine-tune); keyword arguments override any of it."""
+    from vizier_omnipred.designer import OmniPredDesigner
+    from vizier_omnipred.training import FinetuneConfig
+
+    def _make(problem, **kwargs):
+        kwargs.setdefault("seed", 0)
+        kwargs.setdefault("regressor", base)
+        kwargs.setdefault("num_samples", 8)
+        kwargs.setdefault("num_candidates", 24)
+        kwargs.setdefault("num_seed_trials", 2)
+        kwargs.setdefault("finetune_config", FinetuneConfig(max_epochs=2, batch_size=32))
+        kwargs.setdefault("work_dir", tmp_path / "work")
+        return OmniPredDesigner(problem, **kwargs)
+
+    return _make
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module (`pytestmark = pytest.mark.usefixtures(...)`): on a shared
     2-core machine, 2 torch threads under load were 40x slower."""

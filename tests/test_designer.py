@@ -39,26 +39,6 @@ COLD = FinetuneConfig(max_epochs=2, batch_size=32)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def base(tiny_regressor_factory):
-    return tiny_regressor_factory(seed=0)
-
-
-@pytest.fixture
-def make(base, tmp_path):
-    def _make(problem, **kwargs):
-        kwargs.setdefault("seed", 0)
-        kwargs.setdefault("regressor", base)
-        kwargs.setdefault("num_samples", 8)
-        kwargs.setdefault("num_candidates", 24)
-        kwargs.setdefault("num_seed_trials", 2)
-        kwargs.setdefault("finetune_config", COLD)
-        kwargs.setdefault("work_dir", tmp_path / "work")
-        return OmniPredDesigner(problem, **kwargs)
-
-    return _make
-
-
 def problem_of(space: vz.SearchSpace, goal=MAX, metric="objective") -> vz.ProblemStatement:
     return vz.ProblemStatement(search_space=space, metric_information=[vz.MetricInformation(metric, goal=goal)])
 

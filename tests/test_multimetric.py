@@ -23,35 +23,13 @@ from vizier.pyvizier import multimetric as vz_multimetric
 from vizier.testing import test_studies
 
 from vizier_omnipred import multimetric
-from vizier_omnipred.designer import OmniPredDesigner
 from vizier_omnipred.sampling import YSamples
 from vizier_omnipred.text import TrialTextError
 from vizier_omnipred.training import FinetuneConfig
 
 MIN = vz.ObjectiveMetricGoal.MINIMIZE
 MAX = vz.ObjectiveMetricGoal.MAXIMIZE
-COLD = FinetuneConfig(max_epochs=2, batch_size=32)
 LEARN = FinetuneConfig(max_epochs=60, learning_rate=3e-3, batch_size=32, dropout=0.0)  # learn these 14 trials fast
-
-
-@pytest.fixture(scope="module")
-def base(tiny_regressor_factory):
-    return tiny_regressor_factory(seed=0)
-
-
-@pytest.fixture
-def make(base, tmp_path):
-    def _make(problem, **kwargs):
-        kwargs.setdefault("seed", 0)
-        kwargs.setdefault("regressor", base)
-        kwargs.setdefault("num_samples", 8)
-        kwargs.setdefault("num_candidates", 24)
-        kwargs.setdefault("num_seed_trials", 2)
-        kwargs.setdefault("finetune_config", COLD)
-        kwargs.setdefault("work_dir", tmp_path / "work")
-        return OmniPredDesigner(problem, **kwargs)
-
-    return _make
 
 
 def metrics_problem(space, *metrics: vz.MetricInformation) -> vz.ProblemStatement:

@@ -307,3 +307,40 @@ def test_from_scratch_learns_how_y_depends_on_x_of_a_small_study():
     assert np.isfinite(pred).all()
     rho = spearman(task.y_test, pred)
     assert rho >= 0.6, rho
+
+
+# ----- the study's scale bounds what is sampled ------------------------------------------
+def test_a_fit_caps_sampled_magnitudes_a_decade_above_the_study(tmp_path, tiny_regressor_factory, problem_2d):
+    """An untrained model samples exponents anywhere in the tokenizer's range; after a fit on
+    values up to ~60 (exponent 1 with 4 digits: 6.0e1 = <6><0><0><0><E-2>, so the cap is -1),
+    every sample stays below 10**(4 - 1) = 1,000, through save/load too; another study is not capped."""
+    reg = tiny_regressor_factory(seed=3)
+    trials = make_trials(np.random.default_rng(0).uniform(-3, 3, (20, 2)))
+    largest = max(abs(t.final_measurement.metrics["loss"].value) for t in trials)
+    reg.set_problem(problem_2d)
+    probe = [vz.TrialSuggestion({"x0": 0.1, "x1": 0.2}), vz.TrialSuggestion({"x0": -2.0, "x1": 2.5})]
+    assert reg.max_exponent() is None
+    assert np.nanmax(np.abs(reg.sample(probe, 512, seed=1).values)) > 1e3  # untrained: all over the range
+
+    reg.fit(problem_2d, trials, config=FinetuneConfig(max_steps=2, validation_fraction=0.0))
+    cap = int(math.floor(math.log10(largest))) - 3 + 1
+    assert reg.max_exponent() == cap
+    values = reg.sample(probe, 512, seed=1).values
+    assert np.nanmax(np.abs(values)) < 10.0 ** (4 + cap)
+
+    reg.save(tmp_path / "ckpt")
+    loaded = OmniPredRegressor.from_pretrained(tmp_path / "ckpt")
+    loaded.set_problem(problem_2d)
+    assert loaded.max_exponent() == cap
+    np.testing.assert_array_equal(loaded.sample(probe, 64, seed=2).values, reg.sample(probe, 64, seed=2).values)
+    other = make_problem_2d(bound=5.0)
+    loaded.set_problem(other)
+    assert loaded.max_exponent() is None
+
+
+def test_no_cap_without_a_non_zero_value(tiny_regressor_factory, problem_2d):
+    reg = tiny_regressor_factory(seed=3)
+    zeros = make_trials([(0.1, 0.2), (0.3, -0.5)], fn=lambda a, b: 0.0)
+    reg.fit(problem_2d, zeros + [_trial({"x0": 1.0, "x1": 1.0}, infeasible=True, id=9)],
+            config=FinetuneConfig(max_steps=1, validation_fraction=0.0))
+    assert reg.max_exponent() is None

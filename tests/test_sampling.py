@@ -126,3 +126,16 @@ def test_sample_order_is_shuffled(tiny_regressor_factory, problem_2d):
     s = reg.sample([vz.TrialSuggestion({"x0": 0.0, "x1": 0.0})], 256, seed=1)
     v = np.nan_to_num(s.values[0], nan=np.inf)
     assert not np.all(np.diff(v) >= 0)
+
+
+def test_capped_masks_bound_the_exponent_and_keep_one_allowed(tiny_regressor_factory, problem_2d):
+    from vizier_omnipred.sampling import sample_y
+
+    reg = tiny_regressor_factory(seed=1)
+    ft = reg.vocab.float_tokenizer
+    ids = reg.vocab.encode_inputs(["{suggestion:{x0:0.5,x1:1}}"]) * 3
+    for cap in (-3, 2, ft.min_exponent - 5):
+        samples = sample_y(reg.checkpoint.model, reg.vocab, ids, 256, seed=0,
+                           masks=reg.masks.capped(reg.vocab, cap))
+        finite = np.abs(samples.values[~samples.infeasible])
+        assert finite.size and finite.max() < 10.0 ** (ft.num_digits + max(cap, ft.min_exponent))

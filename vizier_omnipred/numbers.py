@@ -156,6 +156,10 @@ class FloatTokenizer:
         """All tokens, in the fixed order that token indices (and vocabularies) rely on."""
         return self._tokens
 
+    def token_exponent(self, token: str) -> int | None:
+        """The power of ten an exponent token stands for; None for any other token."""
+        return self._exp_value.get(token)
+
     @property
     def length(self) -> int:
         """Tokens per value: sign, `num_digits` digits, exponent."""

@@ -58,6 +58,10 @@ _log = logging.getLogger(__name__)
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "omnipred-small"
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+# After a fit that took gradient steps, sampled exponents stay at most this many decades above
+# the largest value the study showed (`GrammarMasks.capped`): magnitudes up to 10-100x its
+# largest |y|. Fits without a non-zero value, and the level map alone, leave samples uncapped.
+SCALE_HEADROOM_DECADES = 1
 METADATA_NS = OMNIPRED_NS  # where predictions go; the codec never reads it back
 # Gaussian-equivalent sigma from the central 68.3% of the samples (robust to outliers).
 _SIGMA_QUANTILES = (0.158655, 0.841345)
@@ -99,7 +103,8 @@ class OmniPredRegressor(vza.Predictor):
         seed: int = 0,
         pretrained: bool = True,
         level_maps: dict[str, LevelMap] | None = None,
-        level_key: str | None = None,
+        max_exponents: dict[str, int] | None = None,
+        study_key: str | None = None,
     ):
         self._device = resolve_device(device)
         self._ckpt = checkpoint
@@ -114,9 +119,12 @@ class OmniPredRegressor(vza.Predictor):
         self._metric_name: str | None = None
         self._masks = GrammarMasks.build(checkpoint.vocab, self._device)
         self.last_fit: FitReport | None = None
-        # The study's level maps (metric -> LevelMap) and the key of the problem they belong to.
+        # What the last fit learnt of the study's scale, per metric, and the key of the problem it
+        # belongs to: level maps (model frame -> study values) and exponent caps (`_sampling_masks`).
         self._level_maps: dict[str, LevelMap] = dict(level_maps or {})
-        self._level_key: str | None = level_key if level_maps else None
+        self._max_exponents: dict[str, int] = dict(max_exponents or {})
+        self._study_key: str | None = study_key if (level_maps or max_exponents) else None
+        self._capped_masks: dict[int, GrammarMasks] = {}
         # Per metric: how the last fit used the trials (missing / NaN values are counted there).
         self.last_fit_metrics: dict[str, DataSummary] = {}
 
@@ -161,17 +169,22 @@ class OmniPredRegressor(vza.Predictor):
         ckpt = model_lib.load_checkpoint(path, device="cpu")
         saved = ckpt.training.get("level_maps") or {}
         maps = {name: LevelMap.from_json(v) for name, v in (saved.get("maps") or {}).items()}
+        caps = ckpt.training.get("max_exponents") or {}
+        key = saved.get("problem_key") or caps.get("problem_key")
         return cls(ckpt, device=device, pretrained=bool(ckpt.training.get("steps")), level_maps=maps,
-                   level_key=saved.get("problem_key"), **kwargs)
+                   max_exponents={n: int(e) for n, e in (caps.get("caps") or {}).items()}, study_key=key, **kwargs)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         training = dict(self._ckpt.training)
         if self.last_fit is not None:
             training["last_fit"] = attrs.asdict(self.last_fit)
         training.pop("level_maps", None)
+        training.pop("max_exponents", None)
         if self._level_maps:
-            training["level_maps"] = {"problem_key": self._level_key,
+            training["level_maps"] = {"problem_key": self._study_key,
                                       "maps": {n: m.to_json() for n, m in self._level_maps.items()}}
+        if self._max_exponents:
+            training["max_exponents"] = {"problem_key": self._study_key, "caps": dict(self._max_exponents)}
         return model_lib.save_checkpoint(
             path, self._ckpt.model, self._ckpt.vocab, self._ckpt.codec, self._ckpt.preset, training
         )
@@ -280,15 +293,19 @@ class OmniPredRegressor(vza.Predictor):
         self.set_problem(problem, metric_name=metric_name)
         names = [self._metric_name] if metric_name is not None else [m.name for m in problem.metric_information]
         use_level_map = config.uses_level_map(pretrained=self._pretrained)
-        self._level_maps, self._level_key = {}, None  # the fit below starts from the model's own frame
+        # The fit below starts from the model's own frame, unbounded.
+        self._level_maps, self._max_exponents, self._study_key = {}, {}, None
         maps = {name: self._fit_level_map(problem, trials, name) for name in names} if use_level_map else {}
         if len(names) > 1:  # several metrics: one example per (trial, metric)
-            examples, summary = self._metrics_examples(problem, trials, names, has_priors=bool(prior_studies),
-                                                       level_maps=maps)
+            by_metric, summary = self._metrics_examples(problem, trials, names, has_priors=bool(prior_studies),
+                                                        level_maps=maps)
         else:
-            examples, summary = make_examples(self.vocab, self.codec, problem, trials, metric_name=self._metric_name,
-                                              level_map=maps.get(self._metric_name))
+            metric_examples, summary = make_examples(self.vocab, self.codec, problem, trials,
+                                                     metric_name=self._metric_name,
+                                                     level_map=maps.get(self._metric_name))
+            by_metric = {self._metric_name: metric_examples}
             self.last_fit_metrics = {self._metric_name: summary}
+        examples = [e for metric_examples in by_metric.values() for e in metric_examples]
         prior_examples = []
         prior_summary = DataSummary()
         for study in prior_studies:
@@ -321,8 +338,39 @@ class OmniPredRegressor(vza.Predictor):
             validation_positions=leading_positions(self.vocab.float_tokenizer, config.early_stopping_digits),
         )
         self._level_maps = {n: m for n, m in maps.items() if not m.is_identity}
-        self._level_key = problem_key(problem) if self._level_maps else None
+        # A fit without a gradient step (the level map alone) keeps the model's samples exactly.
+        caps = ((n, self._max_exponent(x)) for n, x in by_metric.items()) if self.last_fit.steps else ()
+        self._max_exponents = {n: e for n, e in caps if e is not None}
+        self._study_key = problem_key(problem) if (self._level_maps or self._max_exponents) else None
         return self.last_fit
+
+    def _max_exponent(self, examples: Sequence[Any]) -> int | None:
+        """The exponent cap of a metric's training targets (in the model's frame):
+        `SCALE_HEADROOM_DECADES` above the largest one's exponent, or None when no target is
+        a non-zero number (nothing says what scale the study lives on)."""
+        ft, offset = self.vocab.float_tokenizer, self.vocab.y_offset
+        values = (abs(ft.decode([ft.tokens[i - offset] for i in e.y_ids])) for e in examples)
+        largest = max((v for v in values if math.isfinite(v)), default=0.0)  # infeasible targets decode to nan
+        if largest == 0.0:
+            return None
+        return ft.token_exponent(ft.encode(largest)[-1]) + SCALE_HEADROOM_DECADES
+
+    def max_exponent(self, problem: vz.ProblemStatement | None = None, metric_name: str | None = None) -> int | None:
+        """The exponent cap the last fit found for `metric_name` of `problem` (defaults: the
+        current study and metric), or None: samples may take any exponent the tokenizer has."""
+        problem = problem if problem is not None else self._problem
+        name = metric_name if metric_name is not None else self._metric_name
+        if problem is None or name not in self._max_exponents or problem_key(problem) != self._study_key:
+            return None
+        return self._max_exponents[name]
+
+    def _sampling_masks(self, problem: vz.ProblemStatement | None) -> GrammarMasks:
+        cap = self.max_exponent(problem)
+        if cap is None:
+            return self._masks
+        if cap not in self._capped_masks:
+            self._capped_masks[cap] = self._masks.capped(self.vocab, cap)
+        return self._capped_masks[cap]
 
     def _fit_level_map(self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], metric_name: str) -> LevelMap:
         """The map from this model's zero-shot medians to the study's values of `metric_name`
@@ -344,19 +392,18 @@ class OmniPredRegressor(vza.Predictor):
     def _metrics_examples(
         self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], names: Sequence[str], *, has_priors: bool,
         level_maps: dict[str, LevelMap],
-    ) -> tuple[list, DataSummary]:
-        """Examples of every metric (that metric's name and goal in the text) and their
-        summed counts (so `FitReport.data` counts examples, not trials); the per-metric
+    ) -> tuple[dict[str, list], DataSummary]:
+        """Examples of every metric (that metric's name and goal in the text), by metric, and
+        their summed counts (so `FitReport.data` counts examples, not trials); the per-metric
         counts go to `last_fit_metrics`. A metric without any usable value is a warning;
         no usable value for any metric (and no prior studies) an error naming each."""
-        examples: list = []
+        by_metric: dict[str, list] = {}
         summaries: dict[str, DataSummary] = {}
         for name in names:
-            metric_examples, summaries[name] = make_examples(self.vocab, self.codec, problem, trials, metric_name=name,
+            by_metric[name], summaries[name] = make_examples(self.vocab, self.codec, problem, trials, metric_name=name,
                                                              level_map=level_maps.get(name))
-            examples += metric_examples
         self.last_fit_metrics = summaries
-        if not examples and not has_priors:
+        if not any(by_metric.values()) and not has_priors:
             raise ValueError(
                 f"fit: none of the {len(trials)} trials can be trained on for any metric ("
                 + "; ".join(f"'{n}': {s.num_not_completed} not completed, {s.num_missing_metric} without it, "
@@ -374,7 +421,7 @@ class OmniPredRegressor(vza.Predictor):
         total = DataSummary()
         for summary in summaries.values():
             total = total + summary
-        return examples, total
+        return by_metric, total
 
     # ----- inference ---------------------------------------------------------------------
     def _resolve_problem(self, problem: vz.ProblemStatement | None) -> tuple[vz.ProblemStatement, str | None]:
@@ -434,7 +481,7 @@ class OmniPredRegressor(vza.Predictor):
             temperature=temperature or self.temperature,
             seed=seed,
             device=self._device,
-            masks=self._masks,
+            masks=self._sampling_masks(problem),
         )
         level_map = self.level_map(problem)
         if level_map is None:
@@ -449,7 +496,7 @@ class OmniPredRegressor(vza.Predictor):
             return None
         problem = problem if problem is not None else self._problem
         name = metric_name if metric_name is not None else self._metric_name
-        if problem is None or name not in self._level_maps or problem_key(problem) != self._level_key:
+        if problem is None or name not in self._level_maps or problem_key(problem) != self._study_key:
             return None
         return self._level_maps[name]
 

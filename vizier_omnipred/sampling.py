@@ -111,6 +111,23 @@ class GrammarMasks:
 
         return cls(first=additive(first), rest=additive(rest), first_class=first_class.to(device))
 
+    def capped(self, vocab: Vocabulary, max_exponent: int) -> "GrammarMasks":
+        """These masks with every exponent above `max_exponent` disallowed.
+
+        The exponent is the last y token, so a cap bounds a sampled magnitude below
+        `10**(num_digits + max_exponent)` whatever digits came before it. The regressor caps
+        at a decade above a study's largest observed value: a few stray samples at absurd
+        exponents (a fine-tuned model puts a few percent of its mass there) would otherwise
+        decide a Monte Carlo mean, expected improvement or a Thompson draw.
+        """
+        ft = vocab.float_tokenizer
+        max_exponent = max(max_exponent, ft.min_exponent)  # at least one exponent stays allowed
+        above = [vocab.y_offset + i for i, t in enumerate(ft.tokens)
+                 if (e := ft.token_exponent(t)) is not None and e > max_exponent]
+        rest = self.rest.clone()
+        rest[:, ft.length - 1, above] = float("-inf")
+        return attrs.evolve(self, rest=rest)
+
 
 @torch.no_grad()
 def sample_y(

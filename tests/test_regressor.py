@@ -188,9 +188,12 @@ def test_multi_objective_fits_every_metric_or_the_named_one(tiny_regressor_facto
     problem.metric_information.append(vz.MetricInformation("b", goal=vz.ObjectiveMetricGoal.MAXIMIZE))
     reg = tiny_regressor_factory()
     t = vz.Trial(parameters={"x0": 0.5}, id=1)
-    t.complete(vz.Measurement(metrics={"a": 1.0, "b": 2.0}))
+    t.complete(vz.Measurement(metrics={"a": 1.0, "b": 2000.0}))
     report = reg.fit(problem, [t], config=FinetuneConfig(max_epochs=1))
     assert report.data.num_used == 2  # one example per (trial, metric)
+    # Each metric's samples are capped on its own scale (4 digits: 1.0 = 1000e-3, 2000 = 2000e0).
+    assert (reg.max_exponent(metric_name="a"), reg.max_exponent(metric_name="b")) == (-2, 1)
+    assert np.nanmax(np.abs(reg.sample([vz.TrialSuggestion({"x0": 0.5})], 256, metric_name="a").values)) < 100.0  # 9999e-2
     with pytest.raises(ValueError, match="metric_name"):
         reg.sample([vz.TrialSuggestion({"x0": 0.5})], 4)  # two objectives: which one?
     report = reg.fit(problem, [t], metric_name="b", config=FinetuneConfig(max_epochs=1))

@@ -631,3 +631,30 @@ def test_picks_stay_in_the_trust_region_around_completed_trials(make):
     assert farthest(True) <= radius + 1e-9
     # the untrained model's scores are noise: without the region its picks roam the space
     assert farthest(False) > radius
+
+
+def test_an_ensemble_designer_restores_every_member(base, tmp_path, caplog):
+    from vizier_omnipred import model as model_lib
+    from vizier_omnipred.regressor import OmniPredRegressor
+
+    problem = problem_of(test_studies.flat_continuous_space_with_scaling())
+    ensemble = OmniPredRegressor(base.checkpoint, ensemble_size=2, pretrained=False)
+    kwargs = dict(regressor=ensemble, num_samples=8, num_candidates=24, num_seed_trials=2,
+                  finetune_config=FinetuneConfig(max_epochs=2, batch_size=32), work_dir=tmp_path / "work")
+    first = OmniPredDesigner(problem, **kwargs)
+    run_loop(first, rounds=3, count=1, fn=lambda p: p["lineardouble"])
+    assert first.regressor.ensemble_size == 2 and first.last_fit.members == 2
+    md = first.dump()
+    assert (tmp_path / "work" / "weights" / model_lib.member_file(1)).is_file()
+    second = OmniPredDesigner(problem, **kwargs)
+    second.load(md)
+    probe = [vz.TrialSuggestion(t.parameters) for t in first.completed_trials]
+    np.testing.assert_array_equal(second.regressor.sample(probe, 16, seed=3).values,
+                                  first.regressor.sample(probe, 16, seed=3).values)
+    # A member file changed behind the designer's back: the fingerprint notices.
+    member = tmp_path / "work" / "weights" / model_lib.member_file(1)
+    member.write_bytes(member.read_bytes()[:-8] + b"\0" * 8)
+    third = OmniPredDesigner(problem, **kwargs)
+    with caplog.at_level(logging.WARNING, logger="vizier_omnipred.designer"):
+        third.load(md)
+    assert "fingerprint" in caplog.text and third.num_fits == 0

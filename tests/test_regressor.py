@@ -347,3 +347,42 @@ def test_no_cap_without_a_non_zero_value(tiny_regressor_factory, problem_2d):
     reg.fit(problem_2d, zeros + [_trial({"x0": 1.0, "x1": 1.0}, infeasible=True, id=9)],
             config=FinetuneConfig(max_steps=1, validation_fraction=0.0))
     assert reg.max_exponent() is None
+
+
+# ----- ensembles --------------------------------------------------------------------------
+def test_an_ensemble_fits_distinct_members_shares_samples_and_round_trips(tmp_path, tiny_regressor_factory,
+                                                                        problem_2d):
+    from vizier_omnipred import model as model_lib
+
+    with pytest.raises(ValueError, match="ensemble_size"):
+        OmniPredRegressor(tiny_regressor_factory().checkpoint, ensemble_size=0)
+    single = tiny_regressor_factory(seed=5)
+    reg = OmniPredRegressor(single.checkpoint, ensemble_size=2, pretrained=False)
+    trials = make_trials(np.random.default_rng(0).uniform(-1, 1, (12, 2)))
+    report = reg.fit(problem_2d, trials, config=FinetuneConfig(max_steps=4, batch_size=4, validation_fraction=0.0))
+    assert report.members == 2 and report.steps == 4
+    first, second = reg._members
+    assert first is reg.checkpoint.model
+    assert not torch.equal(first.lm_head.weight, second.lm_head.weight)  # own data order, own weights
+    probe = [vz.TrialSuggestion({"x0": 0.1, "x1": 0.2}), vz.TrialSuggestion({"x0": -0.5, "x1": 0.9})]
+    assert reg.sample(probe, 7, seed=1).values.shape == (2, 7)  # 4 + 3 samples
+    assert reg.predict(probe).mean.shape == (2,)
+
+    reg.save(tmp_path / "ens")
+    assert (tmp_path / "ens" / model_lib.member_file(1)).is_file()
+    loaded = OmniPredRegressor.from_pretrained(tmp_path / "ens")
+    loaded.set_problem(problem_2d)
+    assert loaded.ensemble_size == 2
+    np.testing.assert_array_equal(loaded.sample(probe, 16, seed=3).values, reg.sample(probe, 16, seed=3).values)
+    from vizier_omnipred.designer_state import file_fingerprint
+
+    single.save(tmp_path / "one")  # one model: the fingerprint designer states recorded before ensembles
+    assert model_lib.weights_fingerprint(tmp_path / "one") == file_fingerprint(tmp_path / "one" / "model.safetensors")
+    assert model_lib.weights_fingerprint(tmp_path / "ens") != file_fingerprint(tmp_path / "ens" / "model.safetensors")
+
+    (tmp_path / "ens" / model_lib.member_file(1)).write_bytes(b"not safetensors")
+    with pytest.raises(model_lib.CheckpointError, match="member"):
+        OmniPredRegressor.from_pretrained(tmp_path / "ens")
+    (tmp_path / "ens" / model_lib.member_file(1)).unlink()
+    with pytest.raises(model_lib.CheckpointError, match="missing ensemble member"):
+        OmniPredRegressor.from_pretrained(tmp_path / "ens")

@@ -98,7 +98,6 @@ from vizier_omnipred.designer_state import (
     StateVersionError,
     WeightsState,
     default_cache_root,
-    file_fingerprint,
     id_order,
     problem_key,
 )
@@ -269,12 +268,13 @@ _FALLBACK_BASE: dict[str, OmniPredRegressor] = {}
 def _copy_regressor(
     regressor: OmniPredRegressor, *, device: str, num_samples: int, seed: int
 ) -> OmniPredRegressor:
-    """A regressor with its own copy of the weights (tokenizers are shared: immutable)."""
+    """A regressor with its own copy of the weights (tokenizers are shared: immutable) and the
+    same ensemble size (its members are copied from the base's model at the study's first fit)."""
     ckpt = regressor.checkpoint
     own = attrs.evolve(ckpt, model=copy.deepcopy(ckpt.model), training=copy.deepcopy(ckpt.training))
     return OmniPredRegressor(
         own, device=device, num_samples=num_samples, temperature=regressor.temperature, seed=seed,
-        pretrained=regressor.pretrained,
+        pretrained=regressor.pretrained, ensemble_size=regressor.ensemble_size,
     )
 
 
@@ -989,7 +989,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             path = self.work_dir / WEIGHTS_DIR
             if self._weights_dirty or self._weights_fingerprint is None or not (path / model_lib.WEIGHTS_FILE).is_file():
                 self._regressor.save(path)
-                self._weights_fingerprint = file_fingerprint(path / model_lib.WEIGHTS_FILE)
+                self._weights_fingerprint = model_lib.weights_fingerprint(path)
                 self._weights_dirty = False
             weights = WeightsState(
                 path=str(path.resolve()),
@@ -1055,7 +1055,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             model_lib.restore_interrupted_save(path)
             if not weights_file.is_file():
                 problem = f"the weights directory {path} is missing"
-            elif file_fingerprint(weights_file) != weights.fingerprint:
+            elif model_lib.weights_fingerprint(path) != weights.fingerprint:
                 problem = f"the weights in {path} do not match the recorded fingerprint (overwritten?)"
             else:
                 try:

@@ -11,6 +11,8 @@ twenty trials later inside torch.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +24,8 @@ import math
 
 import attrs
 import torch
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save as safetensors_bytes
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
@@ -275,6 +279,53 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+# An ensemble's members after the first (`OmniPredRegressor(ensemble_size=K)`): member i's weights
+# travel in the checkpoint as `member_{i}.safetensors` next to the first member's WEIGHTS_FILE.
+def member_file(index: int) -> str:
+    return f"member_{index}.safetensors"
+
+
+def member_weights(model: OmniPredT5) -> bytes:
+    """A member's weights as safetensors bytes (tied copies of the shared embedding left out)."""
+    return safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in _TIED_KEYS})
+
+
+def load_member(directory: str | os.PathLike[str], index: int, like: OmniPredT5) -> OmniPredT5:
+    """Member `index` of a saved ensemble: a copy of `like` (the first member) with its weights."""
+    path = Path(directory) / member_file(index)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing ensemble member file (the checkpoint records more members)")
+    try:
+        weights = load_safetensors(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for damaged files
+        raise CheckpointError(f"{path}: cannot load ensemble member weights ({e})") from e
+    member = copy.deepcopy(like)
+    info = member.load_state_dict(weights, strict=False)
+    missing = [k for k in info.missing_keys if k not in _TIED_KEYS]
+    if missing or info.unexpected_keys:
+        raise CheckpointError(f"{path}: member weights do not match the model (missing {missing[:5]}, "
+                              f"unexpected {list(info.unexpected_keys)[:5]})")
+    member.eval()
+    return member
+
+
+def weights_fingerprint(directory: str | os.PathLike[str]) -> str:
+    """SHA-256 of a checkpoint's weights file; with ensemble members, of the files' SHA-256s in
+    order (so a one-model checkpoint keeps the fingerprint designer states recorded before)."""
+    root = Path(directory)
+    files = [root / WEIGHTS_FILE]
+    while (root / member_file(len(files))).is_file():
+        files.append(root / member_file(len(files)))
+    digests = []
+    for path in files:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digests.append(digest.hexdigest())
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def _previous_copy(target: Path) -> Path:

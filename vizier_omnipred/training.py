@@ -390,11 +390,14 @@ class FitReport:
     batch_size: int = 0
     trained_encoder: bool = True
     best_step: int = 0  # the step whose state was kept (early stopping)
+    # Ensemble members fitted alike (`OmniPredRegressor(ensemble_size=K)`): the report is the
+    # first member's (steps, epochs, losses), `seconds` the time of all of them.
+    members: int = 1
 
     @property
     def examples_per_second(self) -> float:
         seen = min(self.steps * self.batch_size, self.epochs * (self.num_train_examples + self.num_prior_examples))
-        return seen / max(self.seconds, 1e-9)
+        return self.members * seen / max(self.seconds, 1e-9)
 
 
 # Named fit recipes, for the places that pick one by name (CLI flags, benchmark options).

@@ -52,6 +52,7 @@ def _cmd_regression(args: argparse.Namespace) -> int:
             train_encoder={"auto": None, "yes": True, "no": False}[args.train_encoder],
             level_map={"auto": None, "yes": True, "no": False}[args.level_map],
             finetune_steps=args.finetune_steps,
+            ensemble_size=args.omnipred_ensemble,
         ),
         out_dir=args.out,
         plot=args.plot,
@@ -386,6 +387,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "frozen for a pretrained checkpoint)")
     r.add_argument("--preset", default="small", help="model preset of omnipred-scratch")
     r.add_argument("--num-samples", type=int, default=64, help="OmniPred samples per test point")
+    r.add_argument("--omnipred-ensemble", type=int, default=1,
+                   help="OmniPredRegressor ensemble_size of the OmniPred models (members fitted alike, samples shared)")
     r.add_argument("--device", default="cpu")
     r.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     r.add_argument("--out", type=Path, default=Path("runs/bench/regression"))

@@ -95,6 +95,7 @@ class OmniPredOptions:
     train_encoder: bool | None = None  # FinetuneConfig.train_encoder of the fine-tuned/warm-started cells
     level_map: bool | None = None  # FinetuneConfig.level_map of the fine-tuned cells (None: the recipe's)
     finetune_steps: int | None = None  # FinetuneConfig.max_steps of the fine-tuned cells (0: level map only)
+    ensemble_size: int = 1  # OmniPredRegressor ensemble_size (members fitted alike, samples shared)
 
     def checkpoint_for(self, task: "RegressionTask") -> tuple[bool, str | None, str]:
         """(usable, path, reason). HPOBench needs a leave-one-out checkpoint per dataset."""
@@ -137,6 +138,8 @@ class RegressionConfig:
 def validate_config(config: RegressionConfig) -> None:
     if config.workers < 1:
         raise RegressionConfigError(f"workers must be >= 1, got {config.workers}")
+    if config.omnipred.ensemble_size < 1:
+        raise RegressionConfigError(f"--omnipred-ensemble must be >= 1, got {config.omnipred.ensemble_size}")
     bad = [s for s in config.suites if s not in SUITES]
     if bad or not config.suites:
         raise RegressionConfigError(f"unknown suite(s) {bad}; valid: {', '.join(SUITES)}, all")
@@ -325,9 +328,10 @@ class OmniPredModel:
 
         o = self.options
         if self.mode == "scratch":
-            reg = OmniPredRegressor.from_scratch(o.preset, device=o.device, seed=self.seed)
+            reg = OmniPredRegressor.from_scratch(o.preset, device=o.device, seed=self.seed,
+                                                 ensemble_size=o.ensemble_size)
         elif self.mode in ("pretrained", "finetuned", "warmstart"):
-            reg = OmniPredRegressor.from_pretrained(self.checkpoint, device=o.device)
+            reg = OmniPredRegressor.from_pretrained(self.checkpoint, device=o.device, ensemble_size=o.ensemble_size)
         else:
             raise ValueError(f"unknown OmniPred mode {self.mode!r}")
         if self.mode == "warmstart":

@@ -549,6 +549,8 @@ def test_regression_workers_give_the_same_cells_as_one_process(tmp_path):
     assert [r["median_normalized_mae"] for r in saved] == [r["median_normalized_mae"] for r in one.rows]
     with pytest.raises(regression.RegressionConfigError, match="workers"):
         regression.validate_config(attrs.evolve(config, workers=0))
+    with pytest.raises(regression.RegressionConfigError, match="omnipred-ensemble"):
+        regression.validate_config(attrs.evolve(config, omnipred=regression.OmniPredOptions(ensemble_size=0)))
 
 
 def test_hpobench_pretrained_cells_need_a_leave_one_out_checkpoint():

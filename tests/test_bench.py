@@ -425,6 +425,8 @@ def test_ab_config_errors_are_clear(tmp_path):
                           options=ab.DesignerOptions(omnipred_seed_trials=8)), tasks=[VizierShiftedSphere(2)])
     with pytest.raises(ab.ABConfigError, match="unknown suite"):
         ab.validate_config(_config(tmp_path, suite="nasbench"))
+    with pytest.raises(ab.ABConfigError, match="omnipred-ensemble"):
+        ab.validate_config(_config(tmp_path, options=ab.DesignerOptions(omnipred_ensemble=0)))
     with pytest.raises(ab.ABConfigError, match="unknown BBOB function"):
         ab.default_tasks(_config(tmp_path, bbob_functions=("Sphere", "Spere")))
     assert not list(tmp_path.glob("bbob/**/*.json"))  # nothing ran
@@ -437,6 +439,10 @@ def test_ab_trust_region_ablation_builds_the_designer_without_it():
     ablated = ab.DESIGNERS["omnipred_no_trust_region"].make(task.problem, seed=0, options=options, task=task)
     assert with_region.search.trust_region and not ablated.search.trust_region
     assert attrs.evolve(ablated.search, trust_region=True) == with_region.search  # nothing else differs
+    ensemble = ab.DESIGNERS["omnipred"].make(task.problem, seed=0, options=ab.DesignerOptions(omnipred_ensemble=3),
+                                             task=task)
+    assert ensemble.regressor.ensemble_size == 3 and with_region.regressor.ensemble_size == 1
+    assert ab.DesignerOptions(omnipred_ensemble=3).resume_token != options.resume_token  # its own runs
 
 
 def test_ab_ablation_gets_a_win_rate_against_its_original():

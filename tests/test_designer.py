@@ -635,15 +635,15 @@ def test_picks_stay_in_the_trust_region_around_completed_trials(make):
 
 def test_an_ensemble_designer_restores_every_member(base, tmp_path, caplog):
     from vizier_omnipred import model as model_lib
-    from vizier_omnipred.regressor import OmniPredRegressor
 
     problem = problem_of(test_studies.flat_continuous_space_with_scaling())
-    ensemble = OmniPredRegressor(base.checkpoint, ensemble_size=2, pretrained=False)
-    kwargs = dict(regressor=ensemble, num_samples=8, num_candidates=24, num_seed_trials=2,
+    with pytest.raises(ValueError, match="ensemble_size"):
+        OmniPredDesigner(problem, regressor=base, ensemble_size=0)
+    kwargs = dict(regressor=base, ensemble_size=2, num_samples=8, num_candidates=24, num_seed_trials=2,
                   finetune_config=FinetuneConfig(max_epochs=2, batch_size=32), work_dir=tmp_path / "work")
     first = OmniPredDesigner(problem, **kwargs)
     run_loop(first, rounds=3, count=1, fn=lambda p: p["lineardouble"])
-    assert first.regressor.ensemble_size == 2 and first.last_fit.members == 2
+    assert first.regressor.ensemble_size == 2 and first.last_fit.members == 2 and base.ensemble_size == 1
     md = first.dump()
     assert (tmp_path / "work" / "weights" / model_lib.member_file(1)).is_file()
     second = OmniPredDesigner(problem, **kwargs)

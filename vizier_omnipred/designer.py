@@ -374,6 +374,9 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         weights are gone refits from the same warm-started checkpoint, if it still exists.
       warm_start: how `history` is turned into a checkpoint (`WarmStartConfig`: steps,
         bounds on studies and trials, cache folder); None: the defaults.
+      ensemble_size: models fine-tuned on the study, samples shared among them
+        (`OmniPredRegressor` ensembles: each fit and each encoder pass costs K times as
+        much); None: the regressor's (1 for a checkpoint).
 
     Tuning beyond the constructor: `designer.search` (`SearchConfig`: strategy, batch
     size, diversity radius) and `designer.refit` (`RefitSchedule`) are plain attributes
@@ -420,6 +423,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         metric_name: str | None = None,
         history: str | os.PathLike[str] | WarmStartResult | None = None,
         warm_start: WarmStartConfig | None = None,
+        ensemble_size: int | None = None,
     ):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -450,6 +454,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._regressor = _base_regressor(
             checkpoint, regressor, device=device, num_samples=self._num_samples, seed=self._seed
         )
+        if ensemble_size is not None:
+            self._regressor.ensemble_size = ensemble_size  # members are made at the first fit
         check_metrics(self._problem)
         self._metric = self._regressor.codec.objective_metric(
             self._problem, metric_name if metric_name is not None else self._first_objective_name()

@@ -116,11 +116,9 @@ class OmniPredRegressor(vza.Predictor):
         ensemble_size: int = 1,
         members: Sequence[model_lib.OmniPredT5] = (),
     ):
-        if ensemble_size < 1:
-            raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
         self._device = resolve_device(device)
         self._ckpt = checkpoint
-        self.ensemble_size = int(ensemble_size)
+        self.ensemble_size = ensemble_size
         # The models samples come from: the checkpoint's, then the ensemble's other members (a fit
         # adds copies of the first until there are `ensemble_size`; before it, the first alone).
         self._members = [checkpoint.model, *members]
@@ -216,6 +214,17 @@ class OmniPredRegressor(vza.Predictor):
         )
 
     # ----- accessors ---------------------------------------------------------------------
+    @property
+    def ensemble_size(self) -> int:
+        """Members the next fit trains (samples come from those fitted so far)."""
+        return self._ensemble_size
+
+    @ensemble_size.setter
+    def ensemble_size(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"ensemble_size must be an int >= 1, got {value!r}")
+        self._ensemble_size = value
+
     @property
     def device(self) -> torch.device:
         return self._device

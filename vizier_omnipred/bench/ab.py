@@ -201,6 +201,7 @@ class DesignerOptions:
     # dataset D are the `trained_on` datasets of the fold holding D out. None: the other 7.
     prior_datasets: str | None = None
     prior_trials: int = 100  # gp_bandit_priors: random configurations per prior dataset
+    omnipred_ensemble: int = 1  # OmniPredDesigner's ensemble_size
 
     # The fields the resume key has always covered; see `resume_token`.
     _KEYED_SINCE_V1: ClassVar[tuple[str, ...]] = ("omnipred_checkpoint", "omnipred_seed_trials", "device")
@@ -430,6 +431,7 @@ def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: Designer
         device=options.device,
         finetune_config=None if options.omnipred_recipe is None else recipe(options.omnipred_recipe),
         num_samples=options.num_samples,
+        ensemble_size=options.omnipred_ensemble,
     )
 
 
@@ -452,7 +454,7 @@ def _omnipred_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement
 
 # The options OmniPred reads; a new OmniPred option must be added here to enter its key.
 _OMNIPRED_OPTIONS: tuple[str, ...] = ("omnipred_checkpoint", "omnipred_seed_trials", "device", "omnipred_recipe",
-                                       "num_samples")
+                                       "num_samples", "omnipred_ensemble")
 
 DESIGNERS: Mapping[str, DesignerSpec] = {
     spec.name: spec
@@ -558,6 +560,8 @@ def validate_config(config: ABConfig, registry: Mapping[str, DesignerSpec] = DES
         raise ABConfigError(f"repeats must be >= 1, got {config.repeats}")
     if config.workers < 1:
         raise ABConfigError(f"workers must be >= 1, got {config.workers}")
+    if config.options.omnipred_ensemble < 1:
+        raise ABConfigError(f"--omnipred-ensemble must be >= 1, got {config.options.omnipred_ensemble}")
     for name in config.designers:
         if config.suite not in registry[name].suites:
             raise ABConfigError(

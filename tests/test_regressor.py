@@ -374,11 +374,11 @@ def test_an_ensemble_fits_distinct_members_shares_samples_and_round_trips(tmp_pa
     loaded.set_problem(problem_2d)
     assert loaded.ensemble_size == 2
     np.testing.assert_array_equal(loaded.sample(probe, 16, seed=3).values, reg.sample(probe, 16, seed=3).values)
-    from vizier_omnipred.designer_state import file_fingerprint
+    from vizier_omnipred.designer_state import file_fingerprint, weights_fingerprint
 
     single.save(tmp_path / "one")  # one model: the fingerprint designer states recorded before ensembles
-    assert model_lib.weights_fingerprint(tmp_path / "one") == file_fingerprint(tmp_path / "one" / "model.safetensors")
-    assert model_lib.weights_fingerprint(tmp_path / "ens") != file_fingerprint(tmp_path / "ens" / "model.safetensors")
+    assert weights_fingerprint(tmp_path / "one") == file_fingerprint(tmp_path / "one" / "model.safetensors")
+    assert weights_fingerprint(tmp_path / "ens") != file_fingerprint(tmp_path / "ens" / "model.safetensors")
 
     (tmp_path / "ens" / model_lib.member_file(1)).write_bytes(b"not safetensors")
     with pytest.raises(model_lib.CheckpointError, match="member"):

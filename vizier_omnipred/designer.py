@@ -100,6 +100,7 @@ from vizier_omnipred.designer_state import (
     default_cache_root,
     id_order,
     problem_key,
+    weights_fingerprint,
 )
 from vizier_omnipred.multimetric import (
     HypervolumeScalarization,
@@ -995,7 +996,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             path = self.work_dir / WEIGHTS_DIR
             if self._weights_dirty or self._weights_fingerprint is None or not (path / model_lib.WEIGHTS_FILE).is_file():
                 self._regressor.save(path)
-                self._weights_fingerprint = model_lib.weights_fingerprint(path)
+                self._weights_fingerprint = weights_fingerprint(path)
                 self._weights_dirty = False
             weights = WeightsState(
                 path=str(path.resolve()),
@@ -1061,7 +1062,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             model_lib.restore_interrupted_save(path)
             if not weights_file.is_file():
                 problem = f"the weights directory {path} is missing"
-            elif model_lib.weights_fingerprint(path) != weights.fingerprint:
+            elif weights_fingerprint(path) != weights.fingerprint:
                 problem = f"the weights in {path} do not match the recorded fingerprint (overwritten?)"
             else:
                 try:

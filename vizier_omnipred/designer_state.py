@@ -24,6 +24,7 @@ import attrs
 from vizier import pyvizier as vz
 from vizier.interfaces import serializable
 
+from vizier_omnipred.model import WEIGHTS_FILE, member_file
 from vizier_omnipred.search_space import py_value
 from vizier_omnipred.text import OMNIPRED_NS, POLICY_NS
 
@@ -42,6 +43,7 @@ __all__ = [
     "file_fingerprint",
     "id_order",
     "problem_key",
+    "weights_fingerprint",
 ]
 
 STATE_VERSION = 2
@@ -300,3 +302,15 @@ def file_fingerprint(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def weights_fingerprint(directory: str | os.PathLike[str]) -> str:
+    """`file_fingerprint` of a checkpoint's weights file; with ensemble members, the SHA-256 of
+    every weights file's fingerprint in order (so a one-model checkpoint keeps the fingerprint
+    designer states recorded before ensembles)."""
+    root = Path(directory)
+    files = [root / WEIGHTS_FILE]
+    while (root / member_file(len(files))).is_file():
+        files.append(root / member_file(len(files)))
+    digests = [file_fingerprint(path) for path in files]
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()

@@ -12,7 +12,6 @@ twenty trials later inside torch.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -309,23 +308,6 @@ def load_member(directory: str | os.PathLike[str], index: int, like: OmniPredT5)
                               f"unexpected {list(info.unexpected_keys)[:5]})")
     member.eval()
     return member
-
-
-def weights_fingerprint(directory: str | os.PathLike[str]) -> str:
-    """SHA-256 of a checkpoint's weights file; with ensemble members, of the files' SHA-256s in
-    order (so a one-model checkpoint keeps the fingerprint designer states recorded before)."""
-    root = Path(directory)
-    files = [root / WEIGHTS_FILE]
-    while (root / member_file(len(files))).is_file():
-        files.append(root / member_file(len(files)))
-    digests = []
-    for path in files:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digests.append(digest.hexdigest())
-    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def _previous_copy(target: Path) -> Path:

@@ -187,11 +187,12 @@ class OmniPredRegressor(vza.Predictor):
         caps = ckpt.training.get("max_exponents") or {}
         key = saved.get("problem_key") or caps.get("problem_key")
         saved_members = int(ckpt.training.get("ensemble_size", 1))
-        members = [model_lib.load_member(path, i, ckpt.model) for i in range(1, saved_members)]
         kwargs.setdefault("ensemble_size", saved_members)
+        wanted = min(saved_members, kwargs["ensemble_size"])  # members beyond the wanted size stay on disk
+        members = [model_lib.load_member(path, i, ckpt.model) for i in range(1, wanted)]
         return cls(ckpt, device=device, pretrained=bool(ckpt.training.get("steps")), level_maps=maps,
                    max_exponents={n: int(e) for n, e in (caps.get("caps") or {}).items()}, study_key=key,
-                   members=members[: kwargs["ensemble_size"] - 1], **kwargs)
+                   members=members, **kwargs)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         training = dict(self._ckpt.training)
@@ -364,6 +365,7 @@ class OmniPredRegressor(vza.Predictor):
         # sees the study in its own order: what makes them disagree where the data says little.
         self._members = self._members[: self.ensemble_size]
         self._members += [copy.deepcopy(self._members[0]) for _ in range(self.ensemble_size - len(self._members))]
+        validation_positions = leading_positions(self.vocab.float_tokenizer, config.early_stopping_digits)
         reports = [
             finetune(
                 member,
@@ -375,7 +377,7 @@ class OmniPredRegressor(vza.Predictor):
                 device=self._device,
                 data=summary,
                 num_prior_examples=len(prior_examples),
-                validation_positions=leading_positions(self.vocab.float_tokenizer, config.early_stopping_digits),
+                validation_positions=validation_positions,
             )
             for i, member in enumerate(self._members)
         ]
@@ -401,11 +403,19 @@ class OmniPredRegressor(vza.Predictor):
     def max_exponent(self, problem: vz.ProblemStatement | None = None, metric_name: str | None = None) -> int | None:
         """The exponent cap the last fit found for `metric_name` of `problem` (defaults: the
         current study and metric), or None: samples may take any exponent the tokenizer has."""
+        return self._study_entry(self._max_exponents, problem, metric_name)
+
+    def _study_entry(self, by_metric: dict[str, Any], problem: vz.ProblemStatement | None,
+                     metric_name: str | None) -> Any:
+        """`by_metric[metric_name]` when `problem` (default: the current study) is the study the
+        last fit learnt it from; None otherwise. Shared by the level maps and exponent caps."""
+        if not by_metric:
+            return None
         problem = problem if problem is not None else self._problem
         name = metric_name if metric_name is not None else self._metric_name
-        if problem is None or name not in self._max_exponents or problem_key(problem) != self._study_key:
+        if problem is None or name not in by_metric or problem_key(problem) != self._study_key:
             return None
-        return self._max_exponents[name]
+        return by_metric[name]
 
     def _sampling_masks(self, problem: vz.ProblemStatement | None) -> GrammarMasks:
         cap = self.max_exponent(problem)
@@ -517,20 +527,22 @@ class OmniPredRegressor(vza.Predictor):
         inputs = self.model_inputs(trials, problem)
         total = num_samples or self.num_samples
         k = len(self._members)
+        counts = [total // k + (i < total % k) for i in range(k)]  # an ensemble's members share the samples
+        masks = self._sampling_masks(problem)
         parts = [
             sample_y(
                 member,
                 self.vocab,
                 [ids for ids, _ in inputs],
-                total // k + (i < total % k),  # an ensemble's members share the samples
+                count,
                 input_values=[values for _, values in inputs],
                 temperature=temperature or self.temperature,
                 seed=seed + 7_919 * i,
                 device=self._device,
-                masks=self._sampling_masks(problem),
+                masks=masks,
             )
-            for i, member in enumerate(self._members)
-            if total // k + (i < total % k)
+            for i, (member, count) in enumerate(zip(self._members, counts))
+            if count
         ]
         samples = parts[0] if len(parts) == 1 else YSamples(
             values=np.concatenate([p.values for p in parts], axis=1),
@@ -544,13 +556,7 @@ class OmniPredRegressor(vza.Predictor):
                   metric_name: str | None = None) -> LevelMap | None:
         """The level map the last fit found for `metric_name` of `problem` (defaults: the
         current study and metric), or None: samples are the model's own."""
-        if not self._level_maps:
-            return None
-        problem = problem if problem is not None else self._problem
-        name = metric_name if metric_name is not None else self._metric_name
-        if problem is None or name not in self._level_maps or problem_key(problem) != self._study_key:
-            return None
-        return self._level_maps[name]
+        return self._study_entry(self._level_maps, problem, metric_name)
 
     def sample_metrics(
         self,

@@ -643,6 +643,7 @@ def test_speed_benchmark_times_each_count_several_times_with_designers_taking_tu
         trial_counts=(6, 9), suggests_per_count=2, designers=("omnipred", "random"), dim=2, checkpoint=ckpt,
         num_samples=4, sample_candidates=4, finetune_trials=8, matmul_size=64, threads=1, out_dir=tmp_path / "out",
         train_steps=3, compile_training=False,  # compiling is tested in test_pretraining.py
+        pipeline_steps=3,
     )
     result = speed.run_speed(config, log=lines.append)
     for name in ("omnipred", "random"):
@@ -660,6 +661,11 @@ def test_speed_benchmark_times_each_count_several_times_with_designers_taking_tu
     training = result["training"]
     assert "error" not in training, training.get("error")
     assert training["now"]["input_tokens"] < training["before"]["input_tokens"] and training["ratio"] > 0
+    # the pretraining loop, data pipeline included: batches grouped by length pad less
+    pipeline = result["pretraining"]
+    assert "error" not in pipeline, pipeline.get("error")
+    assert pipeline["grouped by length"]["padding_share"] < pipeline["drawn one at a time"]["padding_share"]
+    assert pipeline["ratio"] > 0 and "grouped by length" in (tmp_path / "out" / "speed.md").read_text()
     assert (tmp_path / "out" / "speed.json").is_file() and "Median of 2" in (tmp_path / "out" / "speed.md").read_text()
     # counts closer together than the timings they need are a clear error
     with pytest.raises(ValueError, match="apart"):

@@ -77,6 +77,8 @@ def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tmp
     assert [e["step"] for e in log if "loss" in e][-1] == 3
     assert json.loads((final / "omnipred.json").read_text())["training"]["steps"] == 3
     assert "restored" in capsys.readouterr().err  # resumed from the set-aside checkpoint, not restarted
+    # the saved config is the one the run finished with (a resume may change the step count)
+    assert json.loads((out / "pretrain_config.json").read_text())["steps"] == 3
     assert not (out / ".last.old").exists()
     assert not model_lib.restore_interrupted_save(out / "last")  # nothing to do when `last` is there
 
@@ -293,3 +295,73 @@ def test_a_failed_compile_warns_and_trains_eagerly(tiny_regressor_factory, probl
     assert losses == eager_losses  # the failed step was redone, not skipped nor taken twice
     for a, b in zip(params, eager_params):
         assert torch.equal(a, b)
+
+
+def _one_pass(config, vocab):
+    import warnings
+
+    from vizier_omnipred.pretraining_data import _rank_study_examples
+    from vizier_omnipred.text import TextCodec
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fixture's truncated last line warns on every read
+        return [e for s in _rank_study_examples(config, vocab, TextCodec(), rank=0, world_size=1) for e in s]
+
+
+def test_length_grouping_pads_less_and_keeps_every_example(tmp_path, corpus_file, tiny_regressor_factory):
+    """Grouped batches (studies of 1 to 3 dimensions: inputs of different lengths) pad less, and a
+    pass still gives every example exactly once."""
+    import collections
+    import warnings
+
+    vocab = tiny_regressor_factory().vocab
+    config = PretrainConfig(out_dir=str(tmp_path), corpus=(str(corpus_file),), preset="tiny", batch_size=8,
+                            shuffle_buffer=64, example_cache_mb=0)
+    examples = _one_pass(config, vocab)
+    count = len(examples) // 8 - 8  # the end of the pass mixes with the next one: stay clear of it
+    padding, seen = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for group in (1, 8):
+            batches = _first_batches(attrs.evolve(config, length_grouping=group), vocab, count)
+            padding[group] = sum(int((b.attention_mask == 0).sum()) for b in batches)
+            seen[group] = collections.Counter(
+                (tuple(i for i in row.tolist() if i != 0), tuple(y.tolist()))
+                for b in batches for row, y in zip(b.input_ids, b.labels))
+    assert padding[8] < 0.75 * padding[1], padding
+    every = collections.Counter((e.input_ids, e.y_ids) for e in examples)
+    for group in (1, 8):
+        assert sum(seen[group].values()) == count * 8
+        assert not seen[group] - every, group  # nothing made up, nothing twice beyond its count
+
+
+def test_a_data_process_gives_the_same_batches(tmp_path, corpus_file, tiny_regressor_factory):
+    """The first pass made in a second (spawned) process: the same batches, then the replay."""
+    import warnings
+
+    import torch
+
+    vocab = tiny_regressor_factory().vocab
+    config = PretrainConfig(out_dir=str(tmp_path), corpus=(str(corpus_file),), synthetic_studies=2, preset="tiny",
+                            batch_size=8, shuffle_buffer=16)
+    count = 2 * len(_one_pass(config, vocab)) // 8 + 2  # into the second pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = _first_batches(config, vocab, count)
+        there = _first_batches(attrs.evolve(config, data_process=True), vocab, count)
+    for a, b in zip(here, there, strict=True):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.input_values.nan_to_num(-9.0), b.input_values.nan_to_num(-9.0))
+
+
+def test_a_failing_data_process_raises_in_training(tmp_path, tiny_regressor_factory):
+    """An error in the data process (here: every study is in the validation split) reaches the
+    training loop as an error naming it, not a hang."""
+    from vizier_omnipred.corpus.format import in_validation_split
+
+    vocab = tiny_regressor_factory().vocab
+    config = PretrainConfig(out_dir=str(tmp_path), synthetic_studies=2, preset="tiny", batch_size=8,
+                            validation_fraction=1.0, data_process=True)
+    assert in_validation_split("anything", 1.0)
+    with pytest.raises(RuntimeError, match="data process failed: ValueError: no training studies"):
+        _first_batches(config, vocab, 1)

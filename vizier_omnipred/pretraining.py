@@ -44,7 +44,8 @@ CONFIG_FILE = "pretrain_config.json"
 LOG_FILE = "train_log.jsonl"
 # Fields that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = frozenset({"steps", "device", "eval_every", "checkpoint_every", "num_threads", "out_dir",
-                                "example_cache_mb", "compile"})
+                                "example_cache_mb", "compile", "length_grouping",
+                                "data_process"})
 
 
 @attrs.frozen
@@ -71,6 +72,12 @@ class PretrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     shuffle_buffer: int = 8192
+    # Batches drawn from the shuffle buffer at once and cut from one draw sorted by input length,
+    # so that each pads to similar lengths (`pretraining_data._pop_batches`); 1: one batch a draw.
+    length_grouping: int = 16
+    # Read, generate and tokenize the studies of the first pass in a second process, on a core
+    # the training loop does not use (`pretraining_data._studies_from_process`); same batches.
+    data_process: bool = False
     validation_fraction: float = 0.05
     eval_every: int = 250
     eval_studies: int = 24
@@ -108,6 +115,8 @@ class PretrainConfig:
             raise ValueError(f"init checkpoint {self.init_checkpoint} is not a directory")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
+        if self.length_grouping < 1:
+            raise ValueError("length_grouping must be >= 1")
 
     @property
     def lr(self) -> float:
@@ -207,6 +216,19 @@ def _schedule(config: PretrainConfig):
     return warmup_cosine(config.warmup_steps, config.steps, config.min_lr_ratio)
 
 
+def _config_json(config: PretrainConfig) -> dict[str, Any]:
+    saved = attrs.asdict(config)
+    saved["corpus"] = list(saved["corpus"])
+    saved["hpobench_datasets"] = list(saved["hpobench_datasets"])
+    return saved
+
+
+def _write_config(config: PretrainConfig, out: Path) -> None:
+    tmp = out / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(_config_json(config), indent=2, sort_keys=True))
+    os.replace(tmp, out / CONFIG_FILE)
+
+
 def check_resumable(config: PretrainConfig, out: Path) -> None:
     """Raises ValueError naming the fields of `config` that differ from the run saved in `out`."""
     try:
@@ -215,9 +237,7 @@ def check_resumable(config: PretrainConfig, out: Path) -> None:
         raise ValueError(f"{out / CONFIG_FILE}: cannot read the run's config to resume it ({e})") from e
     if not isinstance(saved, dict):
         raise ValueError(f"{out / CONFIG_FILE}: expected a JSON object (the run's config)")
-    current = attrs.asdict(config)
-    current["corpus"] = list(current["corpus"])
-    current["hpobench_datasets"] = list(current["hpobench_datasets"])
+    current = _config_json(config)
     diff = sorted(k for k in set(saved) | set(current)
                   if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if diff:
@@ -279,6 +299,8 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
     resumed = (last / STATE_FILE).is_file()
     if resumed:
         check_resumable(config, out)
+        if rank == 0:
+            _write_config(config, out)  # what may change on a resume (steps, ...) is saved as run last
         ckpt = model_lib.load_checkpoint(last)
         model, vocab = ckpt.model, ckpt.vocab
         state = load_trainer_state(last / STATE_FILE)
@@ -286,10 +308,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
     else:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            config_json = attrs.asdict(config)
-            config_json["corpus"] = list(config_json["corpus"])
-            config_json["hpobench_datasets"] = list(config_json["hpobench_datasets"])
-            (out / CONFIG_FILE).write_text(json.dumps(config_json, indent=2, sort_keys=True))
+            _write_config(config, out)
         torch.manual_seed(config.seed)
         if config.init_checkpoint is not None:
             model, vocab = _initial_model(config)
@@ -377,6 +396,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save(step, last)
     finally:
+        batches.close()  # stops a data process, if there is one
         if bar is not None:
             bar.close()
         if log is not None:
@@ -426,6 +446,11 @@ def add_cli(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="train through torch.compile: ~1.4x faster on a CPU after a one-off compile (needs a C++ "
                         "compiler; falls back to eager with a warning)")
+    p.add_argument("--length-grouping", type=int, default=None,
+                   help="batches drawn at once and grouped by input length, to pad less (default 16; 1: off)")
+    p.add_argument("--data-process", action="store_true",
+                   help="make the first pass's examples in a second process, on a core training does not use "
+                        "(same batches)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_cli)
 
@@ -439,12 +464,15 @@ def config_from_args(args) -> PretrainConfig:
         values["hpobench_datasets"] = (tuple(HPOBENCH_DATASETS) if names == ["all"]
                                        else () if names == ["none"] else tuple(names))
     for field in ("hpobench_trials", "synthetic_studies", "synthetic_seed", "preset", "steps", "batch_size", "learning_rate",
-                  "warmup_steps", "shuffle_buffer", "eval_every", "checkpoint_every", "example_cache_mb", "seed"):
+                  "warmup_steps", "shuffle_buffer", "eval_every", "checkpoint_every", "example_cache_mb", "seed",
+                  "length_grouping"):
         v = getattr(args, field)
         if v is not None:
             values[field] = v
     if args.compile:
         values["compile"] = True
+    if args.data_process:
+        values["data_process"] = True
     init = args.init_from
     if init == "shipped":
         from vizier_omnipred.regressor import SHIPPED_CHECKPOINT

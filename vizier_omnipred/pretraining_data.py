@@ -121,11 +121,68 @@ def _rank_study_examples(config: PretrainConfig, vocab: Vocabulary, codec: TextC
         raise ValueError("no training studies: the corpus is empty or entirely in the validation split")
 
 
+_QUEUE_STUDIES = 64  # packed studies the data process may run ahead of training
+_LENGTH_BUCKET = 16  # input tokens: lengths within one bucket count as equal when batches are grouped
+
+
+def _produce_studies(config: PretrainConfig, vocab: Vocabulary, codec: TextCodec, rank: int, world_size: int,
+                     queue) -> None:
+    """The data process: this rank's studies, packed, in order; then `None`, or the error."""
+    try:
+        for examples in _rank_study_examples(config, vocab, codec, rank=rank, world_size=world_size):
+            queue.put(PackedStudy.pack(examples))
+        queue.put(None)
+    except BaseException as e:  # noqa: BLE001 - handed to the training process, which raises it
+        queue.put(RuntimeError(f"pretraining data process failed: {type(e).__name__}: {e}"))
+
+
+def _studies_from_process(config: PretrainConfig, vocab: Vocabulary, codec: TextCodec, *, rank: int,
+                          world_size: int) -> Iterator[PackedStudy]:
+    """`_rank_study_examples`, packed, made by a second process while this one trains.
+
+    Reading, generating and tokenizing studies is Python work (synthetic BBOB studies are
+    evaluated one trial at a time) that otherwise takes turns with the training steps on the
+    same thread; on a machine with a core to spare, a spawned process does it ahead of the
+    training loop (1.2x the examples/s of the shipped recipe's first pass, docs/BENCHMARKS.md).
+    It makes the same studies in the same order, so batches do not change.
+    """
+    import multiprocessing
+    import queue as queue_lib
+
+    context = multiprocessing.get_context("spawn")  # a fork of a process that has run torch can hang
+    studies = context.Queue(maxsize=_QUEUE_STUDIES)
+    process = context.Process(target=_produce_studies, args=(config, vocab, codec, rank, world_size, studies),
+                              name="omnipred-pretraining-data", daemon=True)
+    process.start()
+    try:
+        while True:
+            try:
+                item = studies.get(timeout=5.0)
+            except queue_lib.Empty:
+                if not process.is_alive():
+                    raise RuntimeError(f"pretraining data process died (exit code {process.exitcode}) "
+                                       "before it had made every study") from None
+                continue
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        if process.is_alive():
+            process.terminate()
+        process.join(timeout=10)
+        studies.close()
+
+
 def training_batches(
     config: PretrainConfig, vocab: Vocabulary, codec: TextCodec, device: torch.device,
     *, rank: int, world_size: int, seed: int,
 ) -> Iterator[Batch]:
     """Endless shuffled batches over the training studies (this rank's share).
+
+    With `config.data_process` the first pass is made in a second process
+    (`_studies_from_process`).
 
     The first pass reads, generates and tokenizes every study; that is most of a CPU's time
     per example (reading a corpus and making synthetic studies cost more than the BPE), and
@@ -140,13 +197,19 @@ def training_batches(
     cached_bytes, budget = 0, int(config.example_cache_mb * 2**20)
     replay = False
     while True:
-        source = (p.unpack() for p in cache) if replay else _rank_study_examples(
-            config, vocab, codec, rank=rank, world_size=world_size)
+        if replay:
+            source = ((p, p.unpack()) for p in cache)
+        elif config.data_process:
+            source = ((p, p.unpack()) for p in _studies_from_process(config, vocab, codec, rank=rank,
+                                                                     world_size=world_size))
+        else:
+            source = ((None, e) for e in _rank_study_examples(config, vocab, codec, rank=rank,
+                                                              world_size=world_size))
         num_examples = 0
-        for examples in source:
+        for packed, examples in source:
             num_examples += len(examples)
             if not replay and cache is not None:
-                packed = PackedStudy.pack(examples)
+                packed = packed if packed is not None else PackedStudy.pack(examples)
                 cached_bytes += packed.nbytes
                 if cached_bytes <= budget:
                     cache.append(packed)
@@ -154,21 +217,39 @@ def training_batches(
                     cache = None
             buffer.extend(examples)
             while len(buffer) >= config.shuffle_buffer:
-                yield _pop_batch(buffer, config.batch_size, rng, device)
+                yield from _pop_batches(buffer, config.batch_size, config.length_grouping, rng, device)
         if num_examples == 0:
             raise ValueError("no usable trials in the training studies (every trial was unusable)")
         replay = cache is not None
         while len(buffer) >= config.batch_size:
-            yield _pop_batch(buffer, config.batch_size, rng, device)
+            yield from _pop_batches(buffer, config.batch_size, config.length_grouping, rng, device)
 
 
-def _pop_batch(buffer: list[Example], size: int, rng: random.Random, device: torch.device) -> Batch:
+def _pop_batches(buffer: list[Example], size: int, group: int, rng: random.Random,
+                 device: torch.device) -> Iterator[Batch]:
+    """Up to `group` batches of `size` examples drawn at random from `buffer`, grouped by length.
+
+    A batch is padded to its longest input, and studies of different dimensions and text
+    lengths mix in the buffer: drawn one batch at a time, a third of the encoder's tokens on
+    the synthetic BBOB corpus were padding. Drawing `group` batches at once, sorting the draw
+    by input length and cutting it into batches keeps each batch a random mix of studies
+    while it pads to similar lengths; the batches then come out in random order, so that
+    the model does not see short inputs, then long ones.
+    """
+    count = min(group, len(buffer) // size)
     picked = []
-    for _ in range(size):
+    for _ in range(size * count):
         j = rng.randrange(len(buffer))
         buffer[j], buffer[-1] = buffer[-1], buffer[j]
         picked.append(buffer.pop())
-    return Batch.collate(picked, device)
+    # Coarse: lengths within one bucket keep their random order (the sort is stable), so a batch
+    # still mixes studies of similar length. Sorted exactly, batches split along the studies'
+    # text lengths (one dataset's name and digits) and, in one 1,000-step run, learned less.
+    picked.sort(key=lambda e: len(e.input_ids) // _LENGTH_BUCKET)
+    order = list(range(count))
+    rng.shuffle(order)
+    for k in order:
+        yield Batch.collate(picked[k * size:(k + 1) * size], device)
 
 
 def validation_studies(config: PretrainConfig) -> list:

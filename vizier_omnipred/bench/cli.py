@@ -161,6 +161,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         tracemalloc=args.tracemalloc,
         train_steps=args.train_steps,
         compile_training=not args.no_compile,
+        pipeline_steps=args.pipeline_steps,
         out_dir=args.out,
         seed=args.seed,
     )
@@ -468,6 +469,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--train-steps", type=int, default=30,
                    help="training steps timed per side (this version vs before numbers as numbers); 0 skips")
     s.add_argument("--no-compile", action="store_true", help="skip the torch.compile side of the training throughput")
+    s.add_argument("--pipeline-steps", type=int, default=90,
+                   help="pretraining-loop steps timed per side (batches ungrouped vs grouped by length); 0 skips")
     s.add_argument("--out", type=Path, default=Path("runs/bench/speed"))
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_speed)

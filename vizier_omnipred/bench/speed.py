@@ -22,7 +22,12 @@ Measured in one process on one shifted BBOB task:
    trials, for the input and model of this version next to those before numbers were read
    as numbers (pure text with the long study description, 3 encoder layers with d_ff 512
    and gated-GELU). Both run in rounds, taking turns, so load changes hit both.
-5. Peak memory: the process's peak resident set (getrusage ru_maxrss, monotone, read after
+5. Pretraining throughput: examples/s of the pretraining loop, its data pipeline included
+   (reading, generating and tokenizing studies, then batching), on a small mix of the shipped
+   recipe's sources (synthetic BBOB studies and the 8 HPOBench tables), with batches drawn
+   one at a time against grouped by input length (`PretrainConfig.length_grouping`), both
+   compiled when `compile_training`, taking turns; with the share of padding tokens.
+6. Peak memory: the process's peak resident set (getrusage ru_maxrss, monotone, read after
    each phase) and, with `tracemalloc=True`, the Python-heap peak per phase (tracemalloc does
    not see torch/JAX buffers, and slows Python code, so it is off by default: timings taken
    with it on are marked).
@@ -66,6 +71,7 @@ class SpeedConfig:
     tracemalloc: bool = False
     train_steps: int = 30  # per side, in 3 rounds; 0 skips the training throughput
     compile_training: bool = True  # also time training through torch.compile (training.TrainStepper)
+    pipeline_steps: int = 90  # pretraining-loop steps per side, in 3 rounds; 0 skips that part
     out_dir: Path = attrs.field(default=Path("runs/bench/speed"), converter=Path)
     seed: int = 0
 
@@ -334,6 +340,79 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
     return out
 
 
+def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int = 64) -> dict[str, Any]:
+    """Examples/s of the pretraining loop with its data pipeline, ungrouped against grouped.
+
+    Each side gets its own fresh `small` model and its own endless batch stream over the same
+    studies; a side's time covers taking the next batch (the first pass generates and
+    tokenizes studies, as a real run's first pass does) and the training step. Compiling is
+    done on warm-up steps outside the timed rounds.
+    """
+    import tempfile
+
+    import torch
+
+    from vizier_omnipred import model as model_lib
+    from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
+    from vizier_omnipred.pretraining import PretrainConfig
+    from vizier_omnipred.pretraining_data import build_vocab, training_batches
+    from vizier_omnipred.sampling import GrammarMasks
+    from vizier_omnipred.text import TextCodec
+    from vizier_omnipred.training import TrainStepper
+
+    codec = TextCodec()
+    device = torch.device(config.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        # The shipped recipe's sources at a tenth of their size (1,500 studies and 3,000
+        # configurations per table there), so the timed steps stay within the first pass.
+        base = PretrainConfig(out_dir=tmp, synthetic_studies=150, synthetic_seed=config.seed,
+                              hpobench_datasets=tuple(HPOBENCH_DATASETS), hpobench_trials=300,
+                              batch_size=batch_size, shuffle_buffer=2048, tokenizer_studies=100, seed=config.seed)
+        vocab = build_vocab(base, codec)
+        masks = GrammarMasks.build(vocab, device)
+        state = {}
+        for name, grouping in (("drawn one at a time", 1), ("grouped by length", base.length_grouping)):
+            torch.manual_seed(config.seed)
+            model = model_lib.build_model(model_lib.get_preset("small"), vocab.size,
+                                          reads_numbers=codec.writes_numbers).to(device)
+            model.train()
+            params = list(model.parameters())
+            run = attrs.evolve(base, length_grouping=grouping)
+            state[name] = dict(batches=training_batches(run, vocab, codec, device, rank=0, world_size=1,
+                                                        seed=config.seed),
+                               step=TrainStepper(model, compile=config.compile_training), params=params,
+                               optimizer=torch.optim.AdamW(params, lr=1e-3), seconds=0.0, examples=0,
+                               tokens=0, padded=0, grouping=grouping)
+        # Warm-up outside the timed rounds: the compile, and the recompile that the first batch of
+        # another shape class costs (inductor specialises on batch x length above or below 4,096
+        # tokens), once per run: one grouped draw of batches holds the buffer's short and long inputs.
+        for st in state.values():
+            for _ in range(base.length_grouping):
+                st["step"](next(st["batches"]), st["optimizer"], masks, st["params"], 1.0)
+        per_round = max(1, config.pipeline_steps // rounds)
+        for _ in range(rounds):
+            for st in state.values():
+                t0 = time.perf_counter()
+                for _ in range(per_round):
+                    batch = next(st["batches"])
+                    st["step"](batch, st["optimizer"], masks, st["params"], 1.0)
+                    st["examples"] += batch.labels.shape[0]
+                    st["tokens"] += int(batch.attention_mask.sum())
+                    st["padded"] += batch.attention_mask.numel()
+                st["seconds"] += time.perf_counter() - t0
+        for st in state.values():
+            st["batches"].close()
+    out: dict[str, Any] = {
+        name: {"examples_per_second": st["examples"] / st["seconds"], "length_grouping": st["grouping"],
+               "input_tokens": st["tokens"] / st["examples"], "padding_share": 1 - st["tokens"] / st["padded"],
+               "compiled": st["step"].compiled}
+        for name, st in state.items()}
+    out["ratio"] = out["grouped by length"]["examples_per_second"] / out["drawn one at a time"]["examples_per_second"]
+    out["batch_size"] = batch_size
+    out["steps"] = per_round * rounds
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     lat = result["suggest"]
     counts = [str(n) for n in result["config"]["trial_counts"]]
@@ -380,6 +459,18 @@ def markdown(result: dict[str, Any]) -> str:
                          f"({c['examples_per_second']:.0f} examples/s)")
     elif "error" in t:
         lines.append(f"- training: {t['error']}")
+    p = result.get("pretraining", {})
+    if "ratio" in p:
+        lines.append(f"- pretraining loop with its data pipeline (synthetic BBOB + HPOBench, batch {p['batch_size']}, "
+                     f"{p['steps']} steps a side):")
+        for name in ("drawn one at a time", "grouped by length"):
+            r = p[name]
+            lines.append(f"  - batches {name}: {r['examples_per_second']:.0f} examples/s, "
+                         f"{r['padding_share']:.0%} of the encoder's tokens padding"
+                         + ("" if r["compiled"] else " (eager)"))
+        lines.append(f"  - ratio: {p['ratio']:.2f}x")
+    elif "error" in p:
+        lines.append(f"- pretraining loop: {p['error']}")
     lines.append(f"- peak RSS: {result['peak_rss_mib']:.0f} MiB")
     if result["config"]["tracemalloc"]:
         lines.append("- tracemalloc was on: timings include its overhead")
@@ -429,6 +520,11 @@ def run_speed(
             result["training"] = training_throughput(config)
         except Exception as e:  # noqa: BLE001
             result["training"] = _error(e)
+    if config.pipeline_steps > 0:
+        try:
+            result["pretraining"] = pretraining_throughput(config)
+        except Exception as e:  # noqa: BLE001
+            result["pretraining"] = _error(e)
     result["peak_rss_mib"] = peak_rss_mib()
     try:
         import torch

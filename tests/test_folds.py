@@ -27,8 +27,11 @@ def test_layout_partitions_the_datasets():
 
 
 def test_each_fold_checkpoint_never_read_the_datasets_it_is_evaluated_on(tmp_path, capsys):
+    # data_process: each fold's studies come from a spawned process, through the whole pretraining run
     config = FoldPretrainConfig(out_dir=str(tmp_path / "folds"), folds=2, preset="tiny", trials_per_dataset=4,
-                                synthetic_studies=2, steps=2, batch_size=4, warmup_steps=1, num_threads=1)
+                                synthetic_studies=2, steps=2, batch_size=4, warmup_steps=1, num_threads=1,
+                                data_process=True)
+    assert all(config.pretrain_config(k).data_process for k in (0, 1))
     finals = build_fold_checkpoints(config, progress=False)
     assert set(finals) == {0, 1}
     layout = json.loads((tmp_path / "folds" / "folds.json").read_text())["folds"]

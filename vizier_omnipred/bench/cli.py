@@ -250,6 +250,7 @@ def _cmd_fold_pretrain(args: argparse.Namespace) -> int:
             device=args.device,
             num_threads=args.threads or 0,
             compile=args.compile,
+            data_process=args.data_process,
             seed=args.seed,
         )
         if args.fold is not None and not 0 <= args.fold < args.folds:
@@ -587,6 +588,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     fo.add_argument("--device", default="cpu")
     fo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     fo.add_argument("--compile", action="store_true", help="train through torch.compile (see `pretrain --compile`)")
+    fo.add_argument("--data-process", action="store_true",
+                    help="make each fold's first pass in a second process (see `pretrain --data-process`); for a "
+                         "fold built alone on a 2-core machine")
     fo.add_argument("--seed", type=int, default=0)
     fo.add_argument("--no-progress", action="store_true")
     fo.set_defaults(func=_cmd_fold_pretrain)

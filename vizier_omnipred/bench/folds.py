@@ -83,6 +83,7 @@ class FoldPretrainConfig:
     device: str = "cpu"
     num_threads: int = 0
     compile: bool = False  # PretrainConfig.compile
+    data_process: bool = False  # PretrainConfig.data_process: same batches, the data made on another core
     seed: int = 0
 
     def __attrs_post_init__(self):
@@ -121,6 +122,7 @@ class FoldPretrainConfig:
             device=self.device,
             num_threads=self.num_threads,
             compile=self.compile,
+            data_process=self.data_process,
             seed=self.seed,
         )
 

@@ -427,6 +427,8 @@ def test_ab_config_errors_are_clear(tmp_path):
         ab.validate_config(_config(tmp_path, suite="nasbench"))
     with pytest.raises(ab.ABConfigError, match="omnipred-ensemble"):
         ab.validate_config(_config(tmp_path, options=ab.DesignerOptions(omnipred_ensemble=0)))
+    with pytest.raises(ab.ABConfigError, match="omnipred-temperature"):
+        ab.validate_config(_config(tmp_path, options=ab.DesignerOptions(omnipred_temperature=0.0)))
     with pytest.raises(ab.ABConfigError, match="unknown BBOB function"):
         ab.default_tasks(_config(tmp_path, bbob_functions=("Sphere", "Spere")))
     assert not list(tmp_path.glob("bbob/**/*.json"))  # nothing ran
@@ -443,6 +445,10 @@ def test_ab_trust_region_ablation_builds_the_designer_without_it():
                                              task=task)
     assert ensemble.regressor.ensemble_size == 3 and with_region.regressor.ensemble_size == 1
     assert ab.DesignerOptions(omnipred_ensemble=3).resume_token != options.resume_token  # its own runs
+    warmer = ab.DESIGNERS["omnipred"].make(task.problem, seed=0, options=ab.DesignerOptions(omnipred_temperature=2.0),
+                                           task=task)
+    assert warmer.regressor.temperature == 2.0 and with_region.regressor.temperature == 1.0
+    assert ab.DesignerOptions(omnipred_temperature=2.0).resume_token != options.resume_token
 
 
 def test_ab_ablation_gets_a_win_rate_against_its_original():

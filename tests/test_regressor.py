@@ -386,3 +386,26 @@ def test_an_ensemble_fits_distinct_members_shares_samples_and_round_trips(tmp_pa
     (tmp_path / "ens" / model_lib.member_file(1)).unlink()
     with pytest.raises(model_lib.CheckpointError, match="missing ensemble member"):
         OmniPredRegressor.from_pretrained(tmp_path / "ens")
+
+
+def test_sampling_temperature_is_checked_and_spreads_the_samples(tiny_regressor_factory):
+    """Temperature divides every token's logits: near 0 the samples collapse onto one value, at 1
+    they follow the model; a temperature that is not a finite number > 0 is refused."""
+    from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
+
+    reg = tiny_regressor_factory()
+    record = next(iter(synthetic_bbob_studies(seed=3, num_studies=1, trials_per_study=(12, 12), dims=(2, 2))))
+    from vizier_omnipred.training import FinetuneConfig
+
+    reg.fit(record.problem, list(record.trials), config=FinetuneConfig(max_steps=40))
+    probe = [vz.TrialSuggestion(t.parameters) for t in record.trials[:6]]
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            reg.sample(probe, 8, temperature=bad)
+        with pytest.raises(ValueError, match="temperature"):
+            reg.temperature = bad
+    distinct = {}
+    for t in (0.05, 1.0):  # near-greedy decoding against the model's own distribution
+        values = reg.sample(probe, 64, temperature=t, seed=5).values
+        distinct[t] = np.mean([len(set(np.round(row[np.isfinite(row)], 12))) for row in values])
+    assert distinct[0.05] < 0.5 * distinct[1.0], distinct

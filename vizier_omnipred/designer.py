@@ -378,6 +378,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
       ensemble_size: models fine-tuned on the study, samples shared among them
         (`OmniPredRegressor` ensembles: each fit and each encoder pass costs K times as
         much); None: the regressor's (1 for a checkpoint).
+      temperature: softmax temperature of the sampled number tokens, which sets how wide
+        the y distributions the acquisition reads are; None: the regressor's (1.0).
 
     Tuning beyond the constructor: `designer.search` (`SearchConfig`: strategy, batch
     size, diversity radius) and `designer.refit` (`RefitSchedule`) are plain attributes
@@ -425,6 +427,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         history: str | os.PathLike[str] | WarmStartResult | None = None,
         warm_start: WarmStartConfig | None = None,
         ensemble_size: int | None = None,
+        temperature: float | None = None,
     ):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -457,6 +460,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         )
         if ensemble_size is not None:
             self._regressor.ensemble_size = ensemble_size  # members are made at the first fit
+        if temperature is not None:
+            self._regressor.temperature = temperature
         check_metrics(self._problem)
         self._metric = self._regressor.codec.objective_metric(
             self._problem, metric_name if metric_name is not None else self._first_objective_name()

@@ -87,6 +87,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+
+def _check_temperature(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
+    return float(value)
+
 class OmniPredRegressor(vza.Predictor):
     """A T5 that reads trials as text and samples their objective values.
 
@@ -225,6 +231,15 @@ class OmniPredRegressor(vza.Predictor):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"ensemble_size must be an int >= 1, got {value!r}")
         self._ensemble_size = value
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature of every sampled token (1: the model's own distribution)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = _check_temperature(value)
 
     @property
     def device(self) -> torch.device:
@@ -536,7 +551,7 @@ class OmniPredRegressor(vza.Predictor):
                 [ids for ids, _ in inputs],
                 count,
                 input_values=[values for _, values in inputs],
-                temperature=temperature or self.temperature,
+                temperature=self.temperature if temperature is None else _check_temperature(temperature),
                 seed=seed + 7_919 * i,
                 device=self._device,
                 masks=masks,

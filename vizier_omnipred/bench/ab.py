@@ -202,6 +202,7 @@ class DesignerOptions:
     prior_datasets: str | None = None
     prior_trials: int = 100  # gp_bandit_priors: random configurations per prior dataset
     omnipred_ensemble: int = 1  # OmniPredDesigner's ensemble_size
+    omnipred_temperature: float | None = None  # OmniPredDesigner's temperature; None: its default
 
     # The fields the resume key has always covered; see `resume_token`.
     _KEYED_SINCE_V1: ClassVar[tuple[str, ...]] = ("omnipred_checkpoint", "omnipred_seed_trials", "device")
@@ -432,6 +433,7 @@ def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: Designer
         finetune_config=None if options.omnipred_recipe is None else recipe(options.omnipred_recipe),
         num_samples=options.num_samples,
         ensemble_size=options.omnipred_ensemble,
+        temperature=options.omnipred_temperature,
     )
 
 
@@ -454,7 +456,7 @@ def _omnipred_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement
 
 # The options OmniPred reads; a new OmniPred option must be added here to enter its key.
 _OMNIPRED_OPTIONS: tuple[str, ...] = ("omnipred_checkpoint", "omnipred_seed_trials", "device", "omnipred_recipe",
-                                       "num_samples", "omnipred_ensemble")
+                                       "num_samples", "omnipred_ensemble", "omnipred_temperature")
 
 DESIGNERS: Mapping[str, DesignerSpec] = {
     spec.name: spec
@@ -562,6 +564,9 @@ def validate_config(config: ABConfig, registry: Mapping[str, DesignerSpec] = DES
         raise ABConfigError(f"workers must be >= 1, got {config.workers}")
     if config.options.omnipred_ensemble < 1:
         raise ABConfigError(f"--omnipred-ensemble must be >= 1, got {config.options.omnipred_ensemble}")
+    temperature = config.options.omnipred_temperature
+    if temperature is not None and not 0 < temperature < float("inf"):
+        raise ABConfigError(f"--omnipred-temperature must be a finite number > 0, got {temperature}")
     for name in config.designers:
         if config.suite not in registry[name].suites:
             raise ABConfigError(

@@ -124,6 +124,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
             omnipred_recipe=args.omnipred_recipe,
             num_samples=args.num_samples,
             omnipred_ensemble=args.omnipred_ensemble,
+            omnipred_temperature=args.omnipred_temperature,
             device=args.device,
             prior_datasets=None if args.prior_datasets is None else str(args.prior_datasets),
             **({} if args.prior_trials is None else {"prior_trials": args.prior_trials}),
@@ -434,6 +435,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--num-samples", type=int, default=64, help="OmniPred y samples per candidate")
     a.add_argument("--omnipred-ensemble", type=int, default=1,
                    help="the OmniPred designer's ensemble_size (models fine-tuned on the study, samples shared)")
+    a.add_argument("--omnipred-temperature", type=float, default=None,
+                   help="the OmniPred designer's sampling temperature (default: the designer's)")
     a.add_argument("--omnipred-seed-trials", type=int, default=None,
                    help="quasi-random trials before OmniPred's model is used (default: the designer's)")
     a.add_argument("--prior-datasets", type=Path, default=None, metavar="FOLDS_JSON",

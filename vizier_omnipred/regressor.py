@@ -87,11 +87,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-
 def _check_temperature(value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = math.nan
+    if isinstance(value, (bool, str)) or not 0 < t < math.inf:
         raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
-    return float(value)
+    return t
+
 
 class OmniPredRegressor(vza.Predictor):
     """A T5 that reads trials as text and samples their objective values.

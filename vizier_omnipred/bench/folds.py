@@ -123,6 +123,9 @@ class FoldPretrainConfig:
             num_threads=self.num_threads,
             compile=self.compile,
             data_process=self.data_process,
+            # The batches the v3 fold checkpoints were built with (issue 13's figures): HPOBench
+            # tables share one search space and barely pad, so grouping would only reorder them.
+            length_grouping=1,
             seed=self.seed,
         )
 

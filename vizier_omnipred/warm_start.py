@@ -536,9 +536,10 @@ def _build(entry: Path, history: History, base: Path, key_payload: dict[str, Any
         # designer's own fine-tune validates on the new study.
         validation_fraction=0.0, eval_every=steps, checkpoint_every=min(config.checkpoint_every, steps),
         device=config.device, num_threads=config.num_threads, seed=config.seed,
-        # Batches drawn one at a time, as before length grouping: a history of one study family
-        # barely pads, and grouped batches split along the studies' text lengths (the main job's
-        # build, grouped, stayed on the new study's first trial: docs/BENCHMARKS.md).
+        # Batches drawn one at a time, as before length grouping. A history of one search space
+        # falls in one length bucket, so grouping would save no padding and only draw another
+        # random order; that order alone moved the main job's result (one build, one seed:
+        # docs/BENCHMARKS.md, "Main job"), so the documented builds stay reproducible.
         length_grouping=1,
     )
     run = entry / RUN_DIR

@@ -124,7 +124,8 @@ class FoldPretrainConfig:
             compile=self.compile,
             data_process=self.data_process,
             # The batches the v3 fold checkpoints were built with (issue 13's figures): HPOBench
-            # tables share one search space and barely pad, so grouping would only reorder them.
+            # tables share one search space and fall in one length bucket, so grouping would save
+            # no padding and only draw another random order.
             length_grouping=1,
             seed=self.seed,
         )

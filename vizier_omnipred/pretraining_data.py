@@ -245,7 +245,8 @@ def _pop_batches(buffer: list[Example], size: int, group: int, rng: random.Rando
     # Coarse: lengths within one bucket keep their random order (the sort is stable), so a batch
     # still mixes studies of similar length. Sorted exactly, batches split along the studies'
     # text lengths (one dataset's name and digits) and, in one 1,000-step run, learned less.
-    picked.sort(key=lambda e: len(e.input_ids) // _LENGTH_BUCKET)
+    if count > 1:  # one batch pads the same in any order: keep its draw as drawn
+        picked.sort(key=lambda e: len(e.input_ids) // _LENGTH_BUCKET)
     order = list(range(count))
     rng.shuffle(order)
     for k in order:

@@ -42,7 +42,7 @@ from vizier_omnipred import model as model_lib
 from vizier_omnipred.designer_state import problem_key
 from vizier_omnipred.level_map import LevelMap, fit_level_map
 from vizier_omnipred.numbers import FloatTokenizer
-from vizier_omnipred.sampling import GrammarMasks, YSamples, sample_y
+from vizier_omnipred.sampling import GrammarMasks, YSamples, check_temperature, sample_y
 from vizier_omnipred.text import OMNIPRED_NS, TextCodec, TrialTextError
 from vizier_omnipred.training import (
     DataSummary,
@@ -85,16 +85,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     return device
-
-
-def _check_temperature(value: float) -> float:
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        t = math.nan
-    if isinstance(value, (bool, str)) or not 0 < t < math.inf:
-        raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
-    return t
 
 
 class OmniPredRegressor(vza.Predictor):
@@ -243,7 +233,7 @@ class OmniPredRegressor(vza.Predictor):
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        self._temperature = _check_temperature(value)
+        self._temperature = check_temperature(value)
 
     @property
     def device(self) -> torch.device:
@@ -548,6 +538,7 @@ class OmniPredRegressor(vza.Predictor):
         k = len(self._members)
         counts = [total // k + (i < total % k) for i in range(k)]  # an ensemble's members share the samples
         masks = self._sampling_masks(problem)
+        temperature = self.temperature if temperature is None else temperature  # sample_y checks it
         parts = [
             sample_y(
                 member,
@@ -555,7 +546,7 @@ class OmniPredRegressor(vza.Predictor):
                 [ids for ids, _ in inputs],
                 count,
                 input_values=[values for _, values in inputs],
-                temperature=self.temperature if temperature is None else _check_temperature(temperature),
+                temperature=temperature,
                 seed=seed + 7_919 * i,
                 device=self._device,
                 masks=masks,

@@ -143,6 +143,18 @@ def sample_y(
     return YSamples(values=values, infeasible=infeasible)
 
 
+def check_temperature(value: float) -> float:
+    """`value` as a float when it is a finite number > 0; else ValueError (a nan or infinite
+    temperature would turn every logit into nan or flatten it, not fail)."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if isinstance(value, (bool, str)) or not 0 < t < float("inf"):
+        raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
+    return t
+
+
 @torch.no_grad()
 def sample_y_indices(
     model: OmniPredT5,
@@ -168,8 +180,7 @@ def sample_y_indices(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    temperature = check_temperature(temperature)
     device = torch.device(device)
     if masks is None:
         masks = GrammarMasks.build(vocab, device)

@@ -1,4 +1,5 @@
-"""The level map: fitted exactly, order-keeping, bound to its study, saved with the weights."""
+"""The level map and the range frame: fitted exactly, order-keeping, bound to their study,
+saved with the weights."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 from vizier import pyvizier as vz
 
-from vizier_omnipred.level_map import LevelMap, fit_level_map
+from vizier_omnipred.level_map import RANGE_FRAME, LevelMap, fit_level_map, fit_range_map
 from vizier_omnipred.regressor import OmniPredRegressor
-from vizier_omnipred.training import FinetuneConfig
+from vizier_omnipred.training import FinetuneConfig, recipe
 
 from conftest import make_problem_2d, make_trials
 
@@ -120,5 +121,67 @@ def test_level_map_is_saved_and_applies_to_its_own_study_only(tiny_regressor_fac
     loaded.set_problem(other)
     assert loaded.level_map() is None
     # a new fit without the map drops the old one
-    reg.fit(problem, trials, config=FinetuneConfig(level_map=False, max_steps=1, batch_size=4))
+    reg.fit(problem, trials, config=FinetuneConfig(level_map=False, range_map=False, max_steps=1, batch_size=4))
     assert reg.level_map() is None
+
+
+def test_range_map_puts_the_observed_range_on_one_decade():
+    level = fit_range_map(np.array([3.0, np.nan, 11.0, 5.0, -np.inf]))
+    assert not level.knots
+    assert level.invert(3.0) == pytest.approx(RANGE_FRAME[0]) and level.invert(11.0) == pytest.approx(RANGE_FRAME[1])
+    np.testing.assert_allclose(level.apply(np.array([2.0, 8.0])), [3.0, 11.0])
+    # one distinct value: the middle of the frame; none: the identity
+    one = fit_range_map(np.array([1e6, 1e6]))
+    assert one.invert(1e6) == pytest.approx(sum(RANGE_FRAME) / 2) and one.scale > 0
+    assert fit_range_map(np.array([np.nan])).is_identity and fit_range_map(np.array([])).is_identity
+    # heavy tails (one diverged trial) keep the raw frame, whose exponents keep the rest apart
+    assert fit_range_map(np.r_[np.linspace(1.0, 2.0, 20), 1e30]).is_identity
+
+
+def test_range_map_keeps_a_previous_frame_while_the_values_fit_in_it():
+    first = fit_range_map(np.array([0.0, 6.0]))  # z = 2 + y
+    assert fit_range_map(np.array([0.0, 6.0, -0.5, 7.0]), previous=first) is first  # z in [1.5, 9]
+    wider = fit_range_map(np.array([0.0, 6.0, -3.0]), previous=first)  # z = -1: a new frame
+    assert wider != first and wider.invert(-3.0) == pytest.approx(RANGE_FRAME[0])
+    # a map that is not a plain affine frame (a level map's knots) is never kept
+    bent = fit_level_map(np.array([0.1, 0.5, 0.3, 0.9]), np.array([1.0, 2.0, 1.2, 5.0]))
+    assert fit_range_map(np.array([1.0, 2.0]), previous=bent) != bent
+
+
+def test_range_frame_is_the_full_recipe_default_and_exclusive_with_the_level_map():
+    resolved = lambda c, pretrained: c.resolved(pretrained=pretrained, num_train=30)
+    assert resolved(FinetuneConfig(), True).range_map and resolved(FinetuneConfig(), False).range_map
+    assert resolved(FinetuneConfig(train_encoder=False), False).range_map  # from scratch: the full recipe
+    assert not resolved(FinetuneConfig(train_encoder=False), True).range_map  # decoder-only transfer
+    for name in ("transfer", "level"):
+        assert not resolved(recipe(name), True).range_map
+    assert not resolved(FinetuneConfig(max_steps=0), True).range_map  # no step: the samples stay the model's
+    assert not resolved(FinetuneConfig(level_map=True), True).range_map
+    with pytest.raises(ValueError, match="exclusive"):
+        FinetuneConfig(level_map=True, range_map=True)
+    with pytest.raises(ValueError, match="gradient steps"):
+        FinetuneConfig(range_map=True, max_steps=0)
+
+
+def test_full_recipe_trains_in_the_range_frame_and_a_refit_keeps_it(tiny_regressor_factory, tmp_path):
+    problem, trials = _study(12)
+    for t in trials:  # values far from one decade: 1e4 to 1e5
+        t.final_measurement.metrics["loss"] = vz.Metric(1e4 + 1e4 * abs(t.final_measurement.metrics["loss"].value))
+    observed = np.array([t.final_measurement.metrics["loss"].value for t in trials])
+    reg = tiny_regressor_factory(seed=3)
+    reg.fit(problem, trials, config=FinetuneConfig(max_steps=3, batch_size=4))
+    frame = reg.level_map()
+    assert frame is not None and not frame.knots
+    assert frame.invert(observed.min()) == pytest.approx(RANGE_FRAME[0])
+    assert frame.invert(observed.max()) == pytest.approx(RANGE_FRAME[1])
+    assert reg.max_exponent() is not None  # targets in [2, 8]: samples capped one decade above them
+    samples = reg.sample(trials[:4], 16, seed=5)
+    assert np.all(np.abs(samples.values[np.isfinite(samples.values)]) < frame.apply(np.array([100.0]))[0])
+    # a refit with a value inside the frame continues in it; the frame is saved with the weights
+    inside = make_trials(np.array([[0.1, 0.2]]))[0]
+    inside.final_measurement.metrics["loss"] = vz.Metric(float(np.mean(observed)))
+    reg.fit(problem, trials + [inside], config=FinetuneConfig(max_steps=2, batch_size=4))
+    assert reg.level_map() == frame
+    loaded = OmniPredRegressor.from_pretrained(reg.save(tmp_path / "ckpt"))
+    loaded.set_problem(problem)
+    assert loaded.level_map() == frame

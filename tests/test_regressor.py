@@ -146,13 +146,16 @@ def test_fit_counts_and_skips_unusable_trials(tiny_regressor_factory, problem_2d
         _trial(p, infeasible=True, id=4),
         _trial(p, id=5),  # active, never completed
         _trial(p, 2.0, id=6, metric="other"),  # lacks the objective
-        _trial(p, 1e30, id=7),  # beyond the tokenizer range: clipped, with a warning
+        _trial(p, 1e30, id=7),  # beyond the tokenizer range: clipped in the raw frame, with a warning
     ]
     with pytest.warns(UserWarning, match="clipped"):
-        report = reg.fit(problem_2d, trials, config=FinetuneConfig(max_epochs=1))
+        report = reg.fit(problem_2d, trials, config=FinetuneConfig(max_epochs=1, range_map=False))
     d = report.data
     assert (d.num_trials, d.num_used, d.num_infeasible, d.num_nonfinite, d.num_not_completed,
             d.num_missing_metric, d.num_clipped) == (7, 3, 1, 2, 1, 1, 1)
+    # the default full recipe writes the study's range on one decade: 1 and 1e30 both fit
+    report = reg.fit(problem_2d, trials, config=FinetuneConfig(max_epochs=1))
+    assert (report.data.num_used, report.data.num_clipped) == (3, 0)
 
 
 def test_fit_with_nothing_usable_is_a_clear_error(tiny_regressor_factory, problem_2d):
@@ -189,9 +192,10 @@ def test_multi_objective_fits_every_metric_or_the_named_one(tiny_regressor_facto
     reg = tiny_regressor_factory()
     t = vz.Trial(parameters={"x0": 0.5}, id=1)
     t.complete(vz.Measurement(metrics={"a": 1.0, "b": 2000.0}))
-    report = reg.fit(problem, [t], config=FinetuneConfig(max_epochs=1))
+    report = reg.fit(problem, [t], config=FinetuneConfig(max_epochs=1, range_map=False))
     assert report.data.num_used == 2  # one example per (trial, metric)
-    # Each metric's samples are capped on its own scale (4 digits: 1.0 = 1000e-3, 2000 = 2000e0).
+    # Each metric's samples are capped on its own scale (4 digits: 1.0 = 1000e-3, 2000 = 2000e0;
+    # raw frame: in the default range frame both targets are 5.0).
     assert (reg.max_exponent(metric_name="a"), reg.max_exponent(metric_name="b")) == (-2, 1)
     assert np.nanmax(np.abs(reg.sample([vz.TrialSuggestion({"x0": 0.5})], 256, metric_name="a").values)) < 100.0  # 9999e-2
     with pytest.raises(ValueError, match="metric_name"):
@@ -325,7 +329,7 @@ def test_a_fit_caps_sampled_magnitudes_a_decade_above_the_study(tmp_path, tiny_r
     assert reg.max_exponent() is None
     assert np.nanmax(np.abs(reg.sample(probe, 512, seed=1).values)) > 1e3  # untrained: all over the range
 
-    reg.fit(problem_2d, trials, config=FinetuneConfig(max_steps=2, validation_fraction=0.0))
+    reg.fit(problem_2d, trials, config=FinetuneConfig(max_steps=2, validation_fraction=0.0, range_map=False))
     cap = int(math.floor(math.log10(largest))) - 3 + 1
     assert reg.max_exponent() == cap
     values = reg.sample(probe, 512, seed=1).values
@@ -345,8 +349,8 @@ def test_no_cap_without_a_non_zero_value(tiny_regressor_factory, problem_2d):
     reg = tiny_regressor_factory(seed=3)
     zeros = make_trials([(0.1, 0.2), (0.3, -0.5)], fn=lambda a, b: 0.0)
     reg.fit(problem_2d, zeros + [_trial({"x0": 1.0, "x1": 1.0}, infeasible=True, id=9)],
-            config=FinetuneConfig(max_steps=1, validation_fraction=0.0))
-    assert reg.max_exponent() is None
+            config=FinetuneConfig(max_steps=1, validation_fraction=0.0, range_map=False))
+    assert reg.max_exponent() is None  # (in the range frame 0 is the frame's middle, 5)
 
 
 # ----- ensembles --------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from vizier import pyvizier as vz
 
 from vizier_omnipred import model as model_lib
 from vizier_omnipred.designer_state import problem_key
-from vizier_omnipred.level_map import LevelMap, fit_level_map
+from vizier_omnipred.level_map import LevelMap, fit_level_map, fit_range_map
 from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.sampling import GrammarMasks, YSamples, check_temperature, sample_y
 from vizier_omnipred.text import OMNIPRED_NS, TextCodec, TrialTextError
@@ -337,10 +337,7 @@ class OmniPredRegressor(vza.Predictor):
         config = config or FinetuneConfig()
         self.set_problem(problem, metric_name=metric_name)
         names = [self._metric_name] if metric_name is not None else [m.name for m in problem.metric_information]
-        use_level_map = config.uses_level_map(pretrained=self._pretrained)
-        # The fit below starts from the model's own frame, unbounded.
-        self._level_maps, self._max_exponents, self._study_key = {}, {}, None
-        maps = {name: self._fit_level_map(problem, trials, name) for name in names} if use_level_map else {}
+        maps = self._fit_frames(problem, trials, names, config)
         if len(names) > 1:  # several metrics: one example per (trial, metric)
             by_metric, summary = self._metrics_examples(problem, trials, names, has_priors=bool(prior_studies),
                                                         level_maps=maps)
@@ -353,9 +350,11 @@ class OmniPredRegressor(vza.Predictor):
         examples = [e for metric_examples in by_metric.values() for e in metric_examples]
         prior_examples = []
         prior_summary = DataSummary()
+        range_frame = config.uses_range_map(pretrained=self._pretrained)
         for study in prior_studies:
             p_problem, p_trials = _as_problem_trials(study)
-            p_examples, p_summary = make_examples(self.vocab, self.codec, p_problem, p_trials)
+            p_map = maps.get(self.codec.objective_metric(p_problem).name) if range_frame else None
+            p_examples, p_summary = make_examples(self.vocab, self.codec, p_problem, p_trials, level_map=p_map)
             prior_examples += p_examples
             prior_summary = prior_summary + p_summary
         if not examples and not prior_examples:
@@ -434,15 +433,24 @@ class OmniPredRegressor(vza.Predictor):
             self._capped_masks[cap] = self._masks.capped(self.vocab, cap)
         return self._capped_masks[cap]
 
+    def _fit_frames(self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], names: Sequence[str],
+                    config: FinetuneConfig) -> dict[str, LevelMap]:
+        """The frame each metric's targets are written in for a fit (`FinetuneConfig.level_map`,
+        `range_map`), by metric name; empty: the model's own frame. Clears the last fit's maps
+        and caps: the fit below starts from the model's own frame, unbounded."""
+        previous = {name: self._study_entry(self._level_maps, problem, name) for name in names}
+        self._level_maps, self._max_exponents, self._study_key = {}, {}, None
+        if config.uses_level_map(pretrained=self._pretrained):
+            return {name: self._fit_level_map(problem, trials, name) for name in names}
+        if config.uses_range_map(pretrained=self._pretrained):
+            return {name: fit_range_map(np.asarray([y for _, y in _usable_values(trials, name)]), previous[name])
+                    for name in names}
+        return {}
+
     def _fit_level_map(self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], metric_name: str) -> LevelMap:
         """The map from this model's zero-shot medians to the study's values of `metric_name`
         (feasible completed trials with a finite value; at most `LEVEL_MAP_TRIALS` of them)."""
-        usable = []
-        for t in trials:
-            m = t.final_measurement.metrics.get(metric_name) if (
-                t.final_measurement is not None and not t.infeasible and t.status == vz.TrialStatus.COMPLETED) else None
-            if m is not None and math.isfinite(float(m.value)):
-                usable.append((t, float(m.value)))
+        usable = _usable_values(trials, metric_name)
         if not usable:
             return LevelMap()
         if len(usable) > LEVEL_MAP_TRIALS:
@@ -656,6 +664,17 @@ def check_metrics(problem: vz.ProblemStatement) -> None:
             raise TrialTextError(f"metric {m.name!r} has no goal (MAXIMIZE or MINIMIZE)")
         if m.safety_threshold is not None and not math.isfinite(float(m.safety_threshold)):
             raise TrialTextError(f"safety metric {m.name!r} has a non-finite safety_threshold {m.safety_threshold}")
+
+
+def _usable_values(trials: Sequence[vz.Trial], metric_name: str) -> list[tuple[vz.Trial, float]]:
+    """(trial, value) of the feasible completed trials with a finite value of `metric_name`."""
+    usable = []
+    for t in trials:
+        m = t.final_measurement.metrics.get(metric_name) if (
+            t.final_measurement is not None and not t.infeasible and t.status == vz.TrialStatus.COMPLETED) else None
+        if m is not None and math.isfinite(float(m.value)):
+            usable.append((t, float(m.value)))
+    return usable
 
 
 def _json_list(a: np.ndarray) -> list[float | None]:

@@ -51,6 +51,7 @@ def _cmd_regression(args: argparse.Namespace) -> int:
             warmstart_epochs=args.warmstart_epochs,
             train_encoder={"auto": None, "yes": True, "no": False}[args.train_encoder],
             level_map={"auto": None, "yes": True, "no": False}[args.level_map],
+            range_map={"auto": None, "yes": True, "no": False}[args.range_map],
             finetune_steps=args.finetune_steps,
             ensemble_size=args.omnipred_ensemble,
         ),
@@ -384,6 +385,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--level-map", choices=("auto", "yes", "no"), default="auto",
                    help="fine-tuned cells: map the zero-shot medians onto the study's values first "
                         "(FinetuneConfig.level_map; auto: the recipe's)")
+    r.add_argument("--range-map", choices=("auto", "yes", "no"), default="auto",
+                   help="fine-tuned and scratch cells: write the study's values on one decade of the float tokens "
+                        "(FinetuneConfig.range_map; auto: the recipe's, on in the full recipe)")
     r.add_argument("--finetune-steps", type=int, default=None,
                    help="fine-tuned cells: optimizer steps (FinetuneConfig.max_steps; 0: the level map alone)")
     r.add_argument("--train-encoder", choices=("auto", "yes", "no"), default="auto",

@@ -94,6 +94,7 @@ class OmniPredOptions:
     warmstart_epochs: int = 10  # fine-tuning epochs over new trials + priors (priors make epochs long)
     train_encoder: bool | None = None  # FinetuneConfig.train_encoder of the fine-tuned/warm-started cells
     level_map: bool | None = None  # FinetuneConfig.level_map of the fine-tuned cells (None: the recipe's)
+    range_map: bool | None = None  # FinetuneConfig.range_map of the fine-tuned and scratch cells (None: the recipe's)
     finetune_steps: int | None = None  # FinetuneConfig.max_steps of the fine-tuned cells (0: level map only)
     ensemble_size: int = 1  # OmniPredRegressor ensemble_size (members fitted alike, samples shared)
 
@@ -339,9 +340,9 @@ class OmniPredModel:
                     config=FinetuneConfig(max_epochs=o.warmstart_epochs, seed=self.seed, train_encoder=o.train_encoder))
         elif self.mode == "finetuned":
             reg.fit(problem, list(trials), config=FinetuneConfig(
-                train_encoder=o.train_encoder, level_map=o.level_map, max_steps=o.finetune_steps))
+                train_encoder=o.train_encoder, level_map=o.level_map, range_map=o.range_map, max_steps=o.finetune_steps))
         elif self.mode == "scratch":
-            reg.fit(problem, list(trials))
+            reg.fit(problem, list(trials), config=FinetuneConfig(range_map=o.range_map))
         self._regressor, self._problem = reg, problem
 
     def predict(self, trials: Sequence[vz.TrialSuggestion]) -> metrics.PredictiveDistribution:

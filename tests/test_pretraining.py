@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import attrs
+import numpy as np
 import pytest
 
 from vizier_omnipred import model as model_lib
@@ -163,6 +164,46 @@ def test_sources_are_interleaved(tmp_path, corpus_file):
     assert len(names) == 12 + 3
     assert [n.startswith("bbob-s9-") for n in names[:6]] == [False, True] * 3  # one from each source in turn
     assert not any(n.startswith("bbob-s9-") for n in names[6:])
+
+
+def test_synthetic_studies_can_be_written_in_their_range_frame(tmp_path, corpus_file, tiny_regressor_factory):
+    """With synthetic_range_frame each synthetic study's values are its range frame's ([2, 8]);
+    corpus studies keep their raw values, and an older run's config without the field resumes."""
+    import warnings
+
+    from vizier_omnipred.level_map import RANGE_FRAME
+    from vizier_omnipred.pretraining import _write_config, check_resumable
+    from vizier_omnipred.pretraining_data import _rank_study_examples, iter_framed_studies
+    from vizier_omnipred.text import TextCodec
+
+    vocab = tiny_regressor_factory().vocab
+    ft, offset = vocab.float_tokenizer, vocab.y_offset
+    config = PretrainConfig(out_dir=str(tmp_path), corpus=(str(corpus_file),), synthetic_studies=2, preset="tiny",
+                            validation_fraction=0.0)
+    framed = attrs.evolve(config, synthetic_range_frame=True)
+    assert [f for _, f in iter_framed_studies(framed)][:4] == [False, True, False, True]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fixture's truncated last line warns on every read
+        raw, in_frame = (list(_rank_study_examples(c, vocab, TextCodec(), rank=0, world_size=1)) for c in (config, framed))
+    values = lambda examples: np.array([ft.decode([ft.tokens[i - offset] for i in e.y_ids]) for e in examples])
+    for i, (a, b) in enumerate(zip(raw, in_frame)):
+        if i % 2 == 0 or i >= 4:  # a corpus study: unchanged
+            assert [e.y_ids for e in a] == [e.y_ids for e in b]
+        else:  # a synthetic study: its range on [2, 8]
+            v = values(b)
+            v = v[np.isfinite(v)]
+            assert v.min() == pytest.approx(RANGE_FRAME[0], abs=0.01) and v.max() == pytest.approx(RANGE_FRAME[1], abs=0.01)
+            assert [e.input_ids for e in a] == [e.input_ids for e in b]
+    # a run saved before the field existed (trained raw) resumes as raw, not as framed
+    out = tmp_path / "old"
+    out.mkdir()
+    _write_config(config, out)
+    saved = json.loads((out / "pretrain_config.json").read_text())
+    del saved["synthetic_range_frame"]
+    (out / "pretrain_config.json").write_text(json.dumps(saved))
+    check_resumable(config, out)
+    with pytest.raises(ValueError, match="synthetic_range_frame"):
+        check_resumable(framed, out)
 
 
 def _first_batches(config, vocab, count):

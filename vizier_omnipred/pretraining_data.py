@@ -26,7 +26,7 @@ from vizier_omnipred.corpus.format import in_validation_split
 from vizier_omnipred.level_map import LevelMap, fit_range_map
 from vizier_omnipred.numbers import FloatTokenizer, OutOfRangeWarning
 from vizier_omnipred.text import TextCodec, TrialTextError
-from vizier_omnipred.training import Batch, Example, make_examples
+from vizier_omnipred.training import Batch, Example, make_examples, usable_values
 from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
 
 if TYPE_CHECKING:
@@ -87,9 +87,7 @@ def study_examples(vocab: Vocabulary, codec: TextCodec, record, *, range_frame: 
 def study_range_frame(codec: TextCodec, record) -> LevelMap:
     """The range frame of a whole study's objective values (`level_map.fit_range_map`)."""
     metric = codec.objective_metric(record.problem).name
-    values = [t.final_measurement.metrics[metric].value for t in record.trials
-              if not t.infeasible and t.final_measurement is not None and metric in t.final_measurement.metrics]
-    return fit_range_map(np.asarray(values, dtype=float))
+    return fit_range_map(np.asarray([y for _, y in usable_values(record.trials, metric)], dtype=float))
 
 
 @attrs.frozen(eq=False)

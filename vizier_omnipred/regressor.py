@@ -52,6 +52,7 @@ from vizier_omnipred.training import (
     leading_positions,
     make_examples,
     split_validation,
+    usable_values,
 )
 from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
 
@@ -443,14 +444,14 @@ class OmniPredRegressor(vza.Predictor):
         if config.uses_level_map(pretrained=self._pretrained):
             return {name: self._fit_level_map(problem, trials, name) for name in names}
         if config.uses_range_map(pretrained=self._pretrained):
-            return {name: fit_range_map(np.asarray([y for _, y in _usable_values(trials, name)]), previous[name])
+            return {name: fit_range_map(np.asarray([y for _, y in usable_values(trials, name)]), previous[name])
                     for name in names}
         return {}
 
     def _fit_level_map(self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], metric_name: str) -> LevelMap:
         """The map from this model's zero-shot medians to the study's values of `metric_name`
         (feasible completed trials with a finite value; at most `LEVEL_MAP_TRIALS` of them)."""
-        usable = _usable_values(trials, metric_name)
+        usable = usable_values(trials, metric_name)
         if not usable:
             return LevelMap()
         if len(usable) > LEVEL_MAP_TRIALS:
@@ -664,17 +665,6 @@ def check_metrics(problem: vz.ProblemStatement) -> None:
             raise TrialTextError(f"metric {m.name!r} has no goal (MAXIMIZE or MINIMIZE)")
         if m.safety_threshold is not None and not math.isfinite(float(m.safety_threshold)):
             raise TrialTextError(f"safety metric {m.name!r} has a non-finite safety_threshold {m.safety_threshold}")
-
-
-def _usable_values(trials: Sequence[vz.Trial], metric_name: str) -> list[tuple[vz.Trial, float]]:
-    """(trial, value) of the feasible completed trials with a finite value of `metric_name`."""
-    usable = []
-    for t in trials:
-        m = t.final_measurement.metrics.get(metric_name) if (
-            t.final_measurement is not None and not t.infeasible and t.status == vz.TrialStatus.COMPLETED) else None
-        if m is not None and math.isfinite(float(m.value)):
-            usable.append((t, float(m.value)))
-    return usable
 
 
 def _json_list(a: np.ndarray) -> list[float | None]:

@@ -64,6 +64,18 @@ class DataSummary:
         return self.num_not_completed + self.num_missing_metric + self.num_nonfinite
 
 
+def usable_values(trials: Sequence[vz.Trial], metric_name: str) -> list[tuple[vz.Trial, float]]:
+    """(trial, value) of the feasible completed trials with a finite value of `metric_name`:
+    what a study's level map and range frame are fitted on."""
+    usable = []
+    for t in trials:
+        m = t.final_measurement.metrics.get(metric_name) if (
+            t.final_measurement is not None and not t.infeasible and t.status == vz.TrialStatus.COMPLETED) else None
+        if m is not None and math.isfinite(float(m.value)):
+            usable.append((t, float(m.value)))
+    return usable
+
+
 def trial_targets(
     vocab: Vocabulary, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], metric_name: str,
     level_map: LevelMap | None = None,

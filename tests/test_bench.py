@@ -593,6 +593,11 @@ def test_cli_registers_bench_commands():
     assert args.train_sizes == (10, 30) and args.plot and callable(args.func) and args.train_encoder == "auto"
     args = parser.parse_args(["bench", "speed", "--trial-counts", "10,50"])
     assert args.trial_counts == (10, 50)
+    # every fit recipe the designer knows can be chosen for an A/B (an ablation needs them all)
+    from vizier_omnipred.training import RECIPES
+
+    for name in RECIPES:
+        assert parser.parse_args(["bench", "ab", "--omnipred-recipe", name]).omnipred_recipe == name
     args = parser.parse_args(["bench", "fold-pretrain", "--folds", "4", "--fold", "1", "--steps", "3"])
     assert args.folds == 4 and args.fold == 1 and args.steps == 3 and callable(args.func)
     args = parser.parse_args(["bench", "fold-pretrain", "--folds", "9", "--out", "/nonexistent/never"])

@@ -660,13 +660,14 @@ def test_an_ensemble_designer_restores_every_member(base, tmp_path, caplog):
     assert "fingerprint" in caplog.text and third.num_fits == 0
 
 
-def test_the_designer_fits_raw_values_by_default(base):
-    """The regressor's full recipe trains in the range frame; the designer's default keeps the
-    study's raw values (its BBOB A/B did not favour the frame; docs/BENCHMARKS.md)."""
+def test_the_designer_fits_in_the_range_frame_by_default(base):
+    """Without history the designer fits as the regressor does: the full recipe in the range frame
+    (the frame the shipped checkpoint was pretrained in), cold and warm; `full-raw` turns it off."""
     from vizier_omnipred.training import recipe
 
     problem = problem_of(test_studies.flat_continuous_space_with_scaling())
     designer = OmniPredDesigner(problem, regressor=base)
-    assert designer.refit.cold == recipe("full-raw")
-    assert not designer.refit.cold.uses_range_map(pretrained=True) and not designer.refit.warm.range_map
-    assert FinetuneConfig().uses_range_map(pretrained=True)
+    assert designer.refit.cold == recipe("full") == FinetuneConfig(train_encoder=True)
+    assert designer.refit.cold.uses_range_map(pretrained=True) and designer.refit.warm.uses_range_map(pretrained=True)
+    raw = OmniPredDesigner(problem, regressor=base, finetune_config=recipe("full-raw"))
+    assert not raw.refit.cold.uses_range_map(pretrained=True) and not raw.refit.warm.uses_range_map(pretrained=True)

@@ -359,13 +359,13 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
       prior_studies: `(problem, trials)` pairs or corpus records fine-tuned on together
         with the study (transfer); they are part of every fit.
       finetune_config: the first (cold) fit's recipe; warm refits use a quarter of its
-        epochs (`RefitSchedule`). None: the full recipe on the study's raw values
-        (`training.recipe("full-raw")`), or with `history` the transfer recipe
-        (`training.recipe("transfer")`: the level map, then the decoder alone), which keeps
-        the ranking the warm-started model brings. The regressor's own default trains in the
-        range frame (`FinetuneConfig.range_map`), which ranks random test points better; in
-        the designer's BBOB A/B it did not pick better (11-16-3 against the raw values over 30
-        pairs; docs/BENCHMARKS.md), so the designer keeps them.
+        epochs (`RefitSchedule`). None: the full recipe in the range frame
+        (`training.recipe("full")`, the regressor's default: the frame the shipped
+        checkpoint's synthetic studies were pretrained in), or with `history` the transfer
+        recipe (`training.recipe("transfer")`: the level map, then the decoder alone), which
+        keeps the ranking the warm-started model brings. With the shipped checkpoint the frame
+        picked better than raw values in the BBOB A/B (docs/BENCHMARKS.md: 15-12-3 against the
+        previous checkpoint's raw fits, where raw fits of this checkpoint went 9-16-5).
       metric_name: optimise only this objective of a multi-objective problem (the
         designer is then single-objective; safety metrics still apply).
       history: the user's past studies to warm-start from: a Vizier datastore (SQLite
@@ -446,7 +446,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             # A model warm-started on the user's related studies ranks a new one before seeing
             # it: the transfer recipe keeps that ranking (held-out HPOBench datasets: Spearman
             # 0.88 kept, where the full recipe fell to 0.18-0.59; docs/BENCHMARKS.md).
-            finetune_config = recipe("transfer") if history is not None else recipe("full-raw")
+            finetune_config = recipe("transfer") if history is not None else recipe("full")
         self.refit = RefitSchedule(cold=finetune_config)
         self._device = device
         self._work_dir_arg = Path(work_dir).expanduser() if work_dir is not None else None

@@ -23,10 +23,10 @@ import torch
 
 from vizier_omnipred import model as model_lib
 from vizier_omnipred.corpus.format import in_validation_split
-from vizier_omnipred.level_map import LevelMap, fit_range_map
+from vizier_omnipred.level_map import LevelMap
 from vizier_omnipred.numbers import FloatTokenizer, OutOfRangeWarning
 from vizier_omnipred.text import TextCodec, TrialTextError
-from vizier_omnipred.training import Batch, Example, make_examples, usable_values
+from vizier_omnipred.training import Batch, Example, make_examples, trials_range_frame
 from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def study_examples(vocab: Vocabulary, codec: TextCodec, record, *, range_frame: 
 def study_range_frame(codec: TextCodec, record) -> LevelMap:
     """The range frame of a whole study's objective values (`level_map.fit_range_map`)."""
     metric = codec.objective_metric(record.problem).name
-    return fit_range_map(np.asarray([y for _, y in usable_values(record.trials, metric)], dtype=float))
+    return trials_range_frame(record.trials, metric)
 
 
 @attrs.frozen(eq=False)

@@ -40,7 +40,7 @@ from vizier import pyvizier as vz
 
 from vizier_omnipred import model as model_lib
 from vizier_omnipred.designer_state import problem_key
-from vizier_omnipred.level_map import LevelMap, fit_level_map, fit_range_map
+from vizier_omnipred.level_map import LevelMap, fit_level_map
 from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.sampling import GrammarMasks, YSamples, check_temperature, sample_y
 from vizier_omnipred.text import OMNIPRED_NS, TextCodec, TrialTextError
@@ -52,6 +52,7 @@ from vizier_omnipred.training import (
     leading_positions,
     make_examples,
     split_validation,
+    trials_range_frame,
     usable_values,
 )
 from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
@@ -351,10 +352,10 @@ class OmniPredRegressor(vza.Predictor):
         examples = [e for metric_examples in by_metric.values() for e in metric_examples]
         prior_examples = []
         prior_summary = DataSummary()
-        range_frame = config.uses_range_map(pretrained=self._pretrained)
+        in_range_frame = config.uses_range_map(pretrained=self._pretrained)
         for study in prior_studies:
             p_problem, p_trials = _as_problem_trials(study)
-            p_map = maps.get(self.codec.objective_metric(p_problem).name) if range_frame else None
+            p_map = maps.get(self.codec.objective_metric(p_problem).name) if in_range_frame else None
             p_examples, p_summary = make_examples(self.vocab, self.codec, p_problem, p_trials, level_map=p_map)
             prior_examples += p_examples
             prior_summary = prior_summary + p_summary
@@ -444,8 +445,7 @@ class OmniPredRegressor(vza.Predictor):
         if config.uses_level_map(pretrained=self._pretrained):
             return {name: self._fit_level_map(problem, trials, name) for name in names}
         if config.uses_range_map(pretrained=self._pretrained):
-            return {name: fit_range_map(np.asarray([y for _, y in usable_values(trials, name)]), previous[name])
-                    for name in names}
+            return {name: trials_range_frame(trials, name, previous[name]) for name in names}
         return {}
 
     def _fit_level_map(self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], metric_name: str) -> LevelMap:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from vizier import pyvizier as vz
 
-from vizier_omnipred.level_map import LevelMap
+from vizier_omnipred.level_map import LevelMap, fit_range_map
 from vizier_omnipred.numbers import OutOfRangeWarning
 from vizier_omnipred.sampling import GrammarMasks, pad_batch, pad_values
 from vizier_omnipred.text import TextCodec
@@ -74,6 +74,13 @@ def usable_values(trials: Sequence[vz.Trial], metric_name: str) -> list[tuple[vz
         if m is not None and math.isfinite(float(m.value)):
             usable.append((t, float(m.value)))
     return usable
+
+
+def trials_range_frame(trials: Sequence[vz.Trial], metric_name: str, previous: LevelMap | None = None) -> LevelMap:
+    """The range frame (`level_map.fit_range_map`) of `metric_name` over the trials' usable values:
+    one rule for the frame a fine-tune trains in and the one pretraining writes synthetic studies
+    in, so that the two agree."""
+    return fit_range_map(np.asarray([y for _, y in usable_values(trials, metric_name)], dtype=float), previous)
 
 
 def trial_targets(

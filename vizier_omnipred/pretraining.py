@@ -133,7 +133,7 @@ class PretrainConfig:
 
 
 # The recipe behind the checkpoint shipped in the package (README: "Rebuilding the shipped
-# checkpoint"). Sized to finish within an hour on a 2-core CPU (52 minutes on one thread beside
+# checkpoint"). Sized to finish within an hour on a 2-core CPU (55 minutes on one thread beside
 # another job); compiled where a C++ compiler is found (`TrainStepper`: the same math, ~1.4x the
 # examples/s; eager otherwise). Synthetic BBOB studies carry a prior over smooth functions of a
 # value's position that applies to any search space; they are written in their range frame, the

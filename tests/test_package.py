@@ -25,3 +25,14 @@ def test_package_and_text_codec_import_without_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_command_line_builds_without_the_vizier_service():
+    """`pretrain` and the benchmarks run where only pyvizier and torch are installed (a GPU box with
+    a minimal environment): building the parser must not import the server, its gRPC servicers or
+    its datastore (sqlalchemy, portpicker)."""
+    code = ("import sys; from vizier_omnipred.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('vizier_omnipred.service', 'vizier._src.service.vizier_server', 'sqlalchemy', "
+            "'portpicker') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

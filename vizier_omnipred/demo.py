@@ -362,6 +362,35 @@ def run_bbob(args: argparse.Namespace) -> int:
     return status
 
 
+# ----- the warm-start story's settings ---------------------------------------------------
+# Here rather than in `demo_warm_start`, which drives the Vizier service: building the command
+# line (every subcommand's, `pretrain` too) then needs no server, gRPC stack or datastore.
+DEFAULT_DATASET = "kc1"
+DEFAULT_HISTORY = ("australian", "car", "segment")
+HISTORY_TRIALS = 100
+# The one-off warm-start build: 200 steps of 64 examples, about a minute on two quiet threads.
+WARM_START_STEPS = 200
+WARM_START_BATCH = 64
+
+
+def add_warm_start_arguments(group: argparse._ArgumentGroup) -> None:
+    from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
+
+    group.add_argument("--dataset", default=DEFAULT_DATASET, choices=HPOBENCH_DATASETS,
+                       help=f"the new study's HPOBench dataset (default {DEFAULT_DATASET})")
+    group.add_argument("--history", default=",".join(DEFAULT_HISTORY),
+                       help=f"comma-separated HPOBench datasets of the past studies (default "
+                            f"{','.join(DEFAULT_HISTORY)})")
+    group.add_argument("--history-trials", type=positive_int, default=HISTORY_TRIALS,
+                       help=f"trials per past study (default {HISTORY_TRIALS})")
+    group.add_argument("--warm-start-steps", type=positive_int, default=WARM_START_STEPS,
+                       help=f"continued-pretraining steps of the warm start (default {WARM_START_STEPS})")
+    group.add_argument("--warm-start-batch-size", type=positive_int, default=WARM_START_BATCH,
+                       help=f"examples per warm-start step (default {WARM_START_BATCH})")
+    group.add_argument("--also-cold", action="store_true",
+                       help="also run OMNIPRED from the base checkpoint without the history (a few minutes more)")
+
+
 # ----- the command ----------------------------------------------------------------------
 
 
@@ -381,8 +410,6 @@ def positive_int(text: str) -> int:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from vizier_omnipred import demo_warm_start
-
     p = subparsers.add_parser(
         "demo",
         help="the main job: OmniPred warm-started from past studies vs Vizier's GP bandit on a new study",
@@ -411,7 +438,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the GP-bandit run")
     p.add_argument("--tiny", action="store_true", help="smoke test: few samples and candidates, a tiny warm start "
                    "(warm-start story), a tiny untrained model (bbob)")
-    demo_warm_start.add_arguments(p.add_argument_group("warm-start story"))
+    add_warm_start_arguments(p.add_argument_group("warm-start story"))
     bbob = p.add_argument_group("bbob story")
     bbob.add_argument("--function", default="Rastrigin", help="Vizier BBOB function name (default Rastrigin)")
     bbob.add_argument("--dim", type=int, default=4, help="dimension (default 4)")

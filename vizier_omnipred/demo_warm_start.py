@@ -47,6 +47,11 @@ import numpy as np
 from vizier_omnipred import service
 from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS, HPOBENCH_METRIC
 from vizier_omnipred.demo import (
+    DEFAULT_DATASET,
+    DEFAULT_HISTORY,
+    HISTORY_TRIALS,
+    WARM_START_BATCH,
+    WARM_START_STEPS,
     RunResult,
     positive_int,
     format_table,
@@ -60,13 +65,7 @@ from vizier_omnipred.demo import (
 
 BASE_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "hpobench-fold0"
 REBUILD_BASE = "./run.sh bench fold-pretrain --out runs/folds/v2 --fold 0 --threads 1"
-DEFAULT_DATASET = "kc1"
-DEFAULT_HISTORY = ("australian", "car", "segment")
 HISTORY_OWNER = "demo-history"
-HISTORY_TRIALS = 100
-# The one-off warm-start build: 200 steps of 64 examples, about a minute on two quiet threads.
-WARM_START_STEPS = 200
-WARM_START_BATCH = 64
 
 
 # ----- the history datastore ------------------------------------------------------------
@@ -403,19 +402,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nconvergence plot: {png}\nresults: {out / 'results.json'}\nnew study's database: {out / 'demo.db'}\n"
           f"history database: {history.path}\nwall time: {summary['wall_seconds']:.0f} s")
     return status
-
-
-def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--dataset", default=DEFAULT_DATASET, choices=HPOBENCH_DATASETS,
-                       help=f"the new study's HPOBench dataset (default {DEFAULT_DATASET})")
-    group.add_argument("--history", default=",".join(DEFAULT_HISTORY),
-                       help=f"comma-separated HPOBench datasets of the past studies (default "
-                            f"{','.join(DEFAULT_HISTORY)})")
-    group.add_argument("--history-trials", type=positive_int, default=HISTORY_TRIALS,
-                       help=f"trials per past study (default {HISTORY_TRIALS})")
-    group.add_argument("--warm-start-steps", type=positive_int, default=WARM_START_STEPS,
-                       help=f"continued-pretraining steps of the warm start (default {WARM_START_STEPS})")
-    group.add_argument("--warm-start-batch-size", type=positive_int, default=WARM_START_BATCH,
-                       help=f"examples per warm-start step (default {WARM_START_BATCH})")
-    group.add_argument("--also-cold", action="store_true",
-                       help="also run OMNIPRED from the base checkpoint without the history (a few minutes more)")

@@ -253,8 +253,39 @@ def test_hpobench_tables_are_a_pretraining_source(tmp_path):
     assert names == ["hpobench-kc1", "bbob-s0-000000-" + names[1].split("-")[-1], "hpobench-car"]
     ckpt = model_lib.load_checkpoint(pretrain(config, progress=False))
     assert ckpt.training["hpobench_datasets"] == ["kc1", "car"] and ckpt.training["hpobench_trials"] == 40
+    assert ckpt.training["synthetic_range_frame"] is False  # the checkpoint says how its studies were written
     with pytest.raises(ValueError, match="unknown HPOBench datasets"):
         PretrainConfig(out_dir=str(tmp_path), hpobench_datasets=("mnist",))
+
+
+def test_the_shipped_checkpoint_was_built_by_the_shipped_recipe():
+    """A rebuilt checkpoint ships with its run's saved config: every field the recipe sets must
+    match it, so `pretrain --recipe shipped` rebuilds what is in the package, not an older one."""
+    from vizier_omnipred.pretraining import SHIPPED_RECIPE, saved_pretrain_config
+    from vizier_omnipred.regressor import SHIPPED_CHECKPOINT
+
+    saved = saved_pretrain_config(SHIPPED_CHECKPOINT)
+    assert saved is not None, "the shipped checkpoint has no pretrain_config.json"
+    differ = {k: (v, saved.get(k)) for k, v in SHIPPED_RECIPE.items()
+              if (list(v) if isinstance(v, tuple) else v) != saved.get(k)}
+    assert not differ, f"recipe vs shipped checkpoint: {differ}"
+    ckpt = model_lib.load_checkpoint(SHIPPED_CHECKPOINT)
+    assert ckpt.training["steps"] == SHIPPED_RECIPE["steps"]
+
+
+@pytest.mark.parametrize("name", ["shipped", "cpu-hour"])
+def test_named_recipes_parse_and_flags_override_them(tmp_path, name):
+    import argparse
+
+    from vizier_omnipred.pretraining import PRETRAIN_RECIPES, add_cli, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    args = parser.parse_args(["pretrain", "--out", str(tmp_path), "--recipe", name, "--steps", "7"])
+    config = config_from_args(args)
+    recipe = PRETRAIN_RECIPES[name]
+    assert config.steps == 7 and config.synthetic_studies == recipe["synthetic_studies"]
+    assert config.batch_size == recipe["batch_size"] and config.hpobench_datasets == recipe["hpobench_datasets"]
 
 
 def test_a_corpus_without_one_usable_trial_is_an_error_not_an_endless_loop(tmp_path, tiny_regressor_factory):

@@ -286,6 +286,9 @@ def test_named_recipes_parse_and_flags_override_them(tmp_path, name):
     recipe = PRETRAIN_RECIPES[name]
     assert config.steps == 7 and config.synthetic_studies == recipe["synthetic_studies"]
     assert config.batch_size == recipe["batch_size"] and config.hpobench_datasets == recipe["hpobench_datasets"]
+    from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
+
+    assert config.hpobench_datasets == tuple(HPOBENCH_DATASETS)  # every table, in the package's order
 
 
 def test_a_corpus_without_one_usable_trial_is_an_error_not_an_endless_loop(tmp_path, tiny_regressor_factory):

@@ -133,8 +133,8 @@ class PretrainConfig:
 
 
 # Named pretraining recipes (`pretrain --recipe NAME`); `shipped` is the one behind the checkpoint
-# in the package (README: "Rebuilding the shipped checkpoint"; a test checks the checkpoint's saved
-# config against it). Both share the sources: synthetic BBOB studies carry a prior over smooth
+# in the package (README: "Pretraining and corpora"; a test checks the checkpoint's saved config
+# against it). Both share the sources: synthetic BBOB studies carry a prior over smooth
 # functions of a value's position that applies to any search space, written in their range frame
 # (the frame the full fine-tune recipe trains a new study in); the 8 HPOBench tables are real
 # studies that share one space, kept raw. They differ in budget:
@@ -147,6 +147,7 @@ class PretrainConfig:
 #   checkpoint shipped before the GPU build.
 # Compiled where a compiler is found (`TrainStepper`: the same math, faster; eager otherwise).
 # Measured against each other in docs/BENCHMARKS.md ("A GPU-built shipped checkpoint").
+# corpus.hpobench.HPOBENCH_DATASETS, written out because that module imports Vizier's benchmarks; a test checks they agree.
 _HPOBENCH_ALL = ("australian", "blood_transfusion", "car", "credit_g", "kc1", "phoneme", "segment", "vehicle")
 PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "shipped": dict(preset="small", synthetic_studies=3000, synthetic_seed=0, synthetic_range_frame=True,

@@ -147,7 +147,8 @@ class PretrainConfig:
 #   checkpoint shipped before the GPU build.
 # Compiled where a compiler is found (`TrainStepper`: the same math, faster; eager otherwise).
 # Measured against each other in docs/BENCHMARKS.md ("A GPU-built shipped checkpoint").
-# corpus.hpobench.HPOBENCH_DATASETS, written out because that module imports Vizier's benchmarks; a test checks they agree.
+# corpus.hpobench.HPOBENCH_DATASETS, written out because that module imports Vizier's benchmarks;
+# a test checks they agree.
 _HPOBENCH_ALL = ("australian", "blood_transfusion", "car", "credit_g", "kc1", "phoneme", "segment", "vehicle")
 PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "shipped": dict(preset="small", synthetic_studies=3000, synthetic_seed=0, synthetic_range_frame=True,

@@ -277,6 +277,7 @@ def test_the_shipped_checkpoint_was_built_by_the_shipped_recipe():
 def test_named_recipes_parse_and_flags_override_them(tmp_path, name):
     import argparse
 
+    from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
     from vizier_omnipred.pretraining import PRETRAIN_RECIPES, add_cli, config_from_args
 
     parser = argparse.ArgumentParser()
@@ -286,8 +287,6 @@ def test_named_recipes_parse_and_flags_override_them(tmp_path, name):
     recipe = PRETRAIN_RECIPES[name]
     assert config.steps == 7 and config.synthetic_studies == recipe["synthetic_studies"]
     assert config.batch_size == recipe["batch_size"] and config.hpobench_datasets == recipe["hpobench_datasets"]
-    from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
-
     assert config.hpobench_datasets == tuple(HPOBENCH_DATASETS)  # every table, in the package's order
 
 

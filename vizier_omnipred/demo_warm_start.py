@@ -47,13 +47,7 @@ import numpy as np
 from vizier_omnipred import service
 from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS, HPOBENCH_METRIC
 from vizier_omnipred.demo import (
-    DEFAULT_DATASET,
-    DEFAULT_HISTORY,
-    HISTORY_TRIALS,
-    WARM_START_BATCH,
-    WARM_START_STEPS,
     RunResult,
-    positive_int,
     format_table,
     plot_convergence,
     run_baseline,

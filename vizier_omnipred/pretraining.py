@@ -134,7 +134,7 @@ class PretrainConfig:
 
 # Named pretraining recipes (`pretrain --recipe NAME`); `shipped` is the one behind the checkpoint
 # in the package (README: "Pretraining and corpora"; a test checks the checkpoint's saved config
-# against it). Both share the sources: synthetic BBOB studies carry a prior over smooth
+# against it). Both share the sources (`_RECIPE_SOURCES`): synthetic BBOB studies carry a prior over smooth
 # functions of a value's position that applies to any search space, written in their range frame
 # (the frame the full fine-tune recipe trains a new study in); the 8 HPOBench tables are real
 # studies that share one space, kept raw. They differ in budget:
@@ -150,15 +150,13 @@ class PretrainConfig:
 # corpus.hpobench.HPOBENCH_DATASETS, written out because that module imports Vizier's benchmarks;
 # a test checks they agree.
 _HPOBENCH_ALL = ("australian", "blood_transfusion", "car", "credit_g", "kc1", "phoneme", "segment", "vehicle")
+_RECIPE_SOURCES = dict(preset="small", synthetic_seed=0, synthetic_range_frame=True, hpobench_datasets=_HPOBENCH_ALL,
+                       shuffle_buffer=8192, length_grouping=1, compile=True, seed=0)
 PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
-    "shipped": dict(preset="small", synthetic_studies=3000, synthetic_seed=0, synthetic_range_frame=True,
-                    hpobench_datasets=_HPOBENCH_ALL, hpobench_trials=6000, steps=10000, batch_size=256,
-                    learning_rate=1e-3, warmup_steps=500, shuffle_buffer=8192, length_grouping=1,
-                    eval_every=2500, checkpoint_every=500, compile=True, data_process=True, seed=0),
-    "cpu-hour": dict(preset="small", synthetic_studies=750, synthetic_seed=0, synthetic_range_frame=True,
-                     hpobench_datasets=_HPOBENCH_ALL, hpobench_trials=3000, steps=8000, batch_size=64,
-                     warmup_steps=200, shuffle_buffer=8192, length_grouping=1, eval_every=1000,
-                     checkpoint_every=250, compile=True, seed=0),
+    "shipped": dict(_RECIPE_SOURCES, synthetic_studies=3000, hpobench_trials=6000, steps=10000, batch_size=256,
+                    learning_rate=1e-3, warmup_steps=500, eval_every=2500, checkpoint_every=500, data_process=True),
+    "cpu-hour": dict(_RECIPE_SOURCES, synthetic_studies=750, hpobench_trials=3000, steps=8000, batch_size=64,
+                     warmup_steps=200, eval_every=1000, checkpoint_every=250),
 }
 SHIPPED_RECIPE = PRETRAIN_RECIPES["shipped"]
 

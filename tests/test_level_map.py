@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from vizier import pyvizier as vz
 
-from vizier_omnipred.level_map import RANGE_FRAME, LevelMap, fit_level_map, fit_range_map
+from vizier_omnipred.level_map import RANGE_FRAME, LevelMap, fit_level_map, fit_range_map, fit_rank_frame
 from vizier_omnipred.regressor import OmniPredRegressor
 from vizier_omnipred.training import FinetuneConfig, recipe
 
@@ -161,6 +161,39 @@ def test_range_frame_is_the_full_recipe_default_and_exclusive_with_the_level_map
         FinetuneConfig(level_map=True, range_map=True)
     with pytest.raises(ValueError, match="gradient steps"):
         FinetuneConfig(range_map=True, max_steps=0)
+
+
+def test_rank_frame_spreads_the_best_trials_and_keeps_every_order():
+    # Sphere-like values: the best three within 1e-3 of a range of 100
+    y = np.array([0.001, 0.002, 0.01, 1.0, 5.0, 20.0, 50.0, 50.0, 100.0, np.nan])
+    frame = fit_rank_frame(y)
+    z = np.array([frame.invert(v) for v in y[:-1]])
+    assert z[0] == pytest.approx(RANGE_FRAME[0]) and z[-1] == pytest.approx(RANGE_FRAME[1])
+    assert np.all(np.diff(z) >= 0) and z[6] == z[7]  # increasing; ties share a position
+    assert z[1] - z[0] > 0.5  # a linear frame puts them 6e-5 apart
+    np.testing.assert_allclose(frame.apply(z), y[:-1])  # exact at the trials
+    beyond = frame.apply(np.array([RANGE_FRAME[0] - 1.0, RANGE_FRAME[1] + 1.0, np.nan]))
+    assert beyond[0] < y[0] and y[0] - beyond[0] < 0.01  # a modest improvement beyond the best
+    assert beyond[1] > y[-2] and np.isnan(beyond[2])
+    assert LevelMap.from_json(frame.to_json()) == frame
+    # too few distinct values: the affine range frame
+    assert fit_rank_frame(np.array([3.0, 5.0, 5.0])) == fit_range_map(np.array([3.0, 5.0, 5.0]))
+    # one diverged trial is one rank: no fallback to the raw frame
+    assert not fit_rank_frame(np.r_[np.linspace(1.0, 2.0, 20), 1e30]).is_identity
+
+
+def test_rank_frame_config_needs_the_range_frame(tiny_regressor_factory):
+    assert FinetuneConfig(rank_frame=True, train_encoder=False).resolved(pretrained=True, num_train=30).range_map
+    for bad in (dict(range_map=False), dict(level_map=True), dict(max_steps=0)):
+        with pytest.raises(ValueError, match="rank_frame"):
+            FinetuneConfig(rank_frame=True, **bad)
+    problem, trials = _study(12)
+    reg = tiny_regressor_factory(seed=3)
+    reg.fit(problem, trials, config=FinetuneConfig(max_steps=2, batch_size=4, rank_frame=True))
+    frame = reg.level_map()
+    assert frame is not None and len(frame.knots) == 12
+    samples = reg.sample(trials[:3], 8, seed=1)
+    assert np.isfinite(samples.values[~samples.infeasible]).all()  # mapped back, never nan
 
 
 def test_full_recipe_trains_in_the_range_frame_and_a_refit_keeps_it(tiny_regressor_factory, tmp_path):

@@ -26,11 +26,20 @@ shape from its trials, trains there: every target then shares the sign and expon
 and its first digit says where in the study's range it lies, instead of raw values whose
 exponent changes across the range (1.2e2 and 9.8e1 are neighbours whose leading digits are
 not). Measured on BBOB, 30 trials, the shipped checkpoint (docs/BENCHMARKS.md).
+
+`fit_rank_frame` is the range frame with the values' normal scores (their ranks through the
+Gaussian quantile function) as positions instead of their linear ones: the output warping
+Vizier's GP bandit applies before its fit. An optimiser's trials crowd where the objective is
+good, and a linear frame gives that crowd a sliver of the float tokens (on Sphere the best
+trials of a study sit within a thousandth of its range of each other): the model cannot write,
+let alone learn, the differences a search near the optimum has to rank. In ranks every trial
+gets an equal share, and a monotone map keeps every ordering an acquisition reads.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import attrs
 import numpy as np
@@ -204,3 +213,31 @@ def fit_range_map(observed: np.ndarray, previous: LevelMap | None = None) -> Lev
         scale = max(abs(lo), 1.0) / (hi_frame - lo_frame)
         return LevelMap(scale=scale, shift=lo - scale * (lo_frame + hi_frame) / 2)
     return LevelMap(scale=scale, shift=lo - scale * lo_frame)
+
+
+def fit_rank_frame(observed: np.ndarray) -> LevelMap:
+    """The range frame over the observed values' normal scores (module doc).
+
+    Each distinct value's position in `RANGE_FRAME` is the Gaussian quantile of its mean rank,
+    (rank - 0.5) / n, scaled so that the worst and best values sit at the frame's ends; the
+    map is linear between those knots. Beyond them it continues with the smaller of its two
+    end slopes (each the secant over the two knots nearest that end): a sample beyond the
+    best trial reads as a modest improvement, not as the whole study's range per unit.
+    Fewer than `MIN_TRIALS_FOR_SCALE` distinct values give `fit_range_map`'s affine frame.
+    Heavy tails need no exception here: a diverged trial is one rank like any other.
+    """
+    y = np.asarray(observed, dtype=float)
+    y = y[np.isfinite(y)]
+    values, inverse = np.unique(y, return_inverse=True)
+    if values.size < MIN_TRIALS_FOR_SCALE:
+        return fit_range_map(y)
+    counts = np.bincount(inverse)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0  # ties share their mean rank (1-based)
+    normal = NormalDist()
+    z = np.array([normal.inv_cdf((r - 0.5) / y.size) for r in mean_rank])
+    lo_frame, hi_frame = RANGE_FRAME
+    positions = lo_frame + (hi_frame - lo_frame) * (z - z[0]) / (z[-1] - z[0])
+    k = min(2, values.size - 1)
+    slope = min((values[k] - values[0]) / (positions[k] - positions[0]),
+                (values[-1] - values[-1 - k]) / (positions[-1] - positions[-1 - k]))
+    return LevelMap(scale=float(slope), knots=tuple(zip(positions.tolist(), values.tolist())))

@@ -445,7 +445,7 @@ class OmniPredRegressor(vza.Predictor):
         if config.uses_level_map(pretrained=self._pretrained):
             return {name: self._fit_level_map(problem, trials, name) for name in names}
         if config.uses_range_map(pretrained=self._pretrained):
-            return {name: trials_range_frame(trials, name, previous[name]) for name in names}
+            return {name: trials_range_frame(trials, name, previous[name], ranks=config.rank_frame) for name in names}
         return {}
 
     def _fit_level_map(self, problem: vz.ProblemStatement, trials: Sequence[vz.Trial], metric_name: str) -> LevelMap:

@@ -434,7 +434,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--datasets", type=_csv, default=None, help="HPOBench datasets (default: all 8)")
     a.add_argument("--omnipred-checkpoint", default=None,
                    help="OmniPredDesigner checkpoint; may contain '{dataset}' for leave-one-out on HPOBench")
-    a.add_argument("--omnipred-recipe", choices=("full", "full-raw", "transfer", "level"), default=None,
+    a.add_argument("--omnipred-recipe", choices=("full", "full-raw", "full-rank", "transfer", "level"), default=None,
                    help="the OmniPred designer's fit recipe (training.RECIPES; default: the designer's)")
     a.add_argument("--num-samples", type=int, default=64, help="OmniPred y samples per candidate")
     a.add_argument("--omnipred-ensemble", type=int, default=1,

@@ -27,7 +27,7 @@ from vizier.interfaces import serializable
 from vizier.testing import test_studies
 
 from vizier_omnipred import designer as designer_lib
-from vizier_omnipred.designer import OmniPredDesigner, StateVersionError, problem_key
+from vizier_omnipred.designer import DESIGNER_COLD_STEPS, OmniPredDesigner, StateVersionError, problem_key
 from vizier_omnipred.model import CheckpointError
 from vizier_omnipred.training import FinetuneConfig
 
@@ -667,7 +667,11 @@ def test_the_designer_fits_in_the_range_frame_by_default(base):
 
     problem = problem_of(test_studies.flat_continuous_space_with_scaling())
     designer = OmniPredDesigner(problem, regressor=base)
-    assert designer.refit.cold == recipe("full") == FinetuneConfig(train_encoder=True)
+    assert recipe("full") == FinetuneConfig(train_encoder=True)
+    assert designer.refit.cold == attrs.evolve(recipe("full"), max_steps=DESIGNER_COLD_STEPS)
     assert designer.refit.cold.uses_range_map(pretrained=True) and designer.refit.warm.uses_range_map(pretrained=True)
     raw = OmniPredDesigner(problem, regressor=base, finetune_config=recipe("full-raw"))
     assert not raw.refit.cold.uses_range_map(pretrained=True) and not raw.refit.warm.uses_range_map(pretrained=True)
+    # a budget the caller sets is kept; the rank frame is a range frame, cold and warm
+    short = OmniPredDesigner(problem, regressor=base, finetune_config=FinetuneConfig(max_steps=7, rank_frame=True))
+    assert short.refit.cold.max_steps == 7 and short.refit.warm.rank_frame and short.refit.warm.uses_range_map(pretrained=True)

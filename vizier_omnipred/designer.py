@@ -145,6 +145,12 @@ __all__ = [
 ]
 
 _MAX_SEED_TRIALS = 20
+# The first fit of a study in the full recipe, when the recipe leaves its budget open. A one-off
+# regression fit from a checkpoint takes `training.PRETRAINED_FULL_STEPS` (100): on 30 trials
+# more steps memorise them. The designer's first fit is on its few seed trials and only warm
+# refits of a few steps follow, and there 100 steps lost: BBOB 2-D A/B, 5 repeats, median
+# regret 7.4x the GP bandit's against 4.2x with 500 (docs/BENCHMARKS.md).
+DESIGNER_COLD_STEPS = 500
 
 
 def default_num_seed_trials(problem: vz.ProblemStatement) -> int:
@@ -359,7 +365,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
       prior_studies: `(problem, trials)` pairs or corpus records fine-tuned on together
         with the study (transfer); they are part of every fit.
       finetune_config: the first (cold) fit's recipe; warm refits use a quarter of its
-        epochs (`RefitSchedule`). None: the full recipe in the range frame
+        epochs (`RefitSchedule`). A full recipe without a step budget gets
+        `DESIGNER_COLD_STEPS` for that first fit. None: the full recipe in the range frame
         (`training.recipe("full")`, the regressor's default: the frame the shipped
         checkpoint's synthetic studies were pretrained in), or with `history` the transfer
         recipe (`training.recipe("transfer")`: the level map, then the decoder alone), which
@@ -447,6 +454,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             # it: the transfer recipe keeps that ranking (held-out HPOBench datasets: Spearman
             # 0.88 kept, where the full recipe fell to 0.18-0.59; docs/BENCHMARKS.md).
             finetune_config = recipe("transfer") if history is not None else recipe("full")
+        if finetune_config.max_steps is None and finetune_config.train_encoder is not False:
+            finetune_config = attrs.evolve(finetune_config, max_steps=DESIGNER_COLD_STEPS)
         self.refit = RefitSchedule(cold=finetune_config)
         self._device = device
         self._work_dir_arg = Path(work_dir).expanduser() if work_dir is not None else None

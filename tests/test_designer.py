@@ -675,3 +675,16 @@ def test_the_designer_fits_in_the_range_frame_by_default(base):
     # a budget the caller sets is kept; the rank frame is a range frame, cold and warm
     short = OmniPredDesigner(problem, regressor=base, finetune_config=FinetuneConfig(max_steps=7, rank_frame=True))
     assert short.refit.cold.max_steps == 7 and short.refit.warm.rank_frame and short.refit.warm.uses_range_map(pretrained=True)
+
+
+def test_a_designer_in_the_rank_frame_suggests_and_predicts_in_the_study_units(make):
+    """The rank frame through the designer: fits, suggestions and predictions, with values that
+    span decades (where a linear frame packs the best trials together)."""
+    problem = problem_of(test_studies.flat_continuous_space_with_scaling(), MIN)
+    designer = make(problem, finetune_config=FinetuneConfig(max_steps=3, batch_size=8, rank_frame=True))
+    trials = run_loop(designer, rounds=6, count=1, fn=lambda p: 10.0 ** (2.0 * abs(p["lineardouble"])))
+    assert designer.num_fits >= 1 and len(designer.regressor.level_map().knots) >= 3
+    values = [t.final_measurement.metrics["objective"].value for t in trials]
+    pred = designer.predict([vz.TrialSuggestion(t.parameters) for t in trials], rng=1)
+    finite = pred.mean[np.isfinite(pred.mean)]
+    assert finite.size and finite.min() > min(values) - 1.0 and finite.max() < 10 * max(values)

@@ -591,6 +591,7 @@ def test_cli_registers_bench_commands():
     args = parser.parse_args(["bench", "regression", "--suite", "hpobench", "--train-sizes", "10,30",
                               "--hpobench-checkpoint-pattern", "c/{dataset}", "--plot"])
     assert args.train_sizes == (10, 30) and args.plot and callable(args.func) and args.train_encoder == "auto"
+    assert not args.rank_frame and parser.parse_args(["bench", "regression", "--rank-frame"]).rank_frame
     args = parser.parse_args(["bench", "speed", "--trial-counts", "10,50"])
     assert args.trial_counts == (10, 50)
     # every fit recipe the designer knows can be chosen for an A/B (an ablation needs them all)

@@ -53,6 +53,7 @@ def _cmd_regression(args: argparse.Namespace) -> int:
             level_map={"auto": None, "yes": True, "no": False}[args.level_map],
             range_map={"auto": None, "yes": True, "no": False}[args.range_map],
             finetune_steps=args.finetune_steps,
+            rank_frame=args.rank_frame,
             ensemble_size=args.omnipred_ensemble,
         ),
         out_dir=args.out,
@@ -390,9 +391,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "(FinetuneConfig.range_map; auto: the recipe's, on in the full recipe)")
     r.add_argument("--finetune-steps", type=int, default=None,
                    help="fine-tuned cells: optimizer steps (FinetuneConfig.max_steps; 0: the level map alone)")
+    r.add_argument("--rank-frame", action="store_true",
+                   help="fine-tuned and scratch cells: the range frame over the values' normal scores "
+                        "(FinetuneConfig.rank_frame)")
     r.add_argument("--train-encoder", choices=("auto", "yes", "no"), default="auto",
                    help="fine-tuning a checkpoint also updates its encoder (auto: FinetuneConfig's default, "
-                        "frozen for a pretrained checkpoint)")
+                        "the full recipe: it does)")
     r.add_argument("--preset", default="small", help="model preset of omnipred-scratch")
     r.add_argument("--num-samples", type=int, default=64, help="OmniPred samples per test point")
     r.add_argument("--omnipred-ensemble", type=int, default=1,

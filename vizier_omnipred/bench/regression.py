@@ -96,6 +96,7 @@ class OmniPredOptions:
     level_map: bool | None = None  # FinetuneConfig.level_map of the fine-tuned cells (None: the recipe's)
     range_map: bool | None = None  # FinetuneConfig.range_map of the fine-tuned and scratch cells (None: the recipe's)
     finetune_steps: int | None = None  # FinetuneConfig.max_steps of the fine-tuned cells (0: level map only)
+    rank_frame: bool = False  # FinetuneConfig.rank_frame of the fine-tuned and scratch cells
     ensemble_size: int = 1  # OmniPredRegressor ensemble_size (members fitted alike, samples shared)
 
     def checkpoint_for(self, task: "RegressionTask") -> tuple[bool, str | None, str]:
@@ -340,9 +341,10 @@ class OmniPredModel:
                     config=FinetuneConfig(max_epochs=o.warmstart_epochs, seed=self.seed, train_encoder=o.train_encoder))
         elif self.mode == "finetuned":
             reg.fit(problem, list(trials), config=FinetuneConfig(
-                train_encoder=o.train_encoder, level_map=o.level_map, range_map=o.range_map, max_steps=o.finetune_steps))
+                train_encoder=o.train_encoder, level_map=o.level_map, range_map=o.range_map, max_steps=o.finetune_steps,
+                rank_frame=o.rank_frame))
         elif self.mode == "scratch":
-            reg.fit(problem, list(trials), config=FinetuneConfig(range_map=o.range_map))
+            reg.fit(problem, list(trials), config=FinetuneConfig(range_map=o.range_map, rank_frame=o.rank_frame))
         self._regressor, self._problem = reg, problem
 
     def predict(self, trials: Sequence[vz.TrialSuggestion]) -> metrics.PredictiveDistribution:

@@ -374,7 +374,7 @@ WARM_START_BATCH = 64
 
 
 def add_warm_start_arguments(group: argparse._ArgumentGroup) -> None:
-    from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
+    from vizier_omnipred.corpus.hpobench_datasets import HPOBENCH_DATASETS
 
     group.add_argument("--dataset", default=DEFAULT_DATASET, choices=HPOBENCH_DATASETS,
                        help=f"the new study's HPOBench dataset (default {DEFAULT_DATASET})")

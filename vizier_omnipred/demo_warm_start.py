@@ -45,7 +45,7 @@ import attrs
 import numpy as np
 
 from vizier_omnipred import service
-from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS, HPOBENCH_METRIC
+from vizier_omnipred.corpus.hpobench_datasets import HPOBENCH_DATASETS, HPOBENCH_METRIC
 from vizier_omnipred.demo import (
     RunResult,
     format_table,

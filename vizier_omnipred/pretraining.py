@@ -33,6 +33,7 @@ import torch
 
 from vizier_omnipred import model as model_lib
 from vizier_omnipred.corpus.format import check_corpus_file
+from vizier_omnipred.corpus.hpobench_datasets import HPOBENCH_DATASETS
 from vizier_omnipred.numbers import OutOfRangeWarning
 from vizier_omnipred.pretraining_data import (build_vocab, study_examples, study_range_frame, training_batches,
                                               validation_studies)
@@ -108,8 +109,6 @@ class PretrainConfig:
         if not self.corpus and self.synthetic_studies <= 0 and not self.hpobench_datasets:
             raise ValueError("nothing to train on: give corpus files, hpobench_datasets and/or synthetic_studies > 0")
         if self.hpobench_datasets:
-            from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
-
             unknown = sorted(set(self.hpobench_datasets) - set(HPOBENCH_DATASETS))
             if unknown:
                 raise ValueError(f"unknown HPOBench datasets {unknown}; valid: {list(HPOBENCH_DATASETS)}")
@@ -147,10 +146,7 @@ class PretrainConfig:
 #   checkpoint shipped before the GPU build.
 # Compiled where a compiler is found (`TrainStepper`: the same math, faster; eager otherwise).
 # Measured against each other in docs/BENCHMARKS.md ("A GPU-built shipped checkpoint").
-# corpus.hpobench.HPOBENCH_DATASETS, written out because that module imports Vizier's benchmarks;
-# a test checks they agree.
-_HPOBENCH_ALL = ("australian", "blood_transfusion", "car", "credit_g", "kc1", "phoneme", "segment", "vehicle")
-_RECIPE_SOURCES = dict(preset="small", synthetic_seed=0, synthetic_range_frame=True, hpobench_datasets=_HPOBENCH_ALL,
+_RECIPE_SOURCES = dict(preset="small", synthetic_seed=0, synthetic_range_frame=True, hpobench_datasets=HPOBENCH_DATASETS,
                        shuffle_buffer=8192, length_grouping=1, compile=True, seed=0)
 PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "shipped": dict(_RECIPE_SOURCES, synthetic_studies=3000, hpobench_trials=6000, steps=10000, batch_size=256,
@@ -496,8 +492,6 @@ def add_cli(subparsers) -> None:
 def config_from_args(args) -> PretrainConfig:
     values: dict[str, Any] = dict(PRETRAIN_RECIPES[args.recipe]) if args.recipe else {}
     if args.hpobench is not None:
-        from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
-
         names = [n for n in args.hpobench.split(",") if n]
         values["hpobench_datasets"] = (tuple(HPOBENCH_DATASETS) if names == ["all"]
                                        else () if names == ["none"] else tuple(names))

@@ -21,7 +21,7 @@ from vizier_omnipred.corpus.format import (
     counted,
     write_corpus,
 )
-from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS  # the HPOBench package itself loads lazily
+from vizier_omnipred.corpus.hpobench_datasets import HPOBENCH_DATASETS
 
 def _range(text: str) -> tuple[int, int]:
     """'20,120' or '50' -> an inclusive (low, high) range."""

@@ -25,18 +25,8 @@ from vizier import pyvizier as vz
 from vizier.benchmarks.experimenters import Experimenter
 
 from vizier_omnipred.corpus.format import CorpusError, StudyRecord
+from vizier_omnipred.corpus.hpobench_datasets import HPOBENCH_DATASETS, HPOBENCH_METRIC
 
-HPOBENCH_DATASETS: tuple[str, ...] = (
-    "australian",
-    "blood_transfusion",
-    "car",
-    "credit_g",
-    "kc1",
-    "phoneme",
-    "segment",
-    "vehicle",
-)
-HPOBENCH_METRIC = "val_acc"
 _BASE_TIME = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 _BOUNDED_METRICS = ("val_acc", "val_precision", "val_f1")
 

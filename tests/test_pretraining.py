@@ -153,7 +153,9 @@ def test_a_continued_checkpoint_fine_tunes_at_its_lineage_peak_rate(tmp_path, co
     assert training["learning_rate"] == 3e-4 and training["peak_learning_rate"] == 2e-3
     reg = OmniPredRegressor.from_pretrained(tmp_path / "child" / "final")
     assert reg.pretrained and reg.default_learning_rate(decoder_only=True) == pytest.approx(2e-4)
-    assert reg.default_learning_rate() == pytest.approx(2e-3)
+    from vizier_omnipred.training import PRETRAINED_FULL_LR_FRACTION
+
+    assert reg.default_learning_rate() == pytest.approx(2e-3 * PRETRAINED_FULL_LR_FRACTION)
 
 
 def test_sources_are_interleaved(tmp_path, corpus_file):

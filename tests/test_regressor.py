@@ -260,7 +260,8 @@ def test_decoder_only_recipe_freezes_the_encoder_and_the_full_recipe_trains_it(t
     pretrained = OmniPredRegressor(scratch.checkpoint, pretrained=True)
     report = pretrained.fit(problem_2d, trials, config=attrs.evolve(config, train_encoder=False))
     assert not report.trained_encoder and report.steps == 6
-    assert report.learning_rate == pytest.approx(pretrained.default_learning_rate() / 10)
+    assert report.learning_rate == pytest.approx(pretrained.default_learning_rate(decoder_only=True))
+    assert pretrained.default_learning_rate(decoder_only=True) == pytest.approx(scratch.default_learning_rate() / 10)
     enc2, dec2 = _encoder_and_decoder_weights(pretrained)
     assert torch.equal(enc1, enc2) and not torch.equal(dec1, dec2)
     assert all(p.requires_grad for p in pretrained.checkpoint.model.parameters())

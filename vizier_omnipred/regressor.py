@@ -45,6 +45,7 @@ from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.sampling import GrammarMasks, YSamples, check_temperature, sample_y
 from vizier_omnipred.text import OMNIPRED_NS, TextCodec, TrialTextError
 from vizier_omnipred.training import (
+    PRETRAINED_FULL_LR_FRACTION,
     DataSummary,
     FinetuneConfig,
     FitReport,
@@ -309,16 +310,19 @@ class OmniPredRegressor(vza.Predictor):
             self._problem, self._metric_name = saved
 
     def default_learning_rate(self, *, decoder_only: bool = False) -> float:
-        """The pretraining rate, or a tenth of it for a decoder-only fine-tune of a pretrained
-        model (OmniPred's transfer recipe, `FinetuneConfig.train_encoder=False`).
+        """A fit's rate: the preset's from scratch. From a pretrained model, a fraction of the
+        pretraining rate: `training.PRETRAINED_FULL_LR_FRACTION` in the full recipe, a tenth in the
+        decoder-only one (OmniPred's transfer recipe, `FinetuneConfig.train_encoder=False`).
 
         The pretraining rate is the lineage's peak: a checkpoint continued at a lower rate than
-        its parent still fine-tunes at a tenth of the parent's (`pretraining.inherited_training`).
+        its parent still fine-tunes at a fraction of the parent's (`pretraining.inherited_training`).
         """
         training = self._ckpt.training
         base = float(training.get("peak_learning_rate",
                                   training.get("learning_rate", self._ckpt.preset.learning_rate)))
-        return base / 10.0 if self._pretrained and decoder_only else base
+        if not self._pretrained:
+            return base
+        return base / 10.0 if decoder_only else base * PRETRAINED_FULL_LR_FRACTION
 
     # ----- training ----------------------------------------------------------------------
     def fit(

@@ -668,13 +668,18 @@ def test_the_designer_fits_in_the_range_frame_by_default(base):
     problem = problem_of(test_studies.flat_continuous_space_with_scaling())
     designer = OmniPredDesigner(problem, regressor=base)
     assert recipe("full") == FinetuneConfig(train_encoder=True)
-    assert designer.refit.cold == attrs.evolve(recipe("full"), max_steps=DESIGNER_COLD_STEPS)
+    # its own budget and rate for the full recipe (a one-off regression fit takes fewer steps at a lower rate)
+    assert designer.refit.cold == attrs.evolve(recipe("full"), max_steps=DESIGNER_COLD_STEPS,
+                                               learning_rate=base.pretraining_learning_rate)
     assert designer.refit.cold.uses_range_map(pretrained=True) and designer.refit.warm.uses_range_map(pretrained=True)
     raw = OmniPredDesigner(problem, regressor=base, finetune_config=recipe("full-raw"))
     assert not raw.refit.cold.uses_range_map(pretrained=True) and not raw.refit.warm.uses_range_map(pretrained=True)
     # a budget the caller sets is kept; the rank frame is a range frame, cold and warm
     short = OmniPredDesigner(problem, regressor=base, finetune_config=FinetuneConfig(max_steps=7, rank_frame=True))
     assert short.refit.cold.max_steps == 7 and short.refit.warm.rank_frame and short.refit.warm.uses_range_map(pretrained=True)
+    assert short.refit.warm.learning_rate == base.pretraining_learning_rate
+    slow = OmniPredDesigner(problem, regressor=base, finetune_config=FinetuneConfig(learning_rate=1e-5))
+    assert slow.refit.cold.learning_rate == 1e-5 and slow.refit.cold.max_steps == DESIGNER_COLD_STEPS
 
 
 def test_a_designer_in_the_rank_frame_suggests_and_predicts_in_the_study_units(make):

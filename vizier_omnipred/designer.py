@@ -145,11 +145,14 @@ __all__ = [
 ]
 
 _MAX_SEED_TRIALS = 20
-# The first fit of a study in the full recipe, when the recipe leaves its budget open. A one-off
-# regression fit from a checkpoint takes `training.PRETRAINED_FULL_STEPS` (100): on 30 trials
-# more steps memorise them. The designer's first fit is on its few seed trials and only warm
-# refits of a few steps follow, and there 100 steps lost: BBOB 2-D A/B, 5 repeats, median
-# regret 7.4x the GP bandit's against 4.2x with 500 (docs/BENCHMARKS.md).
+# The first fit of a study in the full recipe, when the recipe leaves its budget open; the
+# designer's full-recipe fits (cold and warm) run at the pretraining rate unless the recipe sets
+# one. A one-off regression fit from a checkpoint takes `training.PRETRAINED_FULL_STEPS` (100) at
+# `training.PRETRAINED_FULL_LR_FRACTION` (0.3) of that rate: on 30 trials more steps or a higher
+# rate memorise them. The designer's first fit is on its few seed trials and only warm refits of
+# 8 steps follow, and there both lost in the BBOB 2-D A/B (5 repeats): median regret 7.4x the GP
+# bandit's with 100 steps against 4.2x with 500; at 0.3 of the rate every Sphere run ended 2-50x
+# further from the optimum (docs/BENCHMARKS.md).
 DESIGNER_COLD_STEPS = 500
 
 
@@ -454,9 +457,6 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             # it: the transfer recipe keeps that ranking (held-out HPOBench datasets: Spearman
             # 0.88 kept, where the full recipe fell to 0.18-0.59; docs/BENCHMARKS.md).
             finetune_config = recipe("transfer") if history is not None else recipe("full")
-        if finetune_config.max_steps is None and finetune_config.train_encoder is not False:
-            finetune_config = attrs.evolve(finetune_config, max_steps=DESIGNER_COLD_STEPS)
-        self.refit = RefitSchedule(cold=finetune_config)
         self._device = device
         self._work_dir_arg = Path(work_dir).expanduser() if work_dir is not None else None
         self._prior_studies = tuple(prior_studies)
@@ -471,6 +471,13 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._regressor = _base_regressor(
             checkpoint, regressor, device=device, num_samples=self._num_samples, seed=self._seed
         )
+        if finetune_config.train_encoder is not False:  # the full recipe: the designer's budget and rate
+            finetune_config = attrs.evolve(
+                finetune_config,
+                max_steps=DESIGNER_COLD_STEPS if finetune_config.max_steps is None else finetune_config.max_steps,
+                learning_rate=finetune_config.learning_rate or self._regressor.pretraining_learning_rate,
+            )
+        self.refit = RefitSchedule(cold=finetune_config)
         if ensemble_size is not None:
             self._regressor.ensemble_size = ensemble_size  # members are made at the first fit
         if temperature is not None:

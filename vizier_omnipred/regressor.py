@@ -317,12 +317,17 @@ class OmniPredRegressor(vza.Predictor):
         The pretraining rate is the lineage's peak: a checkpoint continued at a lower rate than
         its parent still fine-tunes at a fraction of the parent's (`pretraining.inherited_training`).
         """
-        training = self._ckpt.training
-        base = float(training.get("peak_learning_rate",
-                                  training.get("learning_rate", self._ckpt.preset.learning_rate)))
+        base = self.pretraining_learning_rate
         if not self._pretrained:
             return base
         return base / 10.0 if decoder_only else base * PRETRAINED_FULL_LR_FRACTION
+
+    @property
+    def pretraining_learning_rate(self) -> float:
+        """The peak rate of the checkpoint's lineage (the preset's for a model never trained):
+        what fine-tuning rates are fractions of."""
+        training = self._ckpt.training
+        return float(training.get("peak_learning_rate", training.get("learning_rate", self._ckpt.preset.learning_rate)))
 
     # ----- training ----------------------------------------------------------------------
     def fit(

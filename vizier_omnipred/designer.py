@@ -151,8 +151,8 @@ _MAX_SEED_TRIALS = 20
 # `training.PRETRAINED_FULL_LR_FRACTION` (0.3) of that rate: on 30 trials more steps or a higher
 # rate memorise them. The designer's first fit is on its few seed trials and only warm refits of
 # 8 steps follow, and there both lost in the BBOB 2-D A/B (5 repeats): median regret 7.4x the GP
-# bandit's with 100 steps against 4.2x with 500; at 0.3 of the rate every Sphere run ended 2-50x
-# further from the optimum (docs/BENCHMARKS.md).
+# bandit's with 100 steps against 4.2x with 500; at 0.3 of the rate 4 of 5 Sphere runs ended
+# further from the optimum (median regret 0.0056 against 0.0015; docs/BENCHMARKS.md).
 DESIGNER_COLD_STEPS = 500
 
 

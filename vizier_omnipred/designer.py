@@ -369,7 +369,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         with the study (transfer); they are part of every fit.
       finetune_config: the first (cold) fit's recipe; warm refits use a quarter of its
         epochs (`RefitSchedule`). A full recipe without a step budget gets
-        `DESIGNER_COLD_STEPS` for that first fit. None: the full recipe in the range frame
+        `DESIGNER_COLD_STEPS` for that first fit, and without a rate the pretraining rate for
+        every fit (not the regressor's lower one-off rate). None: the full recipe in the range frame
         (`training.recipe("full")`, the regressor's default: the frame the shipped
         checkpoint's synthetic studies were pretrained in), or with `history` the transfer
         recipe (`training.recipe("transfer")`: the level map, then the decoder alone), which

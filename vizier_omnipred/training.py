@@ -277,15 +277,17 @@ class TrainStepper:
 # Defaults when FinetuneConfig leaves them None (see FinetuneConfig and docs/BENCHMARKS.md).
 SCRATCH_STEPS = 500
 # The full recipe from a pretrained checkpoint: it starts from a prior over smooth functions and
-# has only the study's shape and level to fit. On 8 BBOB tasks (2-D and 4-D; Sphere, Ellipsoidal,
-# Rastrigin, Rosenbrock) at 30 trials, 100 steps ranked held-out points better than 200 or 500
-# (Spearman 0.61 median; 500 steps memorise the trials: Sphere 4-D 0.77 -> 0.69) and gave
-# sample intervals 3x closer to calibrated (calib@80 0.55 against 0.2), at a fifth of the cost.
+# has only the study's shape and level to fit. On BBOB tasks (2-D and 4-D; Sphere, Ellipsoidal,
+# Rastrigin, Rosenbrock) at 30 trials, 500 steps memorise the trials: 100 ranked held-out points
+# better on 4 of the 5 tasks where both ran (Sphere 4-D 0.77 against 0.69) with sample intervals
+# far closer to calibrated (calib@80 0.57 against 0.23), at a fifth of the cost; 200 sat between.
 PRETRAINED_FULL_STEPS = 100
-# ... at this fraction of the pretraining rate: on the same 8 BBOB tasks 0.3 of it (3e-4 for the
-# shipped checkpoint) ranked better than the full rate (median Spearman 0.66 against 0.61, nMAE
-# 0.091 against 0.098, calib@80 0.73 against 0.57), and on the four `bench scratch-fit` families
-# it lowered nMAE on all four (HPOBench kc1: Spearman 0.75 -> 0.87, above a random forest's 0.83).
+# ... at this fraction of the pretraining rate: on 8 BBOB tasks 0.3 of it (3e-4 for the shipped
+# checkpoint) ranked better than the full rate (median Spearman 0.66 against 0.61, nMAE 0.090
+# against 0.098, calib@80 0.73 against 0.57). With both, `bench scratch-fit` (30 trials) ranks
+# better than the recipe before on all four families (HPOBench kc1: 0.61 -> 0.85, above a random
+# forest's 0.83) and `bench regression --suite bbob` at 10 trials went from 1.67x to 1.18x the
+# best classic regressor's nMAE (docs/BENCHMARKS.md, "A shorter fine-tune").
 PRETRAINED_FULL_LR_FRACTION = 0.3
 SCRATCH_DROPOUT = 0.1
 PRETRAINED_EPOCHS = 30
@@ -305,10 +307,10 @@ class FinetuneConfig:
     * the full recipe (`train_encoder` None or True, the default, from scratch and from a
       checkpoint alike): every parameter trained, `SCRATCH_STEPS` steps at the preset's rate from
       scratch, `PRETRAINED_FULL_STEPS` at `PRETRAINED_FULL_LR_FRACTION` of the pretraining rate
-      from a checkpoint, dropout `SCRATCH_DROPOUT`, no early stopping. From the shipped checkpoint it beats the
-      same preset from scratch on new tasks (30 trials, held-out Spearman: smooth3 0.80 vs
-      0.53, BBOB Sphere 4-D 0.59 vs 0.13), where the decoder-only recipe could not even move
-      the predicted level of a new study (smooth3 nMAE 2,343).
+      from a checkpoint, dropout `SCRATCH_DROPOUT`, no early stopping. From the shipped
+      checkpoint it beats the same preset from scratch on new tasks (30 trials, held-out
+      Spearman: smooth3 0.70 vs 0.39, BBOB Sphere 4-D 0.89 vs 0.52), where the decoder-only
+      recipe could not even move the predicted level of a new study (smooth3 nMAE 2,343).
     * the decoder-only transfer recipe (`train_encoder=False`, OmniPred's): a tenth of the
       pretraining rate, `PRETRAINED_EPOCHS` passes and at most `PRETRAINED_MAX_STEPS`
       steps, early stopping, encoder and input embeddings frozen. For a study like those the

@@ -475,10 +475,11 @@ class FitReport:
 
 
 # Named fit recipes, for the places that pick one by name (CLI flags, benchmark options).
-# "full": every parameter at the pretraining rate for SCRATCH_STEPS steps from scratch,
-#   PRETRAINED_FULL_STEPS from a checkpoint (on a study unlike what it read); "transfer": the level map, then the
-#   decoder-only fine-tune (a checkpoint pretrained on the study's family, e.g. warm-started
-#   from the user's history); "level": the level map alone, the model's ranking kept exactly;
+# "full": every parameter trained, SCRATCH_STEPS steps at the preset's rate from scratch,
+#   PRETRAINED_FULL_STEPS at PRETRAINED_FULL_LR_FRACTION of the pretraining rate from a checkpoint
+#   (on a study unlike what it read); "transfer": the level map, then the decoder-only
+#   fine-tune (a checkpoint pretrained on the study's family, e.g. warm-started from the user's
+#   history); "level": the level map alone, the model's ranking kept exactly;
 #   "full-raw": the full recipe on the study's raw values, without the range frame (the ablation);
 #   "full-rank": the full recipe in the rank frame (`FinetuneConfig.rank_frame`).
 RECIPES: dict[str, FinetuneConfig] = {

@@ -472,7 +472,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         self._regressor = _base_regressor(
             checkpoint, regressor, device=device, num_samples=self._num_samples, seed=self._seed
         )
-        if finetune_config.train_encoder is not False:  # the full recipe: the designer's budget and rate
+        if finetune_config.is_full_recipe(pretrained=self._regressor.pretrained):  # the designer's budget and rate
             finetune_config = attrs.evolve(
                 finetune_config,
                 max_steps=DESIGNER_COLD_STEPS if finetune_config.max_steps is None else finetune_config.max_steps,

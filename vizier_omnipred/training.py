@@ -412,11 +412,16 @@ class FinetuneConfig:
             raise ValueError("rank_frame is a range frame: it needs range_map (True or None), no level_map, "
                              "and gradient steps (max_steps > 0)")
 
+    def is_full_recipe(self, *, pretrained: bool) -> bool:
+        """Whether a fit of a model (pretrained or not) with this config is the full recipe:
+        every parameter trained (a model from scratch has no other recipe)."""
+        return self.train_encoder is not False or not pretrained
+
     def resolved(self, *, pretrained: bool, num_train: int) -> "FinetuneConfig":
         """This config with every None decided for a model and a study (see the class doc)."""
         encoder = True if self.train_encoder is None else self.train_encoder
         steps, dropout, stopping = self.max_steps, self.dropout, self.early_stopping
-        if encoder or not pretrained:  # the full recipe
+        if self.is_full_recipe(pretrained=pretrained):
             steps = (PRETRAINED_FULL_STEPS if pretrained else SCRATCH_STEPS) if steps is None else steps
             dropout = SCRATCH_DROPOUT if dropout is None else dropout
             stopping = False if stopping is None else stopping
@@ -435,8 +440,8 @@ class FinetuneConfig:
             return self.range_map
         if self.rank_frame:
             return True
-        full_recipe = self.train_encoder is not False or not pretrained
-        return full_recipe and self.max_steps != 0 and not self.uses_level_map(pretrained=pretrained)
+        return (self.is_full_recipe(pretrained=pretrained) and self.max_steps != 0
+                and not self.uses_level_map(pretrained=pretrained))
 
     def uses_level_map(self, *, pretrained: bool) -> bool:
         """`level_map`, decided: by default only where the encoder stays as pretrained. The

@@ -19,6 +19,7 @@ import pytest
 from vizier import algorithms as vza
 from vizier import pyvizier as vz
 
+from vizier_omnipred.acquisitions import UpperQuantile
 from vizier_omnipred.bench import ab, baselines, metrics
 from vizier_omnipred.bench.features import ParameterFeaturizer
 
@@ -429,6 +430,8 @@ def test_ab_config_errors_are_clear(tmp_path):
         ab.validate_config(_config(tmp_path, options=ab.DesignerOptions(omnipred_ensemble=0)))
     with pytest.raises(ab.ABConfigError, match="omnipred-temperature"):
         ab.validate_config(_config(tmp_path, options=ab.DesignerOptions(omnipred_temperature=0.0)))
+    with pytest.raises(ab.ABConfigError, match="omnipred-ucb-quantile"):
+        ab.validate_config(_config(tmp_path, options=ab.DesignerOptions(omnipred_ucb_quantile=1.5)))
     with pytest.raises(ab.ABConfigError, match="unknown BBOB function"):
         ab.default_tasks(_config(tmp_path, bbob_functions=("Sphere", "Spere")))
     assert not list(tmp_path.glob("bbob/**/*.json"))  # nothing ran
@@ -449,6 +452,10 @@ def test_ab_trust_region_ablation_builds_the_designer_without_it():
                                            task=task)
     assert warmer.regressor.temperature == 2.0 and with_region.regressor.temperature == 1.0
     assert ab.DesignerOptions(omnipred_temperature=2.0).resume_token != options.resume_token
+    greedier = ab.DESIGNERS["omnipred"].make(task.problem, seed=0,
+                                             options=ab.DesignerOptions(omnipred_ucb_quantile=0.5), task=task)
+    assert greedier.acquisition == UpperQuantile(q=0.5) and with_region.acquisition == UpperQuantile()
+    assert ab.DesignerOptions(omnipred_ucb_quantile=0.5).resume_token != options.resume_token
 
 
 def test_ab_ablation_gets_a_win_rate_against_its_original():

@@ -527,6 +527,11 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
 
     # ------------------------------------------------------------------ accessors
     @property
+    def acquisition(self) -> Acquisition:
+        """The acquisition that scores candidates from their y samples."""
+        return self._acquisition
+
+    @property
     def regressor(self) -> OmniPredRegressor:
         """The designer's own (fine-tuned) regressor."""
         return self._regressor

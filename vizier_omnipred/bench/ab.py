@@ -203,6 +203,7 @@ class DesignerOptions:
     prior_trials: int = 100  # gp_bandit_priors: random configurations per prior dataset
     omnipred_ensemble: int = 1  # OmniPredDesigner's ensemble_size
     omnipred_temperature: float | None = None  # OmniPredDesigner's temperature; None: its default
+    omnipred_ucb_quantile: float | None = None  # UpperQuantile(q) as OmniPred's acquisition; None: its default
 
     # The fields the resume key has always covered; see `resume_token`.
     _KEYED_SINCE_V1: ClassVar[tuple[str, ...]] = ("omnipred_checkpoint", "omnipred_seed_trials", "device")
@@ -424,6 +425,11 @@ def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: Designer
 
     from vizier_omnipred.training import recipe
 
+    extra = {}
+    if options.omnipred_ucb_quantile is not None:
+        from vizier_omnipred.acquisitions import UpperQuantile
+
+        extra["acquisition"] = UpperQuantile(q=options.omnipred_ucb_quantile)
     return OmniPredDesigner(
         problem,
         seed=seed,
@@ -434,6 +440,7 @@ def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: Designer
         num_samples=options.num_samples,
         ensemble_size=options.omnipred_ensemble,
         temperature=options.omnipred_temperature,
+        **extra,
     )
 
 
@@ -456,7 +463,8 @@ def _omnipred_seed_trials(options: DesignerOptions, problem: vz.ProblemStatement
 
 # The options OmniPred reads; a new OmniPred option must be added here to enter its key.
 _OMNIPRED_OPTIONS: tuple[str, ...] = ("omnipred_checkpoint", "omnipred_seed_trials", "device", "omnipred_recipe",
-                                       "num_samples", "omnipred_ensemble", "omnipred_temperature")
+                                       "num_samples", "omnipred_ensemble", "omnipred_temperature",
+                                       "omnipred_ucb_quantile")
 
 DESIGNERS: Mapping[str, DesignerSpec] = {
     spec.name: spec
@@ -567,6 +575,9 @@ def validate_config(config: ABConfig, registry: Mapping[str, DesignerSpec] = DES
     temperature = config.options.omnipred_temperature
     if temperature is not None and not 0 < temperature < float("inf"):
         raise ABConfigError(f"--omnipred-temperature must be a finite number > 0, got {temperature}")
+    quantile = config.options.omnipred_ucb_quantile
+    if quantile is not None and not 0.0 <= quantile <= 1.0:
+        raise ABConfigError(f"--omnipred-ucb-quantile must be in [0, 1], got {quantile}")
     for name in config.designers:
         if config.suite not in registry[name].suites:
             raise ABConfigError(

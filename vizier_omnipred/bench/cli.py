@@ -127,6 +127,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
             num_samples=args.num_samples,
             omnipred_ensemble=args.omnipred_ensemble,
             omnipred_temperature=args.omnipred_temperature,
+            omnipred_ucb_quantile=args.omnipred_ucb_quantile,
             device=args.device,
             prior_datasets=None if args.prior_datasets is None else str(args.prior_datasets),
             **({} if args.prior_trials is None else {"prior_trials": args.prior_trials}),
@@ -445,6 +446,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="the OmniPred designer's ensemble_size (models fine-tuned on the study, samples shared)")
     a.add_argument("--omnipred-temperature", type=float, default=None,
                    help="the OmniPred designer's sampling temperature (default: the designer's)")
+    a.add_argument("--omnipred-ucb-quantile", type=float, default=None, metavar="Q",
+                   help="the OmniPred designer's acquisition: the Q-quantile of its samples "
+                        "(acquisitions.UpperQuantile; default: the designer's)")
     a.add_argument("--omnipred-seed-trials", type=int, default=None,
                    help="quasi-random trials before OmniPred's model is used (default: the designer's)")
     a.add_argument("--prior-datasets", type=Path, default=None, metavar="FOLDS_JSON",

@@ -682,6 +682,27 @@ def test_the_designer_fits_in_the_range_frame_by_default(base):
     assert slow.refit.cold.learning_rate == 1e-5 and slow.refit.cold.max_steps == DESIGNER_COLD_STEPS
 
 
+def test_the_designer_exploits_more_when_its_fit_keeps_the_models_ranking(base):
+    """UCB at TRANSFER_UCB_QUANTILE where the fit keeps a pretrained model's ranking (a level map:
+    the transfer and level recipes), OmniPred's 0.9 otherwise; an acquisition the caller names wins."""
+    from vizier_omnipred.acquisitions import ExpectedImprovement, UpperQuantile
+    from vizier_omnipred.regressor import SHIPPED_CHECKPOINT
+    from vizier_omnipred.training import recipe
+
+    problem = problem_of(test_studies.flat_continuous_space_with_scaling())
+    assert OmniPredDesigner(problem, checkpoint=SHIPPED_CHECKPOINT).acquisition == UpperQuantile(q=0.9)
+    for name in ("transfer", "level"):
+        transfer = OmniPredDesigner(problem, checkpoint=SHIPPED_CHECKPOINT, finetune_config=recipe(name))
+        assert transfer.acquisition == UpperQuantile(q=designer_lib.TRANSFER_UCB_QUANTILE) != UpperQuantile()
+    named = OmniPredDesigner(problem, checkpoint=SHIPPED_CHECKPOINT, finetune_config=recipe("transfer"),
+                             acquisition="ucb")
+    assert named.acquisition == UpperQuantile()
+    assert isinstance(OmniPredDesigner(problem, checkpoint=SHIPPED_CHECKPOINT, finetune_config=recipe("transfer"),
+                                       acquisition="ei").acquisition, ExpectedImprovement)
+    # a model from scratch has no ranking to keep: the transfer recipe does not map its level
+    assert OmniPredDesigner(problem, regressor=base, finetune_config=recipe("transfer")).acquisition == UpperQuantile()
+
+
 def test_a_designer_in_the_rank_frame_suggests_and_predicts_in_the_study_units(make):
     """The rank frame through the designer: fits, suggestions and predictions, with values that
     span decades (where a linear frame packs the best trials together)."""

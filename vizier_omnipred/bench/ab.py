@@ -425,11 +425,6 @@ def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: Designer
 
     from vizier_omnipred.training import recipe
 
-    extra = {}
-    if options.omnipred_ucb_quantile is not None:
-        from vizier_omnipred.acquisitions import UpperQuantile
-
-        extra["acquisition"] = UpperQuantile(q=options.omnipred_ucb_quantile)
     return OmniPredDesigner(
         problem,
         seed=seed,
@@ -440,8 +435,17 @@ def _make_omnipred(problem: vz.ProblemStatement, *, seed: int, options: Designer
         num_samples=options.num_samples,
         ensemble_size=options.omnipred_ensemble,
         temperature=options.omnipred_temperature,
-        **extra,
+        acquisition=_omnipred_acquisition(options),
     )
+
+
+def _omnipred_acquisition(options: DesignerOptions):
+    """UCB at `omnipred_ucb_quantile`; None: the designer's own default."""
+    if options.omnipred_ucb_quantile is None:
+        return None
+    from vizier_omnipred.acquisitions import UpperQuantile
+
+    return UpperQuantile(q=options.omnipred_ucb_quantile)
 
 
 def _make_omnipred_no_trust_region(problem: vz.ProblemStatement, *, seed: int, options: DesignerOptions,
@@ -575,9 +579,10 @@ def validate_config(config: ABConfig, registry: Mapping[str, DesignerSpec] = DES
     temperature = config.options.omnipred_temperature
     if temperature is not None and not 0 < temperature < float("inf"):
         raise ABConfigError(f"--omnipred-temperature must be a finite number > 0, got {temperature}")
-    quantile = config.options.omnipred_ucb_quantile
-    if quantile is not None and not 0.0 <= quantile <= 1.0:
-        raise ABConfigError(f"--omnipred-ucb-quantile must be in [0, 1], got {quantile}")
+    try:  # the acquisition's own check of its quantile, before any run starts
+        _omnipred_acquisition(config.options)
+    except ValueError as error:
+        raise ABConfigError(f"--omnipred-ucb-quantile: {error}") from None
     for name in config.designers:
         if config.suite not in registry[name].suites:
             raise ABConfigError(

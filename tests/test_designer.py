@@ -277,6 +277,9 @@ def test_categorical_values_that_look_like_syntax(make):
     assert {json.dumps(t.parameters.as_dict(), sort_keys=True) for t in restored.completed_trials} == {
         json.dumps(t.parameters.as_dict(), sort_keys=True) for t in designer.completed_trials
     }
+    # ... with the study's trial ids, in id order.
+    assert [t.id for t in restored.completed_trials] == [t.id for t in designer.completed_trials]
+    assert [t.id for t in designer.completed_trials][-2:] == [100, 101]
 
 
 def test_checkpoint_with_another_codec_fails_at_construction(base, tmp_path):

@@ -112,3 +112,34 @@ def test_checkpoint_from_before_numbers_is_refused(saved):
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="retrain"):
         load_checkpoint(saved)
+
+
+def test_nan_weights_are_refused_at_load(saved):
+    """A valid safetensors file whose tensors hold nan (a diverged run saved, bit rot) would
+    load and then fail inside torch's sampler; the loader names the file and the tensor."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    w = saved / "model.safetensors"
+    weights = load_file(str(w))
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(w), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"model.safetensors.*{name}.*nan"):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("level_maps", "x"),
+    ("level_maps", {"maps": {"loss": "garbage"}}),
+    ("max_exponents", [1]),
+    ("max_exponents", {"caps": {"loss": "big"}}),
+    ("ensemble_size", "two"),
+    ("ensemble_size", 0),
+])
+def test_a_damaged_fit_record_is_a_checkpoint_error(saved, field, value):
+    meta = json.loads((saved / "omnipred.json").read_text())
+    meta["training"][field] = value
+    (saved / "omnipred.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"omnipred.json.*{field}"):
+        OmniPredRegressor.from_pretrained(saved)

@@ -414,3 +414,17 @@ def test_sampling_temperature_is_checked_and_spreads_the_samples(tiny_regressor_
         values = reg.sample(probe, 64, temperature=t, seed=5).values
         distinct[t] = np.mean([len(set(np.round(row[np.isfinite(row)], 12))) for row in values])
     assert distinct[0.05] < 0.5 * distinct[1.0], distinct
+
+
+def test_a_diverging_fit_says_so_and_leaves_finite_weights(tiny_regressor_factory, problem_2d):
+    """At an absurd learning rate the loss becomes nan within a few steps; the fit raises a
+    clear error with the model's weights put back, and the regressor still samples."""
+    from vizier_omnipred.training import FitDivergedError
+
+    reg = tiny_regressor_factory(seed=4)
+    trials = make_trials(np.random.default_rng(0).uniform(-2, 2, size=(12, 2)))
+    with pytest.raises(FitDivergedError, match="learning rate"):
+        reg.fit(problem_2d, trials, config=FinetuneConfig(max_steps=30, learning_rate=1e4, validation_fraction=0.0))
+    ys = reg.sample([vz.TrialSuggestion(parameters=t.parameters) for t in trials[:3]], num_samples=4,
+                    problem=problem_2d)
+    assert ys.values.shape == (3, 4)

@@ -175,3 +175,22 @@ def test_multi_objective_study_with_a_safety_metric_survives_a_restart(tmp_path,
         assert md["source"] == "model" and "safe_probability" in md and "predicted_medians" in md
         all_params = [tuple(sorted(t.parameters.as_dict().items())) for t in study.trials().get()]
         assert len(set(all_params)) == len(all_params) == 6
+
+
+def test_a_finite_space_that_runs_out_returns_what_is_left_then_says_so(tmp_path, designer_kwargs):
+    """Vizier 0.1.24's servicer fails on a policy that returns fewer suggestions than asked
+    for ("pop from empty list"); the server answers with the trials there are, then with a
+    clear error once every point has been suggested."""
+    config = svz.StudyConfig(algorithm="OMNIPRED")
+    config.search_space.root.add_categorical_param("c", ["a", "b"])
+    config.metric_information.append(svz.MetricInformation("loss", goal=svz.ObjectiveMetricGoal.MINIMIZE))
+    factory = service.OmniPredPolicyFactory(work_dir=tmp_path / "work", designer_kwargs=designer_kwargs)
+    with service.start_server(tmp_path / "vizier.db", policy_factory=factory):
+        study = clients.Study.from_study_config(config, owner="tests", study_id="two-points")
+        trials = list(study.suggest(count=3))
+        assert sorted(t.parameters["c"] for t in trials) == ["a", "b"]
+        for t in trials:
+            t.complete(vz.Measurement({"loss": 1.0 if t.parameters["c"] == "a" else 2.0}))
+        with pytest.raises(RuntimeError, match="no untried point left"):
+            study.suggest(count=1)
+        assert len(list(study.trials())) == 2  # nothing lost, nothing half-written

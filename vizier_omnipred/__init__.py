@@ -25,6 +25,7 @@ _LAZY = {
     "YSamples": "vizier_omnipred.sampling",
     "FinetuneConfig": "vizier_omnipred.training",
     "FitReport": "vizier_omnipred.training",
+    "FitDivergedError": "vizier_omnipred.training",
     "recipe": "vizier_omnipred.training",
     "CheckpointError": "vizier_omnipred.model",
     # the designer
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from vizier_omnipred.sampling import YSamples
     from vizier_omnipred.service import OmniPredPolicyFactory, start_server
     from vizier_omnipred.text import TextCodec, TrialTextError, serialize_trial
-    from vizier_omnipred.training import FinetuneConfig, FitReport, recipe
+    from vizier_omnipred.training import FinetuneConfig, FitDivergedError, FitReport, recipe
     from vizier_omnipred.warm_start import WarmStartConfig, WarmStartError, load_history, warm_start_checkpoint
 
 __all__ = sorted(_LAZY)

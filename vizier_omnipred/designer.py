@@ -608,8 +608,9 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
 
     @property
     def completed_trials(self) -> list[vz.Trial]:
-        """The completed trials the designer knows (as it would refit on them)."""
-        return [r.to_trial() for r in self._history.values()]
+        """The completed trials the designer knows (as it would refit on them), in id order,
+        with their study ids (0 for the anonymous ones `update` got without an id)."""
+        return [self._history[k].to_trial(int(k) if k.isdigit() else 0) for k in sorted(self._history, key=id_order)]
 
     # ------------------------------------------------------------------- helpers
     def _make_seed_designer(self, seed: int):

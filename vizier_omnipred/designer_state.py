@@ -111,8 +111,8 @@ class Record:
                    metrics={str(k): float(v) for k, v in metrics.items()},
                    infeasible=bool(d.get("infeasible", False)))
 
-    def to_trial(self) -> vz.Trial:
-        trial = vz.Trial(parameters=self.params)
+    def to_trial(self, trial_id: int = 0) -> vz.Trial:
+        trial = vz.Trial(parameters=self.params, id=trial_id)
         if self.infeasible:
             trial.complete(vz.Measurement(), infeasibility_reason="infeasible")
         else:

@@ -11,6 +11,7 @@ twenty trials later inside torch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -291,6 +292,26 @@ def member_weights(model: OmniPredT5) -> bytes:
     return safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in _TIED_KEYS})
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _check_finite(model: torch.nn.Module, path: Path) -> None:
+    """Refuses weights holding nan or inf: such a model samples garbage (torch's multinomial
+    fails on nan logits deep inside sampling), and no fit recovers from them."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor {name!r} holds nan or inf values (a damaged or diverged checkpoint)")
+
+
 def load_member(directory: str | os.PathLike[str], index: int, like: OmniPredT5) -> OmniPredT5:
     """Member `index` of a saved ensemble: a copy of `like` (the first member) with its weights."""
     path = Path(directory) / member_file(index)
@@ -306,6 +327,7 @@ def load_member(directory: str | os.PathLike[str], index: int, like: OmniPredT5)
     if missing or info.unexpected_keys:
         raise CheckpointError(f"{path}: member weights do not match the model (missing {missing[:5]}, "
                               f"unexpected {list(info.unexpected_keys)[:5]})")
+    _check_finite(member, path)
     member.eval()
     return member
 
@@ -436,9 +458,10 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
             f"text codec writes number_features={codec.number_features!r}"
         )
     try:
-        model, info = OmniPredT5.from_pretrained(
-            root, local_files_only=True, output_loading_info=True
-        )
+        with _quiet_transformers():  # its load report of a mismatch: ours below names it in one line
+            model, info = OmniPredT5.from_pretrained(
+                root, local_files_only=True, output_loading_info=True
+            )
     except Exception as e:  # safetensors/transformers raise many types for damaged files
         raise CheckpointError(f"{root / WEIGHTS_FILE}: cannot load model weights ({e})") from e
     # transformers would silently initialise absent tensors at random: refuse instead.
@@ -448,6 +471,7 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str | torch.de
             f"{root / WEIGHTS_FILE}: weights do not match the model config "
             f"(missing {missing[:5]}, mismatched {list(info.get('mismatched_keys', ()))[:5]})"
         )
+    _check_finite(model, root / WEIGHTS_FILE)
     model.to(device)
     model.eval()
     return Checkpoint(model=model, vocab=vocab, codec=codec, preset=preset, training=meta.get("training", {}))

@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     return device
+
+
+def _fit_record(training: Mapping[str, Any], path: Path) -> tuple[dict[str, LevelMap], dict[str, int], str | None, int]:
+    """The study fit a saved regressor carries (level maps, exponent caps, the study they
+    belong to, ensemble size), read from its checkpoint's training record. A record that
+    does not parse is a damaged checkpoint: `CheckpointError` naming the file, not a
+    TypeError from deep in the loader."""
+    try:
+        saved = training.get("level_maps") or {}
+        maps = {str(name): LevelMap.from_json(v) for name, v in (saved.get("maps") or {}).items()}
+        capped = training.get("max_exponents") or {}
+        caps = {str(n): int(e) for n, e in (capped.get("caps") or {}).items()}
+        key = saved.get("problem_key") or capped.get("problem_key")
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"problem_key must be a string, got {type(key).__name__}")
+        members = training.get("ensemble_size", 1)
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise ValueError(f"ensemble_size must be an int >= 1, got {members!r}")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise model_lib.CheckpointError(
+            f"{path}: invalid training record (level_maps, max_exponents or ensemble_size): "
+            f"{type(e).__name__}: {e}") from e
+    return maps, caps, key, members
 
 
 class OmniPredRegressor(vza.Predictor):
@@ -185,17 +208,12 @@ class OmniPredRegressor(vza.Predictor):
         if path is None:
             path = SHIPPED_CHECKPOINT
         ckpt = model_lib.load_checkpoint(path, device="cpu")
-        saved = ckpt.training.get("level_maps") or {}
-        maps = {name: LevelMap.from_json(v) for name, v in (saved.get("maps") or {}).items()}
-        caps = ckpt.training.get("max_exponents") or {}
-        key = saved.get("problem_key") or caps.get("problem_key")
-        saved_members = int(ckpt.training.get("ensemble_size", 1))
+        maps, caps, key, saved_members = _fit_record(ckpt.training, Path(path) / model_lib.META_FILE)
         kwargs.setdefault("ensemble_size", saved_members)
         wanted = min(saved_members, kwargs["ensemble_size"])  # members beyond the wanted size stay on disk
         members = [model_lib.load_member(path, i, ckpt.model) for i in range(1, wanted)]
         return cls(ckpt, device=device, pretrained=bool(ckpt.training.get("steps")), level_maps=maps,
-                   max_exponents={n: int(e) for n, e in (caps.get("caps") or {}).items()}, study_key=key,
-                   members=members, **kwargs)
+                   max_exponents=caps, study_key=key, members=members, **kwargs)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         training = dict(self._ckpt.training)

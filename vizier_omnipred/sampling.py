@@ -274,6 +274,9 @@ def _sample_chunk(
             mask = masks.rest[classes, position, y_offset:]
         logits = _y_logits(model, hidden, y_offset) / temperature + mask
         probs = torch.softmax(logits, dim=-1)
+        if bool(torch.isnan(probs).any()):  # else multinomial fails with a message about negative entries
+            raise FloatingPointError("the model's y-token probabilities are nan: its weights are damaged "
+                                     "(nan or inf); reload the checkpoint or refit with a lower learning rate")
         draws = torch.multinomial(probs, num_samples, replacement=True, generator=generator)  # (rows, S)
         used = arange_s[None, :] < row_count[:, None]  # each row keeps only its own count of draws
         vocab_y = probs.shape[-1]

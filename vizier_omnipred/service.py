@@ -68,7 +68,7 @@ from vizier._src.algorithms.policies import designer_policy as dp
 from vizier._src.service import constants as service_constants
 from vizier._src.service import custom_errors
 from vizier._src.service import policy_factory as vizier_policy_factory
-from vizier._src.service import pythia_service, stubs_util, vizier_service, vizier_service_pb2_grpc
+from vizier._src.service import pythia_service, stubs_util, study_pb2, vizier_service, vizier_service_pb2, vizier_service_pb2_grpc
 from vizier._src.service.vizier_server import DefaultVizierServer
 from vizier.service import clients
 
@@ -416,6 +416,12 @@ class _GuardedVizierServicer(vizier_service.VizierServicer):
     that operation and the client polls it forever. Here the operation is closed with the
     error, so the client raises `RuntimeError` with the designer's message and the next
     Suggest starts afresh.
+
+    A policy may return fewer suggestions than asked for (Vizier's Designer contract; the
+    OmniPred designer does when a finite search space has fewer untried points left). Vizier
+    0.1.24's servicer then fails with "pop from empty list" after it has written the trials it
+    did get as ACTIVE. Here the operation answers with the client's ACTIVE trials instead,
+    fewer than asked for; with none at all it ends with an error that says why.
     """
 
     def SuggestTrials(self, request, context=None):  # noqa: N802 (gRPC name)
@@ -430,12 +436,38 @@ class _GuardedVizierServicer(vizier_service.VizierServicer):
                 open_ops = []
             if not open_ops:
                 raise
+            if isinstance(e, IndexError):
+                return self._close_short(request, open_ops)
             _log.exception("Suggest for %s failed", request.parent)
             for op in open_ops:
-                op.done = True
-                op.error.CopyFrom(status_pb2.Status(code=code_pb2.Code.INTERNAL, message=f"{type(e).__name__}: {e}"))
-                self.datastore.update_suggestion_operation(op)
+                self._close_with_error(op, f"{type(e).__name__}: {e}")
             return open_ops[-1]
+
+    def _close_with_error(self, op, message: str) -> None:
+        op.done = True
+        op.error.CopyFrom(status_pb2.Status(code=code_pb2.Code.INTERNAL, message=message))
+        self.datastore.update_suggestion_operation(op)
+
+    def _close_short(self, request, open_ops):
+        """The operations of a Suggest the policy under-delivered: the client's ACTIVE trials."""
+        held = [t for t in self.datastore.list_trials(request.parent)
+                if t.state == study_pb2.Trial.State.ACTIVE and t.client_id == request.client_id]
+        if not held:
+            _log.warning("Suggest for %s: the policy returned no suggestion", request.parent)
+            for op in open_ops:
+                self._close_with_error(
+                    op, "the policy returned no suggestion: the search space has no untried point left "
+                        "(a finite space, every point already suggested)")
+            return open_ops[-1]
+        _log.warning("Suggest for %s: %d of %d suggestions (the policy returned fewer: the search space "
+                     "has no more untried points)", request.parent, len(held), request.suggestion_count)
+        response = vizier_service_pb2.SuggestTrialsResponse(trials=held[: request.suggestion_count])
+        response.start_time.GetCurrentTime()
+        for op in open_ops:
+            op.done = True
+            op.response.value = response.SerializeToString()
+            self.datastore.update_suggestion_operation(op)
+        return open_ops[-1]
 
 
 class DatastoreError(ValueError):

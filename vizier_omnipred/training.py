@@ -212,6 +212,13 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
     return factor
 
 
+class FitDivergedError(RuntimeError):
+    """A fit whose loss or weights became nan or inf (a learning rate far too high).
+    `finetune` puts back the weights the model had when the fit started before raising, so
+    the model still samples finite values instead of failing later inside torch; the
+    regressor's study frame is cleared, as at the start of any fit: refit it."""
+
+
 def train_step(model, batch: Batch, optimizer: torch.optim.Optimizer, masks: GrammarMasks,
                params: Sequence[torch.nn.Parameter], grad_clip: float) -> float:
     """One AdamW step on a batch (gradients clipped to `grad_clip`); returns the loss.
@@ -646,6 +653,17 @@ def finetune(
         def snapshot() -> list[torch.Tensor]:
             return [p.detach().clone() for p in trainable]
 
+        initial = snapshot()
+
+        def diverged(what: str) -> FitDivergedError:
+            with torch.no_grad():
+                for p, saved in zip(trainable, initial):
+                    p.copy_(saved)
+            model.eval()
+            return FitDivergedError(
+                f"the fit diverged ({what}) at learning rate {learning_rate:g}; the model's weights are back to "
+                "what they were before this fit. Lower the learning rate (FinetuneConfig.learning_rate).")
+
         best_loss = (evaluate_loss(model, validation, masks, device, positions=validation_positions)
                      if validation else math.inf)
         best_state = snapshot() if validation else None
@@ -659,8 +677,10 @@ def finetune(
                 rng.shuffle(fresh)
                 order = order + fresh
             batch, order = order[: config.batch_size], order[config.batch_size:]
-            recent.append(train_step(model, Batch.collate(batch, device), optimizer, masks, trainable,
-                                     config.grad_clip))
+            loss = train_step(model, Batch.collate(batch, device), optimizer, masks, trainable, config.grad_clip)
+            if not math.isfinite(loss):
+                raise diverged(f"loss {loss} at step {steps + 1} of {budget}")
+            recent.append(loss)
             recent = recent[-per_epoch:]
             scheduler.step()
             steps += 1
@@ -679,6 +699,8 @@ def finetune(
             with torch.no_grad():
                 for p, saved in zip(trainable, best_state):
                     p.copy_(saved)
+        if not all(bool(torch.isfinite(p).all()) for p in trainable):
+            raise diverged(f"nan or inf weights after step {steps}")
         model.eval()
         return FitReport(
             data=data,

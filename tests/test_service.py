@@ -194,3 +194,20 @@ def test_a_finite_space_that_runs_out_returns_what_is_left_then_says_so(tmp_path
         with pytest.raises(RuntimeError, match="no untried point left"):
             study.suggest(count=1)
         assert len(list(study.trials())) == 2  # nothing lost, nothing half-written
+
+
+def test_an_index_error_inside_the_policy_is_its_own_failure(tmp_path, designer_kwargs, monkeypatch):
+    """Only Vizier's own "pop from empty list" is read as a short delivery; an IndexError the
+    designer raises ends the Suggest with the designer's message."""
+    from vizier_omnipred.designer import OmniPredDesigner
+
+    def broken(self, count=None):
+        raise IndexError("designer bug")
+
+    monkeypatch.setattr(OmniPredDesigner, "suggest", broken)
+    factory = service.OmniPredPolicyFactory(work_dir=tmp_path / "w", designer_kwargs=designer_kwargs)
+    with service.start_server(tmp_path / "v.db", policy_factory=factory):
+        study = clients.Study.from_study_config(_config("OMNIPRED"), owner="tests", study_id="bug")
+        with pytest.raises(RuntimeError, match="designer bug"):
+            study.suggest(count=1)
+        assert list(study.trials()) == []

@@ -408,6 +408,18 @@ class OmniPredPolicyFactory(pythia.PolicyFactory):
 # ----- the server ---------------------------------------------------------------------
 
 
+def _is_short_delivery(error: BaseException) -> bool:
+    """Whether `error` is Vizier's servicer popping from the policy's too-short list of new
+    trials (raised in `VizierServicer.SuggestTrials` itself, not inside a policy)."""
+    if not isinstance(error, IndexError):
+        return False
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code if tb is not None else None
+    return code is not None and code.co_name == "SuggestTrials" and code.co_filename == vizier_service.__file__
+
+
 class _GuardedVizierServicer(vizier_service.VizierServicer):
     """A `VizierServicer` whose failed Suggest operations end as errors.
 
@@ -436,7 +448,7 @@ class _GuardedVizierServicer(vizier_service.VizierServicer):
                 open_ops = []
             if not open_ops:
                 raise
-            if isinstance(e, IndexError):
+            if _is_short_delivery(e):
                 return self._close_short(request, open_ops)
             _log.exception("Suggest for %s failed", request.parent)
             for op in open_ops:

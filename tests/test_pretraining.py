@@ -441,3 +441,15 @@ def test_a_failing_data_process_raises_in_training(tmp_path, tiny_regressor_fact
     assert in_validation_split("anything", 1.0)
     with pytest.raises(RuntimeError, match="data process failed: ValueError: no training studies"):
         _first_batches(config, vocab, 1)
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_saves_no_nan_weights(tmp_path, corpus_file):
+    """At an absurd rate the loss turns nan within a few steps: the command stops there with
+    a one-line error instead of training (and checkpointing) garbage, and whatever `last`
+    holds still loads."""
+    out = tmp_path / "run"
+    done = subprocess.run(_cli(out, corpus_file, 60, "--learning-rate", "1e4"), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "diverged" in done.stderr and "Traceback" not in done.stderr
+    if (out / "last").exists():
+        model_lib.load_checkpoint(out / "last")

@@ -56,15 +56,17 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input is wrong", each raised with a message naming it.
 
     Our readers raise `CorpusError`, `CheckpointError`, `TrialTextError` (a ValueError)
-    and ValueError for settings; the OS raises OSError for missing or unreadable paths.
+    and ValueError for settings; the OS raises OSError for missing or unreadable paths;
+    training raises `FitDivergedError` for a learning rate that makes the loss nan.
     """
     from vizier_omnipred.corpus.format import CorpusError
 
     errors: list[type[BaseException]] = [CorpusError, ValueError, OSError]
     try:  # torch-heavy; only there when the model module imports
         from vizier_omnipred.model import CheckpointError
+        from vizier_omnipred.training import FitDivergedError
 
-        errors.append(CheckpointError)
+        errors += [CheckpointError, FitDivergedError]
     except ImportError:
         pass
     return tuple(errors)

@@ -39,7 +39,7 @@ from vizier_omnipred.pretraining_data import (build_vocab, study_examples, study
                                               validation_studies)
 from vizier_omnipred.sampling import GrammarMasks, sample_y
 from vizier_omnipred.text import TextCodec, TrialTextError
-from vizier_omnipred.training import TrainStepper, evaluate_loss, warmup_cosine
+from vizier_omnipred.training import FitDivergedError, TrainStepper, evaluate_loss, warmup_cosine
 
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "pretrain_config.json"
@@ -374,6 +374,10 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
     peak_lr, inherited_steps = inherited_training(config)
 
     def save(step: int, target: Path) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise FitDivergedError(
+                f"pretraining diverged by step {step} (nan or inf weights); not saved over {target}. "
+                "Start again with a lower --learning-rate (in a new --out, or --init-from the last checkpoint)")
         buf = io.BytesIO()
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buf)
         model_lib.save_checkpoint(
@@ -399,6 +403,11 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
         while step < config.steps:
             batch = next(batches)
             loss = step_on(batch, optimizer, masks, params, config.grad_clip)
+            if not math.isfinite(loss):  # every later step would train (and save) garbage
+                raise FitDivergedError(
+                    f"pretraining diverged at step {step + 1} (loss {loss}, learning rate "
+                    f"{scheduler.get_last_lr()[0]:g}); {last} holds the last checkpoint saved before it. "
+                    "Start again with a lower --learning-rate (in a new --out, or --init-from that checkpoint)")
             scheduler.step()
             step += 1
             window_examples += batch.labels.shape[0] * world_size

@@ -434,6 +434,8 @@ def test_ab_config_errors_are_clear(tmp_path):
         ab.validate_config(_config(tmp_path, options=ab.DesignerOptions(omnipred_ucb_quantile=1.5)))
     with pytest.raises(ab.ABConfigError, match="unknown BBOB function"):
         ab.default_tasks(_config(tmp_path, bbob_functions=("Sphere", "Spere")))
+    with pytest.raises(ab.ABConfigError, match=r"BBOB dims must be in \[1, 100\], got \(2, 100000\)"):
+        ab.default_tasks(_config(tmp_path, bbob_dims=(2, 100_000)))
     assert not list(tmp_path.glob("bbob/**/*.json"))  # nothing ran
 
 

@@ -339,6 +339,17 @@ def test_random_bbob_task_is_a_reproducible_vizier_experimenter():
     assert p2.metadata["bbob_function"] in BBOB_FUNCTIONS
 
 
+def test_a_bbob_dimension_past_the_bound_is_refused_before_building_its_rotation():
+    # A d x d rotation at d = 100,000 would take 80 GB before anything else failed.
+    from vizier_omnipred.corpus.bbob import MAX_DIMENSION, synthetic_bbob_studies
+
+    for dim in (0, MAX_DIMENSION + 1, 100_000):
+        with pytest.raises(ValueError, match="BBOB dimension"):
+            random_bbob_task(0, dim, "Sphere")
+    with pytest.raises(ValueError, match="BBOB dimension"):
+        next(synthetic_bbob_studies(0, 1, dims=(2, 100_000)))
+
+
 # ------------------------------------------------------------------ HPOBench
 
 

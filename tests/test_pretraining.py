@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -98,6 +99,19 @@ def test_nothing_to_train_on_is_a_clear_error(tmp_path):
         PretrainConfig(out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="does not exist"):
         PretrainConfig(out_dir=str(tmp_path), corpus=(str(tmp_path / "missing.jsonl"),))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("learning_rate", math.inf), ("learning_rate", math.nan), ("learning_rate", 0.0), ("learning_rate", -1e-3),
+    ("example_cache_mb", math.nan), ("example_cache_mb", -1.0), ("num_threads", -1), ("grad_clip", math.nan),
+    ("weight_decay", -0.1), ("min_lr_ratio", 2.0), ("validation_fraction", 1.0), ("warmup_steps", -1),
+    ("eval_every", 0), ("checkpoint_every", 0), ("shuffle_buffer", 0), ("tokenizer_studies", 0),
+])
+def test_a_setting_out_of_range_is_refused_before_any_work(tmp_path, field, value):
+    # Each of these once got past the config and failed minutes later inside torch (or, for an
+    # infinite learning rate, as a run reported diverged).
+    with pytest.raises(ValueError, match=field):
+        PretrainConfig(out_dir=str(tmp_path), synthetic_studies=4, **{field: value})
 
 
 def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, tiny_regressor_factory, monkeypatch):
@@ -293,8 +307,6 @@ def test_named_recipes_parse_and_flags_override_them(tmp_path, name):
 
 
 def test_a_corpus_without_one_usable_trial_is_an_error_not_an_endless_loop(tmp_path, tiny_regressor_factory):
-    import math
-
     from vizier import pyvizier as vz
 
     from vizier_omnipred.corpus.format import StudyRecord, write_corpus

@@ -104,8 +104,28 @@ class PretrainConfig:
     seed: int = 0
 
     def __attrs_post_init__(self):
-        if self.example_cache_mb < 0:
-            raise ValueError("example_cache_mb must be >= 0")
+        # Checked here, before any work: a nan or negative setting would otherwise surface minutes
+        # later as a torch error, or (a learning rate of inf) as a run that diverges.
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, not {self.learning_rate}")
+        if not (math.isfinite(self.example_cache_mb) and self.example_cache_mb >= 0):
+            raise ValueError(f"example_cache_mb must be a finite number >= 0, not {self.example_cache_mb}")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, not {value}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), not {self.validation_fraction}")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 1, or 0 for torch's default; not {self.num_threads}")
+        for name in ("synthetic_studies", "warmup_steps", "eval_studies"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every", "shuffle_buffer", "tokenizer_studies"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         if not self.corpus and self.synthetic_studies <= 0 and not self.hpobench_datasets:
             raise ValueError("nothing to train on: give corpus files, hpobench_datasets and/or synthetic_studies > 0")
         if self.hpobench_datasets:

@@ -616,9 +616,10 @@ def default_tasks(config: ABConfig) -> list[Any]:
     """The suite's tasks (validated here, not in validate_config: custom task lists need
     no corpus module)."""
     if config.suite == "bbob":
-        if not config.bbob_dims or min(config.bbob_dims) < 1:
-            raise ABConfigError(f"BBOB dims must be positive, got {config.bbob_dims}")
-        from vizier_omnipred.corpus.bbob import BBOB_FUNCTIONS, min_dimension
+        from vizier_omnipred.corpus.bbob import BBOB_FUNCTIONS, MAX_DIMENSION, min_dimension
+
+        if not config.bbob_dims or min(config.bbob_dims) < 1 or max(config.bbob_dims) > MAX_DIMENSION:
+            raise ABConfigError(f"BBOB dims must be in [1, {MAX_DIMENSION}], got {config.bbob_dims}")
 
         bad = [f for f in config.bbob_functions if f not in BBOB_FUNCTIONS]
         if bad:

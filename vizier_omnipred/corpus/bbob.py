@@ -102,6 +102,17 @@ _SEED_TAG_TASK = 0x7A5C
 _BASE_TIME = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 
 
+# BBOB's rotations are dense d x d matrices made by a QR of a random one: at d = 100 each
+# takes 80 kB and milliseconds, at d = 100,000 80 GB. Benchmarks stop at 40 dimensions.
+MAX_DIMENSION = 100
+
+
+def check_dimension(dim: int) -> None:
+    """A ValueError for a dimension no BBOB task or synthetic study is built in."""
+    if not 1 <= dim <= MAX_DIMENSION:
+        raise ValueError(f"BBOB dimension must be in [1, {MAX_DIMENSION}], got {dim}")
+
+
 def min_dimension(function_name: str) -> int:
     """The smallest dimension in which `function_name` is a proper (non-constant) function."""
     return _MIN_DIM.get(function_name, 1)
@@ -547,6 +558,7 @@ def synthetic_bbob_studies(
         raise ValueError(f"bad trials_per_study range {trials_per_study}")
     if not 1 <= dims[0] <= dims[1]:
         raise ValueError(f"bad dims range {dims}")
+    check_dimension(dims[1])
     order = np.random.default_rng([seed, _SEED_TAG_STUDIES]).permutation(len(BBOB_FUNCTIONS))
     for i in range(num_studies):
         rng = np.random.default_rng([seed, _SEED_TAG_STUDIES, i])
@@ -569,8 +581,7 @@ def random_bbob_task(
     MINIMIZE `bbob_eval`) wrapped in its `ShiftingExperimenter` (shift drawn in [-2, 2]^d,
     bounds restricted accordingly). The same (seed, dim, function_name) gives the same task.
     """
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
+    check_dimension(dim)
     rng = np.random.default_rng([seed, _SEED_TAG_TASK, dim])
     if function_name is None:
         candidates = [f for f in BBOB_FUNCTIONS if min_dimension(f) <= dim]

@@ -348,6 +348,8 @@ def test_a_bbob_dimension_past_the_bound_is_refused_before_building_its_rotation
             random_bbob_task(0, dim, "Sphere")
     with pytest.raises(ValueError, match="BBOB dimension"):
         next(synthetic_bbob_studies(0, 1, dims=(2, 100_000)))
+    with pytest.raises(ValueError, match="unknown BBOB function 'Nope'; valid: .*Rastrigin"):
+        random_bbob_task(0, 2, "Nope")
 
 
 # ------------------------------------------------------------------ HPOBench

@@ -409,6 +409,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -427,7 +434,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--story", choices=STORIES, default="warm-start",
                    help="warm-start (default): past studies -> warm start -> new study; bbob: a BBOB function")
     p.add_argument("--trials", type=positive_int, default=30, help="trials per optimizer (default 30)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds the task (history draws, BBOB shift/rotation) and every optimizer")
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
     p.add_argument("--checkpoint", default=None,

@@ -58,7 +58,8 @@ from vizier_omnipred.demo import (
 )
 
 BASE_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "hpobench-fold0"
-REBUILD_BASE = "./run.sh bench fold-pretrain --out runs/folds/v2 --fold 0 --threads 1"
+REBUILD_BASE = ("./run.sh bench fold-pretrain --out runs/folds/v3 --fold 0 --threads 1 --trials-per-dataset 6000 "
+                "--steps 6400 --compile")
 HISTORY_OWNER = "demo-history"
 
 
@@ -164,7 +165,7 @@ def check_base(path: Path, dataset: str, history: Sequence[str]) -> BaseCheck:
     if not (path / "omnipred.json").is_file():
         raise ValueError(
             f"{path}: no base checkpoint there. Build the held-out-dataset checkpoint with `{REBUILD_BASE}` "
-            f"(about 15 minutes on one thread) and pass --checkpoint runs/folds/v2/fold-0/final, or copy that "
+            f"(about 32 minutes on one thread) and pass --checkpoint runs/folds/v3/fold-0/final, or copy that "
             f"folder and its pretrain_config.json to {BASE_CHECKPOINT}"
         )
     has_config = saved_pretrain_config(path) is not None

@@ -586,6 +586,8 @@ def random_bbob_task(
     if function_name is None:
         candidates = [f for f in BBOB_FUNCTIONS if min_dimension(f) <= dim]
         function_name = candidates[int(rng.integers(len(candidates)))]
+    elif function_name not in BBOB_FUNCTIONS:
+        raise ValueError(f"unknown BBOB function {function_name!r}; valid: {', '.join(BBOB_FUNCTIONS)}")
     elif min_dimension(function_name) > dim:
         raise ValueError(f"{function_name} needs dim >= {min_dimension(function_name)}")
     rotation_seed = int(rng.integers(1, 2**31 - 1))

@@ -80,7 +80,9 @@ def _open_datastore(
         tables = set(sqla.inspect(engine).get_table_names())
     except sqla.exc.SQLAlchemyError as e:
         engine.dispose()
-        raise CorpusError(f"{label}: not a readable database ({e.__class__.__name__}: {e})") from e
+        # SQLAlchemy's message goes on with the SQL it ran and a link: its first line says it.
+        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise CorpusError(f"{label}: not a readable database ({reason})") from e
     missing = _VIZIER_TABLES - tables
     if missing:
         engine.dispose()

@@ -280,13 +280,6 @@ def setup_output(out: Path) -> bool:
 # ----- the BBOB story -------------------------------------------------------------------
 
 
-def make_task(seed: int, dim: int, function_name: str):
-    """(problem, experimenter): a shifted, rotated BBOB function, MINIMIZE `bbob_eval`."""
-    from vizier_omnipred.corpus.bbob import random_bbob_task
-
-    return random_bbob_task(seed, dim, function_name)
-
-
 def describe_model(factory) -> str:
     """Which model the OMNIPRED designer will use, loading it now (not in the first suggest)."""
     from vizier_omnipred.regressor import SHIPPED_CHECKPOINT
@@ -320,10 +313,12 @@ def run_bbob(args: argparse.Namespace) -> int:
     from vizier.service import pyvizier as svz
 
     from vizier_omnipred import service
+    from vizier_omnipred.corpus.bbob import random_bbob_task
 
     out = Path(args.out)
     can_plot = setup_output(out)
-    problem, experimenter = make_task(args.seed, args.dim, args.function)
+    # a shifted, rotated BBOB function, MINIMIZE `bbob_eval`
+    problem, experimenter = random_bbob_task(args.seed, args.dim, args.function)
     title = f"shifted BBOB {args.function}, {args.dim}-D, seed {args.seed}"
     print(f"task: {title} ({problem.metric_information.item().name}, minimize)")
 

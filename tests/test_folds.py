@@ -56,6 +56,18 @@ def test_each_fold_checkpoint_never_read_the_datasets_it_is_evaluated_on(tmp_pat
     assert capsys.readouterr().out.count("done already") == 2
 
 
+def test_the_packaged_fold_checkpoints_never_read_the_datasets_they_hold_out():
+    # hpobench-fold0 and -fold1 are fold-0/final and fold-1/final of the documented 2-fold build:
+    # copied into a --out folder, `bench fold-pretrain` skips them and writes the links.
+    from vizier_omnipred.regressor import SHIPPED_CHECKPOINT
+
+    for j, held_out in enumerate(fold_layout(2)):
+        packaged = SHIPPED_CHECKPOINT.parent / f"hpobench-fold{j}"
+        read = datasets_read_by(packaged)
+        assert read == set(HPOBENCH_DATASETS) - set(held_out)
+        assert model_lib.load_checkpoint(packaged).training["steps"] == 6400
+
+
 def test_a_start_checkpoint_that_read_hpobench_is_refused(tmp_path):
     from vizier_omnipred.regressor import SHIPPED_CHECKPOINT
 

@@ -443,14 +443,16 @@ def test_a_data_process_gives_the_same_batches(tmp_path, corpus_file, tiny_regre
 
 
 def test_a_failing_data_process_raises_in_training(tmp_path, tiny_regressor_factory):
-    """An error in the data process (here: every study is in the validation split) reaches the
+    """An error in the data process (here: both studies fall in the validation split) reaches the
     training loop as an error naming it, not a hang."""
+    from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
     from vizier_omnipred.corpus.format import in_validation_split
 
     vocab = tiny_regressor_factory().vocab
+    # (a fraction of 1.0 is refused by the config itself; 0.999 puts these two studies in it)
     config = PretrainConfig(out_dir=str(tmp_path), synthetic_studies=2, preset="tiny", batch_size=8,
-                            validation_fraction=1.0, data_process=True)
-    assert in_validation_split("anything", 1.0)
+                            validation_fraction=0.999, data_process=True)
+    assert all(in_validation_split(r.name, 0.999) for r in synthetic_bbob_studies(config.synthetic_seed, 2))
     with pytest.raises(RuntimeError, match="data process failed: ValueError: no training studies"):
         _first_batches(config, vocab, 1)
 

@@ -20,7 +20,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import attrs
 import numpy as np
@@ -373,6 +373,11 @@ class FinetuneConfig:
       between them. What a designer needs near an optimum (the best trials told apart), at the
       cost of the model not seeing how much better one trial is than another.
 
+    seed: the order of the trials, the validation split and the dropout masks. A fit of the
+      same weights on the same data with the same seed is bit-identical on CPU with the same
+      number of threads (torch's global generator is left as it was), so two runs of a
+      seeded designer make the same suggestions.
+
     The rate follows `warmup_cosine`: warm-up over a tenth of the budget (at most 40
     steps), then cosine decay to a tenth.
     """
@@ -608,6 +613,19 @@ def encoder_frozen(model):
             p.requires_grad_(True)
 
 
+@contextlib.contextmanager
+def seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
+    """Torch's generators (CPU, and `device`'s if it is a GPU) seeded with `seed` inside the
+    block and restored after: dropout draws from the global generator, and an unseeded fit
+    made every run of a seeded designer different (same data, same seed, other picks)."""
+    devices = []
+    if device.type == "cuda":
+        devices = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def finetune(
     model: torch.nn.Module,
     train: Sequence[Example],
@@ -642,7 +660,7 @@ def finetune(
         budget = min(budget, config.max_epochs * per_epoch)
     eval_every = config.eval_every or max(1, budget // 20)
     with contextlib.nullcontext() if config.train_encoder else encoder_frozen(model), \
-            dropout_rate(model, config.dropout):
+            dropout_rate(model, config.dropout), seeded_torch(config.seed, device):
         started = time.perf_counter()
         rng = random.Random(config.seed)
         trainable = [p for p in model.parameters() if p.requires_grad]

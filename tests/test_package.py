@@ -37,3 +37,42 @@ def test_the_command_line_builds_without_the_vizier_service():
             "'portpicker', 'vizier.benchmarks', 'jax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["bench", "regression", "--threads", "-1"], "--threads"),
+    (["bench", "ab", "--threads", "-2"], "--threads"),
+    (["bench", "service-load", "--threads", "-1"], "--threads"),
+    (["bench", "scratch-fit", "--threads", "-1"], "--threads"),
+    (["bench", "token-loss", "--checkpoint", "x", "--num-scored", "0"], "--num-scored"),
+    (["bench", "token-loss", "--checkpoint", "x", "--device", "banana"], "--device"),
+    (["bench", "fold-pretrain", "--device", "banana"], "--device"),
+    (["pretrain", "--device", "banana"], "--device"),
+    (["pretrain", "--num-threads", "-1"], "--num-threads"),
+    (["warm-start", "--history", "x", "--metric", "y:min", "--device", "banana"], "--device"),
+    (["demo", "--device", "banana"], "--device"),
+])
+def test_bad_threads_devices_and_counts_are_refused_before_any_work(argv, option, capsys):
+    """One line from argparse naming the option (exit status 2), not a traceback from
+    `torch.set_num_threads` or from the first tensor sent to the device."""
+    from vizier_omnipred.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and "Traceback" not in err
+
+
+def test_a_gpu_this_machine_lacks_is_refused_by_name():
+    import torch
+
+    from vizier_omnipred.model import resolve_device
+    from vizier_omnipred.regressor import OmniPredRegressor
+
+    with pytest.raises(ValueError, match="unknown torch device 'banana'"):
+        OmniPredRegressor.from_scratch("tiny", device="banana")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a CPU machine)
+    with pytest.raises(ValueError, match=f"device '{missing}' requested but torch sees"):
+        resolve_device(missing)
+    assert resolve_device(None).type == "cpu"

@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 import attrs
 import numpy as np
 
+from vizier_omnipred.cli_args import non_negative_int, positive_int, torch_device
+
 _log = logging.getLogger(__name__)
 
 STORIES = ("warm-start", "bbob")
@@ -397,22 +399,6 @@ def run(args: argparse.Namespace) -> int:
     return demo_warm_start.run(args)
 
 
-def _int_at_least(text: str, low: int) -> int:
-    value = int(text)
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-    return value
-
-
-# Named functions, not partials: argparse names the type in its "invalid ... value" message.
-def positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0)
-
-
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -433,7 +419,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=positive_int, default=30, help="trials per optimizer (default 30)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds the task (history draws, BBOB shift/rotation) and every optimizer")
-    p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
+    p.add_argument("--device", type=torch_device, default="cpu", help="torch device for the model (cpu, cuda)")
     p.add_argument("--checkpoint", default=None,
                    help="the OmniPred model: for warm-start the base checkpoint (default: the packaged "
                         "hpobench-fold0, which never read kc1); for bbob the model (default: the shipped one)")

@@ -33,6 +33,23 @@ from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.text import TEXT_CODEC_VERSION, TextCodec
 from vizier_omnipred.vocab import EOS_ID, PAD_ID, TOKENIZER_FILE, Vocabulary, tokenizer_fingerprint
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device a model runs on (None: the CPU), checked before any weight moves:
+    an unknown name or a GPU this machine does not have is a ValueError that says so,
+    not a RuntimeError from the first tensor sent there."""
+    try:
+        resolved = torch.device(device or "cpu")
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown torch device {str(device)!r}: use cpu, cuda or cuda:N") from e
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} requested but torch sees no CUDA device")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} requested but torch sees {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    return resolved
+
+
 CHECKPOINT_FORMAT = "vizier-omnipred-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 META_FILE = "omnipred.json"

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from vizier_omnipred import model as model_lib
+from vizier_omnipred.cli_args import torch_device, torch_threads
 from vizier_omnipred.corpus.format import check_corpus_file
 from vizier_omnipred.corpus.hpobench_datasets import HPOBENCH_DATASETS
 from vizier_omnipred.numbers import OutOfRangeWarning
@@ -324,7 +325,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
     """Runs (or resumes) a pretraining run; returns the final checkpoint directory."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world_size = 0, 1
-    device = torch.device(config.device)
+    device = model_lib.resolve_device(config.device)
     if distributed:
         import torch.distributed as dist
 
@@ -501,8 +502,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--shuffle-buffer", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--num-threads", type=int, default=0)
+    p.add_argument("--device", type=torch_device, default="cpu")
+    p.add_argument("--num-threads", type=torch_threads, default=0)
     p.add_argument("--example-cache-mb", type=float, default=None,
                    help="memory for tokenized studies replayed after the first pass (default 2048; 0: off)")
     p.add_argument("--seed", type=int, default=None)

@@ -39,6 +39,7 @@ from vizier import algorithms as vza
 from vizier import pyvizier as vz
 
 from vizier_omnipred import model as model_lib
+from vizier_omnipred.model import resolve_device
 from vizier_omnipred.designer_state import problem_key
 from vizier_omnipred.level_map import LevelMap, fit_level_map
 from vizier_omnipred.numbers import FloatTokenizer
@@ -81,13 +82,6 @@ def _as_problem_trials(study: Any) -> tuple[vz.ProblemStatement, Sequence[vz.Tri
         return study.problem, study.trials
     problem, trials = study
     return problem, trials
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    device = torch.device(device or "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
-    return device
 
 
 def _fit_record(training: Mapping[str, Any], path: Path) -> tuple[dict[str, LevelMap], dict[str, int], str | None, int]:

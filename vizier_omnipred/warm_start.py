@@ -52,6 +52,7 @@ from typing import Any
 import attrs
 from vizier import pyvizier as vz
 
+from vizier_omnipred.cli_args import torch_device, torch_threads
 from vizier_omnipred.corpus.format import (
     CorpusError,
     CorpusStats,
@@ -609,8 +610,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--max-studies", type=int, default=defaults.max_studies)
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--synthetic-studies", type=int, default=0)
-    p.add_argument("--num-threads", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-threads", type=torch_threads, default=0)
+    p.add_argument("--device", type=torch_device, default="cpu")
     p.add_argument("--cache-dir", default=None, help="default: $VIZIER_OMNIPRED_CACHE/warm-start")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_cli)

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from vizier_omnipred.cli_args import positive_int, torch_device, torch_threads
+
 
 def _csv(text: str) -> tuple[str, ...]:
     from vizier_omnipred.bench.common import parse_csv
@@ -402,8 +404,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--num-samples", type=int, default=64, help="OmniPred samples per test point")
     r.add_argument("--omnipred-ensemble", type=int, default=1,
                    help="OmniPredRegressor ensemble_size of the OmniPred models (members fitted alike, samples shared)")
-    r.add_argument("--device", default="cpu")
-    r.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    r.add_argument("--device", type=torch_device, default="cpu")
+    r.add_argument("--threads", type=torch_threads, default=None, help="torch threads (default: torch's)")
     r.add_argument("--out", type=Path, default=Path("runs/bench/regression"))
     r.add_argument("--plot", action="store_true", help="write pred_vs_true_n{n}.png")
     r.add_argument("--workers", type=int, default=1, help="run tasks in this many processes")
@@ -456,12 +458,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "dataset D are the datasets its fold's checkpoint trained on (default: the other 7)")
     a.add_argument("--prior-trials", type=int, default=None,
                    help="gp_bandit_priors: random configurations per prior dataset (default 100)")
-    a.add_argument("--device", default="cpu")
+    a.add_argument("--device", type=torch_device, default="cpu")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--reference-samples", type=int, default=1000,
                    help="random points per task for the regret normalisation (BBOB)")
     a.add_argument("--no-plot", action="store_true")
-    a.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
+    a.add_argument("--threads", type=torch_threads, default=None, help="torch threads per run (default: torch's)")
     a.set_defaults(func=_cmd_ab)
 
     # ----- speed -------------------------------------------------------------------------
@@ -476,11 +478,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--dim", type=int, default=4)
     s.add_argument("--function", default="Sphere")
     s.add_argument("--checkpoint", default=None, help="OmniPred checkpoint (default: the shipped one)")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", type=torch_device, default="cpu")
     s.add_argument("--num-samples", type=int, default=64)
     s.add_argument("--candidates", type=int, default=64, help="inputs for the sampling throughput")
     s.add_argument("--finetune-trials", type=int, default=100)
-    s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    s.add_argument("--threads", type=torch_threads, default=None, help="torch threads (default: torch's)")
     s.add_argument("--tracemalloc", action="store_true", help="also record Python-heap peaks (slows timings)")
     s.add_argument("--train-steps", type=int, default=30,
                    help="training steps timed per side (this version vs before numbers as numbers); 0 skips")
@@ -511,7 +513,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     sl.add_argument("--checkpoint", default=None, help="OmniPred checkpoint (default: the shipped one)")
     sl.add_argument("--tiny", action="store_true", help="a tiny untrained model and a cheap designer (smoke run)")
     sl.add_argument("--timeout", type=float, default=900.0, help="seconds per run before a worker counts as hung")
-    sl.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    sl.add_argument("--threads", type=torch_threads, default=1, help="torch threads in the server")
     sl.add_argument("--out", type=Path, default=Path("runs/bench/service-load"))
     sl.set_defaults(func=_cmd_service_load)
 
@@ -528,9 +530,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--checkpoint", required=True)
     t.add_argument("--corpus", type=Path, action="append", default=[], help="corpus file (repeatable)")
     t.add_argument("--hpobench", type=_csv, default=(), help="HPOBench datasets to score, e.g. a held-out one")
-    t.add_argument("--num-scored", type=int, default=300, help="trials scored per study")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    t.add_argument("--num-scored", type=positive_int, default=300, help="trials scored per study")
+    t.add_argument("--device", type=torch_device, default="cpu")
+    t.add_argument("--threads", type=torch_threads, default=None, help="torch threads (default: torch's)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=Path("runs/bench/token-loss"))
     t.set_defaults(func=_cmd_token_loss)
@@ -551,7 +553,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--learning-rate", type=float, default=None)
     c.add_argument("--num-samples", type=int, default=32)
     c.add_argument("--seeds", type=_int_csv, default=(0,))
-    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--threads", type=torch_threads, default=1)
     c.add_argument("--no-rf", action="store_true", help="skip the random-forest reference rows")
     c.add_argument("--out", type=Path, default=Path("runs/bench/learning-curve"))
     c.set_defaults(func=_cmd_learning_curve)
@@ -570,7 +572,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--preset", default="small")
     f.add_argument("--number-features", default="position")
     f.add_argument("--seeds", type=_int_csv, default=(0,))
-    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--threads", type=torch_threads, default=1)
     f.add_argument("--checkpoint", default=None,
                    help="also fine-tune this checkpoint on the same trials ('shipped': the packaged one)")
     f.add_argument("--skip-scratch", action="store_true", help="only the random forest and --checkpoint rows")
@@ -600,8 +602,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     fo.add_argument("--steps", type=int, default=6400)
     fo.add_argument("--batch-size", type=int, default=64)
     fo.add_argument("--learning-rate", type=float, default=None)
-    fo.add_argument("--device", default="cpu")
-    fo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    fo.add_argument("--device", type=torch_device, default="cpu")
+    fo.add_argument("--threads", type=torch_threads, default=None, help="torch threads (default: torch's)")
     fo.add_argument("--compile", action="store_true", help="train through torch.compile (see `pretrain --compile`)")
     fo.add_argument("--data-process", action="store_true",
                     help="make each fold's first pass in a second process (see `pretrain --data-process`); for a "

@@ -133,6 +133,8 @@ def set_torch_threads(threads: int | None) -> None:
     Benchmarks pin this so that runs beside each other on a shared machine take one core
     each, and so that a figure says how many threads it was measured with. torch is
     imported here, not at module level: the bench's front end runs without it."""
+    if threads is not None and threads < 0:
+        raise ValueError(f"threads must be >= 1, or 0 / None for torch's default; got {threads}")
     if threads:
         import torch
 

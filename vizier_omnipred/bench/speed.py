@@ -361,7 +361,7 @@ def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: 
     from vizier_omnipred.training import TrainStepper
 
     codec = TextCodec()
-    device = torch.device(config.device)
+    device = model_lib.resolve_device(config.device)
     with tempfile.TemporaryDirectory() as tmp:
         # The shipped recipe's sources at a tenth of their size (1,500 studies and 3,000
         # configurations per table there), so the timed steps stay within the first pass.

@@ -30,6 +30,7 @@ import attrs
 import numpy as np
 import torch
 
+from vizier_omnipred.model import resolve_device
 from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.sampling import GrammarMasks
 from vizier_omnipred.training import make_examples, model_token_nll
@@ -114,7 +115,7 @@ def compare_token_loss(checkpoint, studies: Iterable[Any], *, num_scored: int = 
     `checkpoint` is a loaded `model.Checkpoint`; `studies` are corpus `StudyRecord`s. Studies
     with fewer than 2 * num_scored usable trials are skipped (the marginal would be too thin).
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     model = checkpoint.model.to(device)
     vocab = checkpoint.vocab
     ft = vocab.float_tokenizer

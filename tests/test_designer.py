@@ -27,7 +27,8 @@ from vizier.interfaces import serializable
 from vizier.testing import test_studies
 
 from vizier_omnipred import designer as designer_lib
-from vizier_omnipred.designer import DESIGNER_COLD_STEPS, OmniPredDesigner, StateVersionError, problem_key
+from vizier_omnipred.designer import (DESIGNER_COLD_STEPS, DESIGNER_FIT_COST, OmniPredDesigner, StateVersionError,
+                                      problem_key)
 from vizier_omnipred.model import CheckpointError
 from vizier_omnipred.training import FinetuneConfig
 
@@ -134,6 +135,16 @@ def test_a_seeded_designer_makes_the_same_suggestions_in_another_process(make):
         return keys_of(trials)
 
     assert picks(1) == picks(2)
+
+
+def test_every_fit_of_the_designer_is_bounded_in_compute_unless_told_otherwise(make):
+    """A study with long trial texts must not make the first suggestion take an hour on a CPU."""
+    problem = problem_of(vz.SearchSpace())
+    problem.search_space.root.add_float_param("x", 0.0, 1.0)
+    designer = make(problem)
+    assert designer.refit.cold.max_cost == designer.refit.warm.max_cost == DESIGNER_FIT_COST
+    unbounded = make(problem, finetune_config=FinetuneConfig(max_epochs=2, max_cost=math.inf))
+    assert unbounded.refit.cold.max_cost == math.inf
 
 
 @pytest.mark.parametrize(
@@ -692,7 +703,7 @@ def test_the_designer_fits_in_the_range_frame_by_default(base):
     assert recipe("full") == FinetuneConfig(train_encoder=True)
     # its own budget and rate for the full recipe (a one-off regression fit takes fewer steps at a lower rate)
     assert designer.refit.cold == attrs.evolve(recipe("full"), max_steps=DESIGNER_COLD_STEPS,
-                                               learning_rate=base.pretraining_learning_rate)
+                                               learning_rate=base.pretraining_learning_rate, max_cost=DESIGNER_FIT_COST)
     assert designer.refit.cold.uses_range_map(pretrained=True) and designer.refit.warm.uses_range_map(pretrained=True)
     raw = OmniPredDesigner(problem, regressor=base, finetune_config=recipe("full-raw"))
     assert not raw.refit.cold.uses_range_map(pretrained=True) and not raw.refit.warm.uses_range_map(pretrained=True)

@@ -146,6 +146,34 @@ def test_a_seeded_fit_with_dropout_is_reproducible_and_leaves_torchs_generator_a
     assert not all(torch.equal(a, b) for a, b in zip(first, other_seed))
 
 
+def test_max_cost_bounds_a_fit_by_the_length_of_its_inputs(tiny_regressor_factory, problem_2d):
+    """A long trial text costs more per step (attention grows with its square): under the same
+    `max_cost` a study with long parameter names gets fewer steps than one with short names."""
+    from vizier_omnipred.training import input_cost
+
+    points = np.random.default_rng(2).uniform(-1, 1, (8, 2))
+    short = make_trials(points)
+    long_problem = vz.ProblemStatement(metric_information=problem_2d.metric_information)
+    names = [f"a rather long parameter name, number {i} of the study's {n}" for i, n in ((0, "two"), (1, "two"))]
+    for name in names:
+        long_problem.search_space.root.add_float_param(name, -3.0, 3.0)
+    long = []
+    for i, t in enumerate(short):
+        lt = vz.Trial(parameters={names[0]: t.parameters["x0"].value, names[1]: t.parameters["x1"].value}, id=i + 1)
+        lt.complete(t.final_measurement)
+        long.append(lt)
+    config = FinetuneConfig(max_steps=40, batch_size=4, validation_fraction=0.0, max_cost=4 * input_cost(60) * 10)
+    reg = tiny_regressor_factory(seed=0)
+    steps_short = reg.fit(problem_2d, short, config=config).steps
+    steps_long = reg.fit(long_problem, long, config=config).steps
+    assert 1 <= steps_long < steps_short <= 40
+    assert reg.fit(long_problem, long, config=attrs.evolve(config, max_cost=1.0)).steps == 1  # always one step
+    assert reg.fit(long_problem, long, config=attrs.evolve(config, max_cost=math.inf)).steps == 40
+    for bad in (0.0, -5.0, math.nan):
+        with pytest.raises(ValueError, match="max_cost"):
+            FinetuneConfig(max_cost=bad)
+
+
 # ----- bad input --------------------------------------------------------------------------
 def _trial(params, value=None, infeasible=False, id=1, metric="loss"):
     t = vz.Trial(parameters=params, id=id)

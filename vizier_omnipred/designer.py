@@ -155,6 +155,13 @@ _MAX_SEED_TRIALS = 20
 # bandit's with 100 steps against 4.2x with 500; at 0.3 of the rate 4 of 5 Sphere runs ended
 # further from the optimum (median regret 0.0056 against 0.0015; docs/BENCHMARKS.md).
 DESIGNER_COLD_STEPS = 500
+# A bound on the compute of each of the designer's fits (`FinetuneConfig.max_cost`, in
+# `training.input_cost` units; about 100 s on one CPU thread with `small`), whatever the study's
+# inputs' lengths. Every fit measured in docs/BENCHMARKS.md fits within it (the largest, a cold fit
+# on 8-D BBOB's 16 seed trials of 103 tokens: 1.5 million), so they are unchanged; a study of 40
+# parameters with long names (1,074 tokens a trial) gets 10 steps for its first fit instead of 500,
+# a suggestion within minutes instead of over an hour. On a GPU, `FinetuneConfig(max_cost=math.inf)`.
+DESIGNER_FIT_COST = 2_000_000.0
 # The UCB quantile of a designer whose fit keeps the model's own ranking of the study (a level map
 # fitted on the trials: the `transfer` and `level` recipes, the default with `history`). Such a
 # model ranked the study before it saw a trial (held-out HPOBench datasets: Spearman 0.93 zero-shot),
@@ -359,7 +366,9 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         scalarizations of the sampled objective vectors), each optionally with safety
         metrics (`MetricInformation.safety_threshold`: picks must be predicted safe with
         probability `SearchConfig.safe_probability`). See "Several metrics" below.
-      seed: makes suggestions reproducible (None: random, recorded in `dump`).
+      seed: makes suggestions reproducible: the same seed and trials give the same picks in
+        any process on the same device (on a CPU, with the same torch thread count), fits
+        and sampling included (None: random, recorded in `dump`).
       checkpoint: a checkpoint directory to start from; None = the package's shipped
         checkpoint `vizier_omnipred.regressor.SHIPPED_CHECKPOINT`, or, if that is not
         there, an untrained 'small' model (a warning is logged). Loaded here, so a
@@ -384,7 +393,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
       finetune_config: the first (cold) fit's recipe; warm refits use a quarter of its
         epochs (`RefitSchedule`). A full recipe without a step budget gets
         `DESIGNER_COLD_STEPS` for that first fit, and without a rate the pretraining rate for
-        every fit (not the regressor's lower one-off rate). None: the full recipe in the range frame
+        every fit (not the regressor's lower one-off rate); without `max_cost`, every fit is
+        bounded by `DESIGNER_FIT_COST` (long inputs get fewer steps). None: the full recipe in the range frame
         (`training.recipe("full")`, the regressor's default: the frame the shipped
         checkpoint's synthetic studies were pretrained in), or with `history` the transfer
         recipe (`training.recipe("transfer")`: the level map, then the decoder alone), which
@@ -491,6 +501,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                 max_steps=DESIGNER_COLD_STEPS if finetune_config.max_steps is None else finetune_config.max_steps,
                 learning_rate=finetune_config.learning_rate or self._regressor.pretraining_learning_rate,
             )
+        if finetune_config.max_cost is None:
+            finetune_config = attrs.evolve(finetune_config, max_cost=DESIGNER_FIT_COST)
         self.refit = RefitSchedule(cold=finetune_config)
         if acquisition is None:
             # A model from scratch has no ranking of its own to keep, whatever the recipe says.

@@ -16,6 +16,7 @@ tokens that can never be emitted.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import time
@@ -32,6 +33,8 @@ from vizier_omnipred.numbers import OutOfRangeWarning
 from vizier_omnipred.sampling import GrammarMasks, pad_batch, pad_values
 from vizier_omnipred.text import TextCodec
 from vizier_omnipred.vocab import PAD_ID, Vocabulary
+
+_log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -299,6 +302,17 @@ PRETRAINED_FULL_LR_FRACTION = 0.3
 SCRATCH_DROPOUT = 0.1
 PRETRAINED_EPOCHS = 30
 PRETRAINED_MAX_STEPS = 100
+# What an input of L tokens costs a training step, in the units of `FinetuneConfig.max_cost`: the
+# embeddings and feed-forward layers grow with L, the attention scores (and their bias, mask,
+# softmax and dropout, all L x L per head) with L^2. Fitted on `small`, one CPU thread: a 56-token
+# 2-D BBOB trial costs 81 units, a 1,074-token trial of 40 parameters with long names 10,085, and a
+# step of three of those took 1.5 s (about 20,000 units a second), 7x a 2-D trial's time per token.
+ATTENTION_COST_LENGTH = 128
+
+
+def input_cost(length: int) -> float:
+    """Cost of one input of `length` tokens in a training step (see ATTENTION_COST_LENGTH)."""
+    return length * (1.0 + length / ATTENTION_COST_LENGTH)
 
 
 @attrs.frozen
@@ -373,6 +387,12 @@ class FinetuneConfig:
       between them. What a designer needs near an optimum (the best trials told apart), at the
       cost of the model not seeing how much better one trial is than another.
 
+    max_cost: a bound on the fit's compute, whatever its inputs' lengths: the step budget is cut
+      so that steps x (a batch's summed `input_cost`) stays within it (at least one step);
+      None or math.inf: no bound. Without it a study of 40 parameters with long names (1,074
+      tokens a trial) took 1.5 s a step where a 2-D study takes 0.03 s, and the designer's first
+      fit of 500 steps on its 20 seed trials would have run for over an hour on a CPU. The
+      designer bounds its fits (`designer.DESIGNER_FIT_COST`); a direct `fit` does not.
     seed: the order of the trials, the validation split and the dropout masks. A fit of the
       same weights on the same data with the same seed is bit-identical on CPU with the same
       number of threads (torch's global generator is left as it was), so two runs of a
@@ -400,6 +420,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
+    max_cost: float | None = None
 
     def __attrs_post_init__(self):
         if self.max_epochs is not None and self.max_epochs < 1:
@@ -414,6 +435,8 @@ class FinetuneConfig:
             raise ValueError("validation_fraction must be in [0, 1)")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.max_cost is not None and not (self.max_cost > 0):  # NaN is refused too
+            raise ValueError(f"max_cost must be > 0 (math.inf: unbounded) or None, got {self.max_cost}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1) or None")
         if self.level_map and self.range_map:
@@ -658,6 +681,13 @@ def finetune(
     per_epoch = max(1, math.ceil(len(train) / config.batch_size))
     if config.max_epochs is not None:
         budget = min(budget, config.max_epochs * per_epoch)
+    if config.max_cost is not None and math.isfinite(config.max_cost) and budget > 0:
+        step_cost = min(config.batch_size, len(train)) * float(np.mean([input_cost(len(e.input_ids)) for e in train]))
+        affordable = max(1, int(config.max_cost // step_cost))
+        if affordable < budget:
+            _log.info("fit: %d of %d steps within max_cost %.3g (inputs of %.0f tokens on average)", affordable,
+                      budget, config.max_cost, np.mean([len(e.input_ids) for e in train]))
+            budget = affordable
     eval_every = config.eval_every or max(1, budget // 20)
     with contextlib.nullcontext() if config.train_encoder else encoder_frozen(model), \
             dropout_rate(model, config.dropout), seeded_torch(config.seed, device):

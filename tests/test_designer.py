@@ -147,6 +147,31 @@ def test_every_fit_of_the_designer_is_bounded_in_compute_unless_told_otherwise(m
     assert unbounded.refit.cold.max_cost == math.inf
 
 
+def test_a_wide_integer_parameter_is_searched_as_a_number_and_suggested_as_an_integer(make):
+    """Vizier's scaler lists every integer of a range to round one value: with 1 to 10 million
+    that was most of a suggestion's time. Eagle now searches such a parameter as a DOUBLE and the
+    designer rounds it; suggestions stay valid integers of the space."""
+    from vizier_omnipred.candidate_search import _eagle_space
+
+    problem = problem_of(vz.SearchSpace(), goal=MIN)
+    problem.search_space.root.add_int_param("units", 1, 10_000_000, scale_type=vz.ScaleType.LOG)
+    problem.search_space.root.add_int_param("layers", 1, 8)
+    problem.search_space.root.add_float_param("lr", 1e-4, 1.0, scale_type=vz.ScaleType.LOG)
+    eagle_space, wide = _eagle_space(problem.search_space)
+    assert wide == {"units": (1, 10_000_000)}
+    assert eagle_space.get("units").type == vz.ParameterType.DOUBLE
+    assert eagle_space.get("units").scale_type == vz.ScaleType.LOG
+    assert eagle_space.get("layers").type == vz.ParameterType.INTEGER  # a narrow one is left to Vizier
+
+    designer = make(problem)
+    designer.search = attrs.evolve(designer.search, strategy="eagle")
+    trials = run_loop(designer, 4, 1, lambda p: math.log(p["units"]) * p["lr"] + p["layers"])
+    assert designer._num_fits >= 1
+    for t in trials:
+        assert_valid(problem.search_space, t.parameters)
+        assert isinstance(t.parameters["units"].value, (int, float)) and float(t.parameters["units"].value).is_integer()
+
+
 @pytest.mark.parametrize(
     "space_name, expected",
     [("conditional", "pool"), ("continuous_with_scaling", "eagle"), ("all_types", "eagle"), ("categorical", "enumerate")],

@@ -624,6 +624,10 @@ def test_finite_conditional_space_is_enumerated(make):
     problem = problem_of(space)
     everything = designer_lib._Space(space).enumerate(100)
     assert len(everything) == (3 + 2) * 2
+    wide = vz.SearchSpace()
+    wide.root.add_int_param("units", 1, 10_000_000)
+    wide.root.add_bool_param("scale")
+    assert designer_lib._Space(wide).enumerate(100) is None  # stops at the limit, never lists the range
     for p in everything:
         assert_valid(space, vz.ParameterDict(p))
     designer = make(problem, num_seed_trials=2)

@@ -211,6 +211,8 @@ class Space:
         def values_of(pc):
             if pc.type == vz.ParameterType.DOUBLE:
                 return [float(pc.bounds[0])]
+            if pc.type == vz.ParameterType.INTEGER:  # lazily: Vizier's feasible_values lists the whole range
+                return range(int(pc.bounds[0]), int(pc.bounds[1]) + 1)
             return [py_value(v) for v in pc.feasible_values]
 
         def walk(queue, partial) -> bool:

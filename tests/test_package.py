@@ -51,6 +51,7 @@ def test_the_command_line_builds_without_the_vizier_service():
     (["pretrain", "--num-threads", "-1"], "--num-threads"),
     (["warm-start", "--history", "x", "--metric", "y:min", "--device", "banana"], "--device"),
     (["demo", "--device", "banana"], "--device"),
+    (["demo", "--threads", "-1"], "--threads"),
 ])
 def test_bad_threads_devices_and_counts_are_refused_before_any_work(argv, option, capsys):
     """One line from argparse naming the option (exit status 2), not a traceback from

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import attrs
 import numpy as np
 
-from vizier_omnipred.cli_args import non_negative_int, positive_int, torch_device
+from vizier_omnipred.cli_args import non_negative_int, positive_int, torch_device, torch_threads
 
 _log = logging.getLogger(__name__)
 
@@ -392,6 +392,10 @@ def add_warm_start_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.story == "bbob":
         return run_bbob(args)
     from vizier_omnipred import demo_warm_start
@@ -420,6 +424,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds the task (history draws, BBOB shift/rotation) and every optimizer")
     p.add_argument("--device", type=torch_device, default="cpu", help="torch device for the model (cpu, cuda)")
+    p.add_argument("--threads", type=torch_threads, default=0,
+                   help="torch threads for the warm start and the model (default 0: torch's, one per core). On a "
+                        "machine where another job holds a core, 1 (see README, main job)")
     p.add_argument("--checkpoint", default=None,
                    help="the OmniPred model: for warm-start the base checkpoint (default: the packaged "
                         "hpobench-fold0, which never read kc1); for bbob the model (default: the shipped one)")

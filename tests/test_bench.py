@@ -736,3 +736,17 @@ def test_run_spawned_yields_results_and_a_dead_worker_as_an_error():
         (-2, 2), (-1, 1), (3, 3)]
     (item, out, err), = run_spawned(os._exit, [3], workers=1)  # the worker process dies
     assert item == 3 and out is None and err is not None
+
+
+def test_a_benchmark_with_a_failed_cell_still_writes_its_table_and_exits_1(tmp_path, capsys):
+    """Scripts and CI must notice a failure: the other cells are still scored and written."""
+    from vizier_omnipred.cli import main
+
+    code = main(["bench", "regression", "--suite", "bbob", "--dims", "2", "--functions", "Sphere",
+                 "--train-sizes", "10", "--test-size", "20", "--models", "rf,omnipred-scratch",
+                 "--preset", "no-such-preset", "--threads", "1", "--out", str(tmp_path)])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "| bbob | 10 | rf |" in captured.out and "1 cell(s) failed" in captured.err
+    cells = json.loads(next(tmp_path.rglob("*.json")).read_text())
+    assert cells  # results written before the exit status

@@ -71,6 +71,15 @@ def _cmd_regression(args: argparse.Namespace) -> int:
         return 2
     print(report.table)
     print(f"results in {report.out_dir}")
+    return _exit_status(sum(c["status"] == "failed" for c in report.cells), "cell(s)")
+
+
+def _exit_status(failed: int, what: str) -> int:
+    """1 when anything failed (after every result and table is written: the others still count),
+    so that a script or CI running a benchmark notices; the table says which and why."""
+    if failed:
+        print(f"{failed} {what} failed (exit status 1); see the table's notes and the run files", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -96,12 +105,12 @@ def _cmd_several_metrics(args: argparse.Namespace) -> int:
         options=mo.Options(checkpoint=args.omnipred_checkpoint, device=args.device, threads=args.threads),
     )
     try:
-        _, table = mo.run(config)
+        summary, table = mo.run(config)
     except ValueError as e:
         print(f"bench ab: {e}", file=sys.stderr)
         return 2
     print(table)
-    return 0
+    return _exit_status(summary["failed_runs"], "run(s)")
 
 
 def _cmd_ab(args: argparse.Namespace) -> int:
@@ -146,7 +155,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         return 2
     print(report.table)
     print(f"{report.ran} run(s) done ({report.failed} failed), {report.skipped} skipped as finished; results in {report.out_dir}")
-    return 0
+    return _exit_status(report.failed, "run(s)")
 
 
 def _cmd_speed(args: argparse.Namespace) -> int:
@@ -365,7 +374,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Fits each model on n trials of a study and predicts held-out trials. HPOBench is "
             "leave-one-out: pretrained OmniPred cells need --hpobench-checkpoint-pattern with "
-            "'{dataset}' (a checkpoint pretrained without that dataset) and are skipped without it."
+            "'{dataset}' (a checkpoint pretrained without that dataset) and are skipped without it. "
+            "A failed cell is reported and the others go on; the exit status is then 1."
         ),
     )
     r.add_argument("--suite", choices=("bbob", "hpobench", "all"), default="all")
@@ -419,7 +429,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Runs designers on shifted BBOB functions or HPOBench tables. One JSON file per run; "
             "--resume skips finished runs. Runs go to --workers local processes (spawn) or to "
-            "a Ray cluster with --ray-address (needs `pip install ray`)."
+            "a Ray cluster with --ray-address (needs `pip install ray`). A failed run is recorded and "
+            "retried by --resume; the others go on, and the exit status is then 1."
         ),
     )
     a.add_argument("--suite", choices=("bbob", "hpobench", "multiobjective", "safety"), default="bbob",

@@ -434,7 +434,8 @@ def run(config: Config) -> tuple[dict[str, Any], str]:
     designers = list(config.designers or DEFAULT_DESIGNERS[config.suite])
     summary = {"suite": config.suite, "budget": config.budget, "repeats": config.repeats,
                "tasks": summarize(records, designers), "environment": environment_info(),
-               "checkpoint": config.options.checkpoint}
+               "checkpoint": config.options.checkpoint,
+               "failed_runs": sum(r.get("status") != "ok" for r in records)}
     table = markdown_table(summary["tasks"], config.budget)
     suite_dir = out / config.suite
     suite_dir.mkdir(parents=True, exist_ok=True)

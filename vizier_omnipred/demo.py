@@ -392,10 +392,9 @@ def add_warm_start_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        import torch
+    from vizier_omnipred.bench.common import set_torch_threads
 
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     if args.story == "bbob":
         return run_bbob(args)
     from vizier_omnipred import demo_warm_start

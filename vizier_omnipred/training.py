@@ -388,8 +388,8 @@ class FinetuneConfig:
       cost of the model not seeing how much better one trial is than another.
 
     max_cost: a bound on the fit's compute, whatever its inputs' lengths: the step budget is cut
-      so that steps x (a batch's summed `input_cost`) stays within it (at least one step);
-      None or math.inf: no bound. Without it a study of 40 parameters with long names (1,074
+      so that steps x (a batch's summed `input_cost`) stays within it (at least one step; each
+      member of an ensemble has its own); None or math.inf: no bound. Without it a study of 40 parameters with long names (1,074
       tokens a trial) took 1.5 s a step where a 2-D study takes 0.03 s, and the designer's first
       fit of 500 steps on its 20 seed trials would have run for over an hour on a CPU. The
       designer bounds its fits (`designer.DESIGNER_FIT_COST`); a direct `fit` does not.

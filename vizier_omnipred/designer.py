@@ -159,8 +159,8 @@ DESIGNER_COLD_STEPS = 500
 # `training.input_cost` units; about 100 s on one CPU thread with `small`), whatever the study's
 # inputs' lengths. Every fit measured in docs/BENCHMARKS.md fits within it (the largest, a cold fit
 # on 8-D BBOB's 16 seed trials of 103 tokens: 1.5 million), so they are unchanged; a study of 40
-# parameters with long names (1,074 tokens a trial) gets 10 steps for its first fit instead of 500,
-# a suggestion within minutes instead of over an hour. On a GPU, `FinetuneConfig(max_cost=math.inf)`.
+# parameters with long names (about 1,100 tokens a trial) gets 62 steps for a first fit on 3 seed
+# trials (95 s) and 9 on 20, instead of 500 (1.5 s each). On a GPU, `FinetuneConfig(max_cost=math.inf)`.
 DESIGNER_FIT_COST = 2_000_000.0
 # The UCB quantile of a designer whose fit keeps the model's own ranking of the study (a level map
 # fitted on the trials: the `transfer` and `level` recipes, the default with `history`). Such a

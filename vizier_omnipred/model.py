@@ -33,6 +33,7 @@ from vizier_omnipred.numbers import FloatTokenizer
 from vizier_omnipred.text import TEXT_CODEC_VERSION, TextCodec
 from vizier_omnipred.vocab import EOS_ID, PAD_ID, TOKENIZER_FILE, Vocabulary, tokenizer_fingerprint
 
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The torch device a model runs on (None: the CPU), checked before any weight moves:
     an unknown name or a GPU this machine does not have is a ValueError that says so,

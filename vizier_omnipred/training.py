@@ -389,10 +389,11 @@ class FinetuneConfig:
 
     max_cost: a bound on the fit's compute, whatever its inputs' lengths: the step budget is cut
       so that steps x (a batch's summed `input_cost`) stays within it (at least one step; each
-      member of an ensemble has its own); None or math.inf: no bound. Without it a study of 40 parameters with long names (1,074
-      tokens a trial) took 1.5 s a step where a 2-D study takes 0.03 s, and the designer's first
-      fit of 500 steps on its 20 seed trials would have run for over an hour on a CPU. The
-      designer bounds its fits (`designer.DESIGNER_FIT_COST`); a direct `fit` does not.
+      member of an ensemble has its own); None or math.inf: no bound. Without it a study of 40
+      parameters with long names (1,074 tokens a trial) took 1.5 s a step where a 2-D study
+      takes 0.03 s, and the designer's first fit of 500 steps on its 20 seed trials would have
+      run for over an hour on a CPU. The designer bounds its fits (`designer.DESIGNER_FIT_COST`);
+      a direct `fit` does not.
     seed: the order of the trials, the validation split and the dropout masks. A fit of the
       same weights on the same data with the same seed is bit-identical on CPU with the same
       number of threads (torch's global generator is left as it was), so two runs of a
@@ -682,11 +683,12 @@ def finetune(
     if config.max_epochs is not None:
         budget = min(budget, config.max_epochs * per_epoch)
     if config.max_cost is not None and math.isfinite(config.max_cost) and budget > 0:
-        step_cost = min(config.batch_size, len(train)) * float(np.mean([input_cost(len(e.input_ids)) for e in train]))
+        lengths = [len(e.input_ids) for e in train]
+        step_cost = min(config.batch_size, len(train)) * float(np.mean([input_cost(n) for n in lengths]))
         affordable = max(1, int(config.max_cost // step_cost))
         if affordable < budget:
             _log.info("fit: %d of %d steps within max_cost %.3g (inputs of %.0f tokens on average)", affordable,
-                      budget, config.max_cost, np.mean([len(e.input_ids) for e in train]))
+                      budget, config.max_cost, np.mean(lengths))
             budget = affordable
     eval_every = config.eval_every or max(1, budget // 20)
     with contextlib.nullcontext() if config.train_encoder else encoder_frozen(model), \

@@ -49,6 +49,8 @@ def test_the_command_line_builds_without_the_vizier_service():
     (["bench", "fold-pretrain", "--device", "banana"], "--device"),
     (["pretrain", "--device", "banana"], "--device"),
     (["pretrain", "--num-threads", "-1"], "--num-threads"),
+    (["pretrain", "--precision", "float16"], "--precision"),
+    (["bench", "fold-pretrain", "--precision", "half"], "--precision"),
     (["warm-start", "--history", "x", "--metric", "y:min", "--device", "banana"], "--device"),
     (["demo", "--device", "banana"], "--device"),
     (["demo", "--threads", "-1"], "--threads"),

@@ -222,14 +222,43 @@ class FitDivergedError(RuntimeError):
     regressor's study frame is cleared, as at the start of any fit: refit it."""
 
 
+# What a training step's forward pass computes in (`train_step`, `TrainStepper`).
+PRECISIONS = ("float32", "bfloat16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def mixed_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The forward pass's numerics: float32, or bfloat16 autocast.
+
+    bfloat16 runs the matmuls (most of a step's time) in bfloat16 while the weights, the
+    optimizer state, the norms, the attention softmax and the loss stay float32. Why: on a
+    CPU with bfloat16 instructions (AVX512-BF16, AMX) a matmul of this model's shapes is
+    about 2.5x faster; measured on `small` it trains as accurately per step
+    (docs/BENCHMARKS.md, "bfloat16 training steps"). A CUDA device without bfloat16 is refused.
+    """
+    check_precision(precision)
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision 'bfloat16': {device} has no bfloat16 support; use 'float32'")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def train_step(model, batch: Batch, optimizer: torch.optim.Optimizer, masks: GrammarMasks,
-               params: Sequence[torch.nn.Parameter], grad_clip: float) -> float:
+               params: Sequence[torch.nn.Parameter], grad_clip: float, precision: str = "float32") -> float:
     """One AdamW step on a batch (gradients clipped to `grad_clip`); returns the loss.
 
     Shared by fine-tuning, pretraining and the learning-curve benchmark, so that they
-    measure and train exactly the same thing.
+    measure and train exactly the same thing. `precision` is the forward pass's
+    (`mixed_precision`); the backward pass follows it, the update is float32.
     """
-    loss = y_loss(model, batch, masks)
+    with mixed_precision(precision, batch.input_ids.device):
+        loss = y_loss(model, batch, masks)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -249,11 +278,12 @@ class TrainStepper:
     steps. A compile that fails (no C++ compiler, an op the compiler does not handle)
     fails on the first step, in its forward or backward pass, before the optimizer has
     stepped: that step's gradients are dropped and it is redone eagerly, with one warning,
-    and every later step is eager too.
+    and every later step is eager too. `precision` is `train_step`'s.
     """
 
     model: torch.nn.Module
     compile: bool = False
+    precision: str = attrs.field(default="float32", validator=lambda _, __, v: check_precision(v))
     _compiled: torch.nn.Module | None = attrs.field(default=None, init=False)
     _tried: bool = attrs.field(default=False, init=False)  # a compiled step has succeeded
 
@@ -269,17 +299,17 @@ class TrainStepper:
     def __call__(self, batch: "Batch", optimizer: torch.optim.Optimizer, masks: GrammarMasks,
                  params: Sequence[torch.nn.Parameter], grad_clip: float) -> float:
         if self._compiled is None:
-            return train_step(self.model, batch, optimizer, masks, params, grad_clip)
+            return train_step(self.model, batch, optimizer, masks, params, grad_clip, self.precision)
         if self._tried:
-            return train_step(self._compiled, batch, optimizer, masks, params, grad_clip)
+            return train_step(self._compiled, batch, optimizer, masks, params, grad_clip, self.precision)
         try:
-            loss = train_step(self._compiled, batch, optimizer, masks, params, grad_clip)
+            loss = train_step(self._compiled, batch, optimizer, masks, params, grad_clip, self.precision)
         except Exception as e:  # noqa: BLE001 - any compile failure; a real error recurs eagerly below
             warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                           "training continues without compiling", RuntimeWarning, stacklevel=2)
             self._compiled = None
             optimizer.zero_grad(set_to_none=True)
-            return train_step(self.model, batch, optimizer, masks, params, grad_clip)
+            return train_step(self.model, batch, optimizer, masks, params, grad_clip, self.precision)
         self._tried = True
         return loss
 

@@ -176,6 +176,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         tracemalloc=args.tracemalloc,
         train_steps=args.train_steps,
         compile_training=not args.no_compile,
+        bfloat16_training=not args.no_bfloat16,
         pipeline_steps=args.pipeline_steps,
         out_dir=args.out,
         seed=args.seed,
@@ -265,6 +266,7 @@ def _cmd_fold_pretrain(args: argparse.Namespace) -> int:
             device=args.device,
             num_threads=args.threads or 0,
             compile=args.compile,
+            precision=args.precision,
             data_process=args.data_process,
             seed=args.seed,
         )
@@ -326,7 +328,7 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
     try:
         config = lc.CurveConfig(
             dataset=args.dataset, num_train=args.num_train, num_test=args.num_test,
-            number_features=args.number_features, presets=args.presets, steps=args.steps,
+            number_features=args.number_features, presets=args.presets, precisions=args.precisions, steps=args.steps,
             batch_size=args.batch_size, learning_rate=args.learning_rate, num_samples=args.num_samples,
             seeds=args.seeds, threads=args.threads, rf=not args.no_rf, out_dir=args.out,
         )
@@ -498,6 +500,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--train-steps", type=int, default=30,
                    help="training steps timed per side (this version vs before numbers as numbers); 0 skips")
     s.add_argument("--no-compile", action="store_true", help="skip the torch.compile side of the training throughput")
+    s.add_argument("--no-bfloat16", action="store_true",
+                   help="skip the bfloat16-autocast sides of the training throughput")
     s.add_argument("--pipeline-steps", type=int, default=90,
                    help="pretraining-loop steps timed per side (batches ungrouped vs grouped by length); 0 skips")
     s.add_argument("--out", type=Path, default=Path("runs/bench/speed"))
@@ -559,6 +563,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--number-features", type=_csv, default=("none", "position"),
                    help="comma list of the codec's number_features: none, position, magnitude")
     c.add_argument("--presets", type=_csv, default=("small",))
+    c.add_argument("--precisions", type=_csv, default=("float32",),
+                   help="comma list of the training steps' forward pass: float32, bfloat16 (autocast)")
     c.add_argument("--steps", type=_int_csv, default=(200, 400, 600), help="evaluation steps (default 200,400,600)")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--learning-rate", type=float, default=None)
@@ -616,6 +622,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     fo.add_argument("--device", type=torch_device, default="cpu")
     fo.add_argument("--threads", type=torch_threads, default=None, help="torch threads (default: torch's)")
     fo.add_argument("--compile", action="store_true", help="train through torch.compile (see `pretrain --compile`)")
+    fo.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                    help="the training steps' forward pass (see `pretrain --precision`)")
     fo.add_argument("--data-process", action="store_true",
                     help="make each fold's first pass in a second process (see `pretrain --data-process`); for a "
                          "fold built alone on a 2-core machine")

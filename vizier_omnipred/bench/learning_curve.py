@@ -35,6 +35,7 @@ class CurveConfig:
     num_test: int = 1000
     number_features: tuple[str, ...] = ("none", "position")
     presets: tuple[str, ...] = ("small",)
+    precisions: tuple[str, ...] = ("float32",)  # the training steps' forward pass (training.PRECISIONS)
     steps: tuple[int, ...] = (200, 400, 600)  # evaluation points; training runs to the last
     batch_size: int = 32
     learning_rate: float | None = None  # None: the preset's
@@ -51,8 +52,12 @@ class CurveConfig:
         bad = [f for f in self.number_features if f not in NUMBER_FEATURES]
         if bad:
             raise ValueError(f"unknown number_features {bad}; valid: {NUMBER_FEATURES}")
+        from vizier_omnipred.training import check_precision
+
         for p in self.presets:
             get_preset(p)
+        for p in self.precisions:
+            check_precision(p)
         if not self.steps or any(s < 1 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
             raise ValueError(f"steps must be increasing positive integers, got {self.steps}")
         if self.num_train < 10 or self.num_test < 10:
@@ -103,7 +108,7 @@ def x_blind_d1_nll(problem, train, test) -> float:
 
 
 def run_variant(config: CurveConfig, problem, train, test, number_features: str, preset: str,
-                seed: int, log=print) -> list[CurvePoint]:
+                seed: int, log=print, precision: str = "float32") -> list[CurvePoint]:
     import torch
 
     from vizier_omnipred.bench.metrics import normalized_mae, spearman
@@ -111,7 +116,7 @@ def run_variant(config: CurveConfig, problem, train, test, number_features: str,
     from vizier_omnipred.text import TextCodec
     from vizier_omnipred.training import Batch, make_examples, model_token_nll, train_step, warmup_cosine
 
-    variant = f"{number_features}/{preset}"
+    variant = f"{number_features}/{preset}" + ("" if precision == "float32" else f"/{precision}")
     codec = TextCodec(number_features=number_features)
     reg = OmniPredRegressor.from_scratch(preset, codec=codec, seed=seed, num_samples=config.num_samples,
                                          tokenizer_texts=codec.serialize_many(problem, train))
@@ -139,7 +144,7 @@ def run_variant(config: CurveConfig, problem, train, test, number_features: str,
         batch_examples = [train_ex[i] for i in order[pos: pos + config.batch_size]]
         pos += config.batch_size
         c0, w0 = time.process_time(), time.perf_counter()
-        train_step(model, Batch.collate(batch_examples, device), optimizer, masks, params, 1.0)
+        train_step(model, Batch.collate(batch_examples, device), optimizer, masks, params, 1.0, precision)
         scheduler.step()
         cpu += time.process_time() - c0
         wall += time.perf_counter() - w0
@@ -211,8 +216,10 @@ def run_learning_curve(config: CurveConfig, log=print) -> str:
     points: list[CurvePoint] = []
     for preset in config.presets:
         for features in config.number_features:
-            for seed in config.seeds:
-                points += run_variant(config, problem, train, test, features, preset, seed, log=log)
+            for precision in config.precisions:
+                for seed in config.seeds:
+                    points += run_variant(config, problem, train, test, features, preset, seed, log=log,
+                                          precision=precision)
     x_blind = x_blind_d1_nll(problem, train, test)
     rf = rf_reference(problem, train, test, sorted({config.num_train, 30, 10}, reverse=True)) if config.rf else {}
     table = format_table(config, points, rf, x_blind)

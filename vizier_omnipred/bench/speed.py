@@ -71,6 +71,7 @@ class SpeedConfig:
     tracemalloc: bool = False
     train_steps: int = 30  # per side, in 3 rounds; 0 skips the training throughput
     compile_training: bool = True  # also time training through torch.compile (training.TrainStepper)
+    bfloat16_training: bool = True  # also time training steps in bfloat16 autocast (training.mixed_precision)
     pipeline_steps: int = 90  # pretraining-loop steps per side, in 3 rounds; 0 skips that part
     out_dir: Path = attrs.field(default=Path("runs/bench/speed"), converter=Path)
     seed: int = 0
@@ -279,9 +280,9 @@ _BEFORE_PRESET = dict(num_layers=3, d_ff=512, feed_forward="gated-gelu")
 
 
 def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int = 32) -> dict[str, Any]:
-    """Examples/s of training steps: this version's `small` eager and compiled, and the one
-    before (see module doc). The compiled side's one-off compile is timed apart
-    (`compile_seconds`), outside its examples/s."""
+    """Examples/s of training steps: this version's `small` eager and compiled, each in float32
+    and in bfloat16 autocast, and the one before (see module doc). A compiled side's one-off
+    compile is timed apart (`compile_seconds`), outside its examples/s."""
     import random as random_lib
 
     import torch
@@ -297,20 +298,24 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
     small = model_lib.get_preset("small")
     sides = {
         "before": (TextCodec(number_features="none", max_metadata_value_chars=10**6),
-                   attrs.evolve(small, name="small-before", **_BEFORE_PRESET), False),
-        "now": (TextCodec(), small, False),
+                   attrs.evolve(small, name="small-before", **_BEFORE_PRESET), False, "float32"),
+        "now": (TextCodec(), small, False, "float32"),
     }
     if config.compile_training:
-        sides["now_compiled"] = (TextCodec(), small, True)
+        sides["now_compiled"] = (TextCodec(), small, True, "float32")
+    if config.bfloat16_training:
+        sides["now_bfloat16"] = (TextCodec(), small, False, "bfloat16")
+        if config.compile_training:
+            sides["now_compiled_bfloat16"] = (TextCodec(), small, True, "bfloat16")
     state = {}
-    for name, (codec, preset, compiled) in sides.items():
+    for name, (codec, preset, compiled, precision) in sides.items():
         reg = OmniPredRegressor.from_scratch(preset, codec=codec, seed=config.seed,
                                              tokenizer_texts=codec.serialize_many(record.problem, trials))
         examples, _ = make_examples(reg.vocab, codec, record.problem, trials)
         model = reg.checkpoint.model
         model.train()
         params = list(model.parameters())
-        state[name] = dict(reg=reg, examples=examples, step=TrainStepper(model, compile=compiled), params=params,
+        state[name] = dict(reg=reg, examples=examples, step=TrainStepper(model, compile=compiled, precision=precision), params=params,
                            optimizer=torch.optim.AdamW(params, lr=1e-3), seconds=0.0, steps=0, compile_seconds=0.0,
                            tokens=float(np.mean([len(e.input_ids) for e in examples])))
     rng = random_lib.Random(config.seed)
@@ -334,8 +339,9 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
                "compiled": st["step"].compiled, "compile_seconds": st["compile_seconds"]}
         for name, st in state.items()}
     out["ratio"] = out["now"]["examples_per_second"] / out["before"]["examples_per_second"]
-    if "now_compiled" in out:
-        out["ratio_compiled"] = out["now_compiled"]["examples_per_second"] / out["before"]["examples_per_second"]
+    for name in ("now_compiled", "now_bfloat16", "now_compiled_bfloat16"):
+        if name in out:
+            out["ratio" + name[len("now"):]] = out[name]["examples_per_second"] / out["before"]["examples_per_second"]
     out["batch_size"] = batch_size
     return out
 
@@ -450,13 +456,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"({t['now']['input_tokens']:.0f} input tokens, {t['now']['parameters'] / 1e6:.2f}M parameters) vs "
             f"{t['before']['examples_per_second']:.0f} before ({t['before']['input_tokens']:.0f} tokens, "
             f"{t['before']['parameters'] / 1e6:.2f}M): {t['ratio']:.2f}x")
-        c = t.get("now_compiled")
-        if c is not None and c["compiled"]:
-            lines.append(f"- training through torch.compile: {c['examples_per_second']:.0f} examples/s "
-                         f"({t['ratio_compiled']:.2f}x before; compiled in {c['compile_seconds']:.0f} s, not counted)")
-        elif c is not None:
-            lines.append("- training through torch.compile: the compile failed here, so it ran eagerly "
-                         f"({c['examples_per_second']:.0f} examples/s)")
+        for name, what in (("now_compiled", "through torch.compile"), ("now_bfloat16", "in bfloat16 autocast"),
+                           ("now_compiled_bfloat16", "through torch.compile in bfloat16 autocast")):
+            c = t.get(name)
+            if c is None:
+                continue
+            suffix = ""
+            if "compiled" in name:
+                suffix = (f"; compiled in {c['compile_seconds']:.0f} s, not counted" if c["compiled"]
+                          else "; the compile failed here, so it ran eagerly")
+            lines.append(f"- training {what}: {c['examples_per_second']:.0f} examples/s "
+                         f"({t['ratio' + name[3:]]:.2f}x before{suffix})")
     elif "error" in t:
         lines.append(f"- training: {t['error']}")
     p = result.get("pretraining", {})

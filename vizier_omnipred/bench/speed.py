@@ -21,12 +21,14 @@ Measured in one process on one shifted BBOB task:
 4. Training throughput: examples/s of pretraining-style steps (batch 32) on HPOBench
    trials, for the input and model of this version next to those before numbers were read
    as numbers (pure text with the long study description, 3 encoder layers with d_ff 512
-   and gated-GELU). Both run in rounds, taking turns, so load changes hit both.
+   and gated-GELU); this version eager and compiled, each in float32 and in bfloat16 autocast
+   (`bfloat16_training`). All run in rounds, taking turns, so load changes hit each.
 5. Pretraining throughput: examples/s of the pretraining loop, its data pipeline included
    (reading, generating and tokenizing studies, then batching), on a small mix of the shipped
    recipe's sources (synthetic BBOB studies and the 8 HPOBench tables), with batches drawn
-   one at a time against grouped by input length (`PretrainConfig.length_grouping`), both
-   compiled when `compile_training`, taking turns; with the share of padding tokens.
+   one at a time against grouped by input length (`PretrainConfig.length_grouping`), and
+   grouped in bfloat16 autocast (`bfloat16_training`), all compiled when `compile_training`,
+   taking turns; with the share of padding tokens.
 6. Peak memory: the process's peak resident set (getrusage ru_maxrss, monotone, read after
    each phase) and, with `tracemalloc=True`, the Python-heap peak per phase (tracemalloc does
    not see torch/JAX buffers, and slows Python code, so it is off by default: timings taken
@@ -377,7 +379,10 @@ def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: 
         vocab = build_vocab(base, codec)
         masks = GrammarMasks.build(vocab, device)
         state = {}
-        for name, grouping in (("drawn one at a time", 1), ("grouped by length", base.length_grouping)):
+        sides = [("drawn one at a time", 1, "float32"), ("grouped by length", base.length_grouping, "float32")]
+        if config.bfloat16_training:
+            sides.append(("grouped by length, bfloat16", base.length_grouping, "bfloat16"))
+        for name, grouping, precision in sides:
             torch.manual_seed(config.seed)
             model = model_lib.build_model(model_lib.get_preset("small"), vocab.size,
                                           reads_numbers=codec.writes_numbers).to(device)
@@ -386,7 +391,8 @@ def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: 
             run = attrs.evolve(base, length_grouping=grouping)
             state[name] = dict(batches=training_batches(run, vocab, codec, device, rank=0, world_size=1,
                                                         seed=config.seed),
-                               step=TrainStepper(model, compile=config.compile_training), params=params,
+                               step=TrainStepper(model, compile=config.compile_training, precision=precision),
+                               params=params,
                                optimizer=torch.optim.AdamW(params, lr=1e-3), seconds=0.0, examples=0,
                                tokens=0, padded=0, grouping=grouping)
         # Warm-up outside the timed rounds: the compile, and the recompile that the first batch of
@@ -414,6 +420,9 @@ def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: 
                "compiled": st["step"].compiled}
         for name, st in state.items()}
     out["ratio"] = out["grouped by length"]["examples_per_second"] / out["drawn one at a time"]["examples_per_second"]
+    if config.bfloat16_training:
+        out["ratio_bfloat16"] = (out["grouped by length, bfloat16"]["examples_per_second"]
+                                 / out["grouped by length"]["examples_per_second"])
     out["batch_size"] = batch_size
     out["steps"] = per_round * rounds
     return out
@@ -473,12 +482,16 @@ def markdown(result: dict[str, Any]) -> str:
     if "ratio" in p:
         lines.append(f"- pretraining loop with its data pipeline (synthetic BBOB + HPOBench, batch {p['batch_size']}, "
                      f"{p['steps']} steps a side):")
-        for name in ("drawn one at a time", "grouped by length"):
+        for name in ("drawn one at a time", "grouped by length", "grouped by length, bfloat16"):
+            if name not in p:
+                continue
             r = p[name]
             lines.append(f"  - batches {name}: {r['examples_per_second']:.0f} examples/s, "
                          f"{r['padding_share']:.0%} of the encoder's tokens padding"
                          + ("" if r["compiled"] else " (eager)"))
-        lines.append(f"  - ratio: {p['ratio']:.2f}x")
+        lines.append(f"  - ratio grouped / one at a time: {p['ratio']:.2f}x")
+        if "ratio_bfloat16" in p:
+            lines.append(f"  - ratio bfloat16 / float32, grouped: {p['ratio_bfloat16']:.2f}x")
     elif "error" in p:
         lines.append(f"- pretraining loop: {p['error']}")
     lines.append(f"- peak RSS: {result['peak_rss_mib']:.0f} MiB")

@@ -267,3 +267,21 @@ def test_replay_rehearses_the_tables_the_base_was_pretrained_on(history_db, tiny
     saved = json.loads((rehearsed.path.parent / "pretrain_config.json").read_text())
     assert saved["hpobench_datasets"] == ["kc1"] and saved["hpobench_trials"] == 4
     assert json.loads((plain.path.parent / "pretrain_config.json").read_text())["hpobench_datasets"] == []
+
+
+def test_a_bfloat16_build_is_its_own_cache_entry_and_float32_keys_are_unchanged(history_db, tiny_checkpoint,
+                                                                                tmp_path):
+    """bfloat16 steps give other weights: a float32 entry must not be served for them, nor the
+    other way round, and entries built before the setting existed keep their keys."""
+    import json
+
+    plain = _config(tmp_path)
+    assert "precision" not in plain.key_fields()
+    bf16 = warm_start_checkpoint(history_db, _problem(), checkpoint=tiny_checkpoint, progress=False,
+                                 config=_config(tmp_path, precision="bfloat16"))
+    assert not bf16.cached
+    assert json.loads((bf16.path.parent / "pretrain_config.json").read_text())["precision"] == "bfloat16"
+    first = warm_start_checkpoint(history_db, _problem(), checkpoint=tiny_checkpoint, config=plain, progress=False)
+    assert not first.cached and first.key != bf16.key
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _config(tmp_path, precision="float16")

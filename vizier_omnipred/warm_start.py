@@ -134,11 +134,20 @@ class WarmStartConfig:
     # knew while it learns a small history (0: off). See `replayed_datasets`.
     replay_trials: int = attrs.field(default=300, validator=attrs.validators.ge(0))
     seed: int = 0
+    # The training steps' forward pass (`PretrainConfig.precision`): "bfloat16" autocast trains
+    # about 1.25x faster eagerly on a CPU with bfloat16 instructions, to other weights than float32.
+    precision: str = attrs.field(default="float32")
     # Not in the cache key: they change where and how fast, not what is trained.
     num_threads: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # 0: torch's default
     device: str = "cpu"
     cache_dir: str | os.PathLike[str] | None = None  # None: $VIZIER_OMNIPRED_CACHE/warm-start
     checkpoint_every: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+
+    @precision.validator
+    def _check_precision(self, attribute: attrs.Attribute, value: str) -> None:
+        from vizier_omnipred.training import check_precision
+
+        check_precision(value)
 
     @learning_rate.validator
     def _check_lr(self, attribute: attrs.Attribute, value: float | None) -> None:
@@ -155,7 +164,8 @@ class WarmStartConfig:
         return {"steps": self.steps, "batch_size": self.batch_size, "max_trials_per_study": self.max_trials_per_study,
                 "max_studies": self.max_studies, "learning_rate": self.learning_rate,
                 "synthetic_studies": self.synthetic_studies, "seed": self.seed,
-                **({"replay_trials": self.replay_trials} if self.replay_trials else {})}
+                **({"replay_trials": self.replay_trials} if self.replay_trials else {}),
+                **({"precision": self.precision} if self.precision != "float32" else {})}
 
 
 def estimated_seconds(config: WarmStartConfig, threads: int | None = None) -> float:
@@ -536,7 +546,7 @@ def _build(entry: Path, history: History, base: Path, key_payload: dict[str, Any
         # Every history study trains: a held-out study would be a lost study, and the
         # designer's own fine-tune validates on the new study.
         validation_fraction=0.0, eval_every=steps, checkpoint_every=min(config.checkpoint_every, steps),
-        device=config.device, num_threads=config.num_threads, seed=config.seed,
+        device=config.device, num_threads=config.num_threads, seed=config.seed, precision=config.precision,
         # Batches drawn one at a time, as before length grouping. A history of one search space
         # falls in one length bucket, so grouping would save no padding and only draw another
         # random order; that order alone moved the main job's result (one build, one seed:
@@ -611,6 +621,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--synthetic-studies", type=int, default=0)
     p.add_argument("--num-threads", type=torch_threads, default=0)
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default=defaults.precision,
+                   help="the training steps' forward pass (see `pretrain --precision`); part of the cache key")
     p.add_argument("--device", type=torch_device, default="cpu")
     p.add_argument("--cache-dir", default=None, help="default: $VIZIER_OMNIPRED_CACHE/warm-start")
     p.add_argument("--no-progress", action="store_true")
@@ -633,7 +645,8 @@ def _run_cli(args) -> int:
     config = WarmStartConfig(steps=args.steps, batch_size=args.batch_size,
                              max_trials_per_study=args.max_trials_per_study, max_studies=args.max_studies,
                              learning_rate=args.learning_rate, synthetic_studies=args.synthetic_studies,
-                             num_threads=args.num_threads, device=args.device, cache_dir=args.cache_dir)
+                             num_threads=args.num_threads, device=args.device, cache_dir=args.cache_dir,
+                             precision=args.precision)
     result = warm_start_checkpoint(args.history, _problem_from_metrics(args.metric), checkpoint=args.checkpoint,
                                    config=config, progress=not args.no_progress)
     print(result.report.summary())

@@ -270,6 +270,18 @@ def test_all_objective_values_equal(make):
         assert_valid(space, t.parameters)
 
 
+def test_update_without_active_trials_means_none_are_active(make):
+    """`update(completed)` as a hand-written loop calls it: the same as an empty ActiveTrials,
+    and active trials given later are still not suggested again."""
+    space = test_studies.flat_continuous_space_with_scaling()
+    designer = make(problem_of(space))
+    first = designer.suggest(2)
+    designer.update(vza.CompletedTrials(complete(first, lambda p: 1.0, start_id=1)))
+    pending = designer.suggest(1)
+    designer.update(vza.CompletedTrials([]), vza.ActiveTrials([vz.Trial(parameters=pending[0].parameters, id=3)]))
+    assert keys_of(designer.suggest(1)) != keys_of(pending)
+
+
 def test_single_feasible_point(make):
     space = vz.SearchSpace()
     space.root.add_categorical_param("only", ["x"])

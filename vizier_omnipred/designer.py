@@ -738,9 +738,11 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                 Record(params=record.params, metrics={}, infeasible=True).to_trial()]
 
     # ---------------------------------------------------------------- Designer API
-    def update(self, completed: vza.CompletedTrials, all_active: vza.ActiveTrials) -> None:
+    def update(self, completed: vza.CompletedTrials, all_active: vza.ActiveTrials | None = None) -> None:
         """Adds completed trials to the history (kept across dump/load) and notes the
-        active ones (not suggested again)."""
+        active ones (not suggested again). `all_active` None: no trial is active, as an
+        empty `vza.ActiveTrials()` says (Vizier's interface passes one; a script driving
+        the designer by hand often has none)."""
         for trial in completed.trials:
             params = params_dict(trial.parameters)
             if self._keys([params])[0] is None:
@@ -758,9 +760,8 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
                     if metric is not None and math.isfinite(float(metric.value)):
                         metrics[m.name] = float(metric.value)
             self._history[trial_id] = Record(params=params, metrics=metrics, infeasible=infeasible)
-        self._active_keys = {
-            k for k in self._keys([params_dict(t.parameters) for t in all_active.trials]) if k
-        }
+        active = all_active.trials if all_active is not None else ()
+        self._active_keys = {k for k in self._keys([params_dict(t.parameters) for t in active]) if k}
 
     def suggest(self, count: int | None = None) -> Sequence[vz.TrialSuggestion]:
         count = 1 if count is None else int(count)

@@ -317,7 +317,8 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
         model = reg.checkpoint.model
         model.train()
         params = list(model.parameters())
-        state[name] = dict(reg=reg, examples=examples, step=TrainStepper(model, compile=compiled, precision=precision), params=params,
+        state[name] = dict(reg=reg, examples=examples, params=params,
+                           step=TrainStepper(model, compile=compiled, precision=precision),
                            optimizer=torch.optim.AdamW(params, lr=1e-3), seconds=0.0, steps=0, compile_seconds=0.0,
                            tokens=float(np.mean([len(e.input_ids) for e in examples])))
     rng = random_lib.Random(config.seed)
@@ -343,7 +344,7 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
     out["ratio"] = out["now"]["examples_per_second"] / out["before"]["examples_per_second"]
     for name in ("now_compiled", "now_bfloat16", "now_compiled_bfloat16"):
         if name in out:
-            out["ratio" + name[len("now"):]] = out[name]["examples_per_second"] / out["before"]["examples_per_second"]
+            out["ratio" + name.removeprefix("now")] = out[name]["examples_per_second"] / out["before"]["examples_per_second"]
     out["batch_size"] = batch_size
     return out
 
@@ -475,7 +476,7 @@ def markdown(result: dict[str, Any]) -> str:
                 suffix = (f"; compiled in {c['compile_seconds']:.0f} s, not counted" if c["compiled"]
                           else "; the compile failed here, so it ran eagerly")
             lines.append(f"- training {what}: {c['examples_per_second']:.0f} examples/s "
-                         f"({t['ratio' + name[3:]]:.2f}x before{suffix})")
+                         f"({t['ratio' + name.removeprefix('now')]:.2f}x before{suffix})")
     elif "error" in t:
         lines.append(f"- training: {t['error']}")
     p = result.get("pretraining", {})

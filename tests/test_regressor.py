@@ -126,6 +126,24 @@ def test_max_steps_bounds_the_cost_of_a_fit(tiny_regressor_factory, problem_2d):
     assert none.steps == 0  # max_steps=0: no gradient step (the level map alone, when it is on)
 
 
+def test_a_bfloat16_fit_trains_other_float32_weights_and_a_bad_precision_is_refused(tiny_regressor_factory,
+                                                                                      problem_2d):
+    trials = make_trials(np.random.default_rng(2).uniform(-1, 1, (16, 2)))
+    config = FinetuneConfig(max_steps=4, batch_size=8, validation_fraction=0.0)
+    weights = {}
+    for precision in ("float32", "bfloat16"):
+        reg = tiny_regressor_factory(seed=4)
+        report = reg.fit(problem_2d, trials, config=attrs.evolve(config, precision=precision))
+        assert report.steps == 4 and np.isfinite(report.train_loss)
+        weights[precision] = [p.detach().clone() for p in reg.checkpoint.model.parameters()]
+        assert all(w.dtype == torch.float32 for w in weights[precision])
+        samples = reg.sample([vz.TrialSuggestion({"x0": 0.1, "x1": 0.2})], 8, seed=0)
+        assert np.isfinite(samples.values[~samples.infeasible]).all()
+    assert any(not torch.equal(a, b) for a, b in zip(weights["float32"], weights["bfloat16"]))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        FinetuneConfig(precision="float16")
+
+
 def test_a_seeded_fit_with_dropout_is_reproducible_and_leaves_torchs_generator_alone(tiny_regressor_factory,
                                                                                       problem_2d):
     """Dropout draws from torch's global generator: unseeded, two fits of the same model on the

@@ -57,6 +57,7 @@ def _cmd_regression(args: argparse.Namespace) -> int:
             finetune_steps=args.finetune_steps,
             rank_frame=args.rank_frame,
             ensemble_size=args.omnipred_ensemble,
+            precision=args.precision,
         ),
         out_dir=args.out,
         plot=args.plot,
@@ -414,6 +415,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "the full recipe: it does)")
     r.add_argument("--preset", default="small", help="model preset of omnipred-scratch")
     r.add_argument("--num-samples", type=int, default=64, help="OmniPred samples per test point")
+    r.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="the OmniPred fits' training steps (FinetuneConfig.precision)")
     r.add_argument("--omnipred-ensemble", type=int, default=1,
                    help="OmniPredRegressor ensemble_size of the OmniPred models (members fitted alike, samples shared)")
     r.add_argument("--device", type=torch_device, default="cpu")

@@ -98,6 +98,7 @@ class OmniPredOptions:
     finetune_steps: int | None = None  # FinetuneConfig.max_steps of the fine-tuned cells (0: level map only)
     rank_frame: bool = False  # FinetuneConfig.rank_frame of the fine-tuned and scratch cells
     ensemble_size: int = 1  # OmniPredRegressor ensemble_size (members fitted alike, samples shared)
+    precision: str = "float32"  # FinetuneConfig.precision of every OmniPred fit
 
     def checkpoint_for(self, task: "RegressionTask") -> tuple[bool, str | None, str]:
         """(usable, path, reason). HPOBench needs a leave-one-out checkpoint per dataset."""
@@ -338,13 +339,15 @@ class OmniPredModel:
             raise ValueError(f"unknown OmniPred mode {self.mode!r}")
         if self.mode == "warmstart":
             reg.fit(problem, list(trials), prior_studies=self.prior_studies,
-                    config=FinetuneConfig(max_epochs=o.warmstart_epochs, seed=self.seed, train_encoder=o.train_encoder))
+                    config=FinetuneConfig(max_epochs=o.warmstart_epochs, seed=self.seed, train_encoder=o.train_encoder,
+                                          precision=o.precision))
         elif self.mode == "finetuned":
             reg.fit(problem, list(trials), config=FinetuneConfig(
                 train_encoder=o.train_encoder, level_map=o.level_map, range_map=o.range_map, max_steps=o.finetune_steps,
-                rank_frame=o.rank_frame))
+                rank_frame=o.rank_frame, precision=o.precision))
         elif self.mode == "scratch":
-            reg.fit(problem, list(trials), config=FinetuneConfig(range_map=o.range_map, rank_frame=o.rank_frame))
+            reg.fit(problem, list(trials), config=FinetuneConfig(range_map=o.range_map, rank_frame=o.rank_frame,
+                                                                 precision=o.precision))
         self._regressor, self._problem = reg, problem
 
     def predict(self, trials: Sequence[vz.TrialSuggestion]) -> metrics.PredictiveDistribution:

@@ -602,6 +602,8 @@ def _say(message: str, progress: bool) -> None:
 
 # ----- command line ---------------------------------------------------------------------
 def add_cli(subparsers) -> None:
+    from vizier_omnipred.training import PRECISIONS
+
     p = subparsers.add_parser(
         "warm-start",
         help="build (or find in the cache) a checkpoint continued-pretrained on your study history",
@@ -621,7 +623,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--synthetic-studies", type=int, default=0)
     p.add_argument("--num-threads", type=torch_threads, default=0)
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default=defaults.precision,
+    p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                    help="the training steps' forward pass (see `pretrain --precision`); part of the cache key")
     p.add_argument("--device", type=torch_device, default="cpu")
     p.add_argument("--cache-dir", default=None, help="default: $VIZIER_OMNIPRED_CACHE/warm-start")

@@ -362,6 +362,8 @@ def _cmd_scratch_fit(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    from vizier_omnipred.training import PRECISIONS  # as `pretrain`, whose parser imports it already
+
     bench = subparsers.add_parser(
         "bench",
         help="benchmarks: regression accuracy, designer A/B, speed",
@@ -415,7 +417,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "the full recipe: it does)")
     r.add_argument("--preset", default="small", help="model preset of omnipred-scratch")
     r.add_argument("--num-samples", type=int, default=64, help="OmniPred samples per test point")
-    r.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+    r.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="the OmniPred fits' training steps (FinetuneConfig.precision)")
     r.add_argument("--omnipred-ensemble", type=int, default=1,
                    help="OmniPredRegressor ensemble_size of the OmniPred models (members fitted alike, samples shared)")
@@ -625,7 +627,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     fo.add_argument("--device", type=torch_device, default="cpu")
     fo.add_argument("--threads", type=torch_threads, default=None, help="torch threads (default: torch's)")
     fo.add_argument("--compile", action="store_true", help="train through torch.compile (see `pretrain --compile`)")
-    fo.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+    fo.add_argument("--precision", choices=PRECISIONS, default="float32",
                     help="the training steps' forward pass (see `pretrain --precision`)")
     fo.add_argument("--data-process", action="store_true",
                     help="make each fold's first pass in a second process (see `pretrain --data-process`); for a "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from vizier import pyvizier as vz
 
@@ -10,17 +11,15 @@ from vizier_omnipred.sampling import GrammarMasks, sample_y, sample_y_indices
 from vizier_omnipred.vocab import PAD_ID
 
 
-def _greedy_full_forward(model, vocab, ids, masks, values=None):
+def _greedy_full_forward(model, vocab, ids, masks, values=None, study_starts=None):
     """Reference decoder: recompute everything at every step, no cache, no repetition."""
-    from vizier_omnipred.sampling import pad_batch, pad_values
+    from vizier_omnipred.sampling import EncoderInputs
 
-    x, attn = pad_batch(ids, torch.device("cpu"))
-    v = pad_values(values, x.shape[1], torch.device("cpu")) if values is not None else None
+    inputs = EncoderInputs.collate(ids, torch.device("cpu"), values, study_starts)
     dec = torch.full((len(ids), 1), PAD_ID, dtype=torch.long)
     classes = None
     for p in range(vocab.float_tokenizer.length):
-        logits = model(input_ids=x, attention_mask=attn, decoder_input_ids=dec, input_values=v,
-                       use_cache=False).logits[:, -1]
+        logits = model(**inputs.model_kwargs(), decoder_input_ids=dec, use_cache=False).logits[:, -1]
         logits = logits + (masks.first if p == 0 else masks.rest[classes, p])
         nxt = logits.argmax(-1)
         if p == 0:
@@ -29,20 +28,28 @@ def _greedy_full_forward(model, vocab, ids, masks, values=None):
     return dec[:, 1:].numpy() - vocab.y_offset
 
 
-def test_cached_sampling_matches_full_forward(tiny_regressor_factory, problem_2d):
+@pytest.mark.parametrize("study_text", ["inline", "separate"])
+def test_cached_sampling_matches_full_forward(tiny_regressor_factory, problem_2d, study_text):
+    from vizier_omnipred.regressor import OmniPredRegressor
+    from vizier_omnipred.text import TextCodec
+
     reg = tiny_regressor_factory(seed=7)
+    if study_text == "separate":  # same BPE, a model that encodes the study text apart
+        reg = OmniPredRegressor.from_scratch("tiny", vocab=reg.vocab, seed=7, codec=TextCodec(study_text=study_text))
     model, vocab = reg.checkpoint.model, reg.vocab
     with torch.no_grad():  # make the random model's logits peaked so low temperature is ~greedy
         model.lm_head.weight.mul_(30.0) if not model.config.tie_word_embeddings else model.shared.weight.mul_(8.0)
     reg.set_problem(problem_2d)
     trials = [vz.TrialSuggestion({"x0": float(a), "x1": float(-a)}) for a in np.linspace(-2, 2, 5)]
     inputs = reg.model_inputs(trials)
-    ids, values = [i for i, _ in inputs], [v for _, v in inputs]
+    ids, values, starts = [x.ids for x in inputs], [x.values for x in inputs], [x.study_start for x in inputs]
     assert model.reads_numbers and all(v is not None for v in values)
+    assert all((s is not None) == (study_text == "separate") for s in starts)
     masks = GrammarMasks.build(vocab, torch.device("cpu"))
-    ref = _greedy_full_forward(model, vocab, ids, masks, values)
+    ref = _greedy_full_forward(model, vocab, ids, masks, values, starts)
     ref_values, ref_inf = vocab.float_tokenizer.decode_indices(ref)
-    got = sample_y(model, vocab, ids, 3, temperature=1e-4, seed=0, masks=masks, input_values=values)
+    got = sample_y(model, vocab, ids, 3, temperature=1e-4, seed=0, masks=masks, input_values=values,
+                   study_starts=starts)
     for s in range(3):
         np.testing.assert_array_equal(got.infeasible[:, s], ref_inf)
         np.testing.assert_array_equal(np.nan_to_num(got.values[:, s]), np.nan_to_num(ref_values))
@@ -139,3 +146,30 @@ def test_capped_masks_bound_the_exponent_and_keep_one_allowed(tiny_regressor_fac
                            masks=reg.masks.capped(reg.vocab, cap))
         finite = np.abs(samples.values[~samples.infeasible])
         assert finite.size and finite.max() < 10.0 ** (ft.num_digits + max(cap, ft.min_exponent))
+
+
+def test_study_texts_apart_are_encoded_once_per_batch_and_rows_do_not_depend_on_their_batch():
+    """A batch's rows that share a study text share one study row; a row's encoding is the same
+    alone as in a batch with other studies (the study rows are not mixed up by the sharing)."""
+    from vizier_omnipred.model import PRESETS, build_model
+    from vizier_omnipred.sampling import EncoderInputs
+
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"], 300).eval()
+    nan = float("nan")
+    rows = [([5, 6, 7, 1, 40, 41, 1], [0.2, nan, nan, nan, nan, nan, nan]),
+            ([5, 8, 1, 50, 51, 52, 1], [0.7, nan, nan, nan, nan, nan, nan]),
+            ([5, 9, 9, 9, 1, 40, 41, 1], [0.9, 0.9, nan, nan, nan, nan, nan, nan])]
+    starts = [4, 3, 5]
+    batch = EncoderInputs.collate([r for r, _ in rows], torch.device("cpu"), [v for _, v in rows], starts)
+    assert batch.study_ids.shape[0] == 2 and batch.study_index.tolist() == [0, 1, 0]
+    with torch.no_grad():
+        hidden, mask = model.encode(**batch.model_kwargs())
+        for i, (ids, values) in enumerate(rows):
+            alone = EncoderInputs.collate([ids], torch.device("cpu"), [values], [starts[i]])
+            h, m = model.encode(**alone.model_kwargs())
+            keep = mask[i].bool()
+            assert int(keep.sum()) == len(ids)  # the trial's tokens and its study's, nothing padded
+            torch.testing.assert_close(hidden[i][keep], h[0][m[0].bool()], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mixes"):
+        EncoderInputs.collate([rows[0][0], rows[1][0]], torch.device("cpu"), None, [4, None])

@@ -36,8 +36,9 @@ def test_each_token_of_a_number_carries_its_position_and_no_other_token_does():
     texts = codec.trial_texts(problem, _trials(problem, 200))
     vocab = Vocabulary(train_input_tokenizer([t.text for t in texts], 400), FloatTokenizer())
     encoded = vocab.encode_trial_texts(texts)
-    assert [ids for ids, _ in encoded] == vocab.encode_inputs([t.text for t in texts])
-    for tt, (ids, values) in zip(texts, encoded):
+    assert [x.ids for x in encoded] == vocab.encode_inputs([t.text for t in texts])
+    for tt, x in zip(texts, encoded):
+        ids, values = x.ids, x.values
         assert ids[-1] == EOS_ID and math.isnan(values[-1]) and len(values) == len(ids)
         offsets = vocab.input_tokenizer.encode(tt.text, add_special_tokens=False).offsets
         covered = set()
@@ -55,4 +56,4 @@ def test_pure_text_inputs_have_no_values():
     problem, codec = _problem(), TextCodec(number_features="none")
     texts = codec.trial_texts(problem, _trials(problem, 5))
     vocab = Vocabulary(train_input_tokenizer([t.text for t in texts], 300), FloatTokenizer())
-    assert all(values is None for _, values in vocab.encode_trial_texts(texts))
+    assert all(x.values is None for x in vocab.encode_trial_texts(texts))

@@ -184,18 +184,41 @@ class OmniPredT5(T5ForConditionalGeneration):
             embeds = embeds + self.number_embedding(input_values.to(embeds.dtype))
         return embeds
 
-    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, input_values=None, **kwargs):
-        if input_values is not None and input_ids is not None and self.number_embedding is not None:
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, input_values=None,
+                study_ids=None, study_mask=None, study_index=None, **kwargs):
+        if study_ids is not None and input_ids is not None:
+            hidden, attention_mask = self.encode(input_ids, attention_mask, input_values, study_ids, study_mask,
+                                                 study_index)
+            kwargs["encoder_outputs"] = (hidden,)
+            input_ids = None
+        elif input_values is not None and input_ids is not None and self.number_embedding is not None:
             kwargs["inputs_embeds"] = self.embed_inputs(input_ids, input_values)
             input_ids = None
         return super().forward(input_ids=input_ids, attention_mask=attention_mask,
                                decoder_input_ids=decoder_input_ids, **kwargs)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               input_values: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder output (B, L, d_model) of a batch: what sampling computes once per input."""
+               input_values: torch.Tensor | None = None, study_ids: torch.Tensor | None = None,
+               study_mask: torch.Tensor | None = None, study_index: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output (B, L, d_model) of a batch and the mask the decoder attends with:
+        what sampling computes once per input.
+
+        With study texts apart (`study_ids`, see `sampling.EncoderInputs`), each distinct study
+        text is encoded once and appended to the output of every trial that reads it, so the
+        decoder attends to (B, L + Ls) positions: the trial's, then its study's.
+        """
+        encoder = self.get_encoder()
         embeds = self.embed_inputs(input_ids, input_values)
-        return self.get_encoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        hidden = encoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        if study_ids is None:
+            return hidden, attention_mask
+        if study_mask is None or study_index is None:
+            raise ValueError("study_ids needs study_mask and study_index")
+        study = encoder(inputs_embeds=self.shared(study_ids), attention_mask=study_mask).last_hidden_state
+        # (S, Ls, D) -> (B, Ls, D): each trial row gets its study's encoding
+        hidden = torch.cat([hidden, study[study_index]], dim=1)
+        return hidden, torch.cat([attention_mask, study_mask[study_index]], dim=1)
 
 
 # Number embedding settings of new models (see NumberEmbedding): measured on HPOBench, docs/BENCHMARKS.md.

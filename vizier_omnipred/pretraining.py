@@ -39,7 +39,7 @@ from vizier_omnipred.numbers import OutOfRangeWarning
 from vizier_omnipred.pretraining_data import (build_vocab, study_examples, study_range_frame, training_batches,
                                               validation_studies)
 from vizier_omnipred.sampling import GrammarMasks, sample_y
-from vizier_omnipred.text import TextCodec, TrialTextError
+from vizier_omnipred.text import STUDY_TEXT_LAYOUTS, TextCodec, TrialTextError
 from vizier_omnipred.training import (PRECISIONS, FitDivergedError, TrainStepper, check_precision, evaluate_loss,
                                       warmup_cosine)
 
@@ -49,10 +49,11 @@ LOG_FILE = "train_log.jsonl"
 # Fields that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = frozenset({"steps", "device", "eval_every", "checkpoint_every", "num_threads", "out_dir",
                                 "example_cache_mb", "compile", "length_grouping",
-                                "data_process", "precision"})
+                                "data_process", "precision", "studies_per_batch"})
 # Fields added after runs were saved, with the value every earlier run had: a saved config
 # without one resumes as that value.
-_ADDED_FIELDS: dict[str, Any] = {"synthetic_range_frame": False, "precision": "float32"}
+_ADDED_FIELDS: dict[str, Any] = {"synthetic_range_frame": False, "precision": "float32", "study_text": "inline",
+                                 "studies_per_batch": 0}
 
 
 @attrs.frozen
@@ -106,6 +107,13 @@ class PretrainConfig:
     # The training steps' forward pass: "float32", or "bfloat16" autocast (`training.mixed_precision`:
     # about 1.3x the examples/s of `small` on a CPU with bfloat16 instructions, as accurate per step).
     precision: str = "float32"
+    # How the study's text reaches the model (`TextCodec.study_text`): "inline" in every trial's
+    # input, or "separate", encoded once per batch for all the batch's trials of that study.
+    study_text: str = "inline"
+    # Studies a batch is drawn from (`pretraining_data._pop_study_batch`), so that a batch holds
+    # few study texts to encode; 0: examples drawn one by one from the shuffle buffer, a batch
+    # then mixing as many studies as it has examples.
+    studies_per_batch: int = 0
     seed: int = 0
 
     def __attrs_post_init__(self):
@@ -150,7 +158,16 @@ class PretrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if self.length_grouping < 1:
             raise ValueError("length_grouping must be >= 1")
+        if not 0 <= self.studies_per_batch <= self.batch_size:
+            raise ValueError(f"studies_per_batch must be in [0, batch_size], not {self.studies_per_batch}")
+        if self.study_text not in STUDY_TEXT_LAYOUTS:
+            raise ValueError(f"study_text must be one of {STUDY_TEXT_LAYOUTS}, not {self.study_text!r}")
         check_precision(self.precision)
+
+    @property
+    def codec(self) -> TextCodec:
+        """The text codec of the run's model."""
+        return TextCodec(study_text=self.study_text)
 
     @property
     def lr(self) -> float:
@@ -222,8 +239,8 @@ def normalized_mae_on_studies(model, vocab, codec, studies, device, *, num_sampl
         if np.ptp(y) <= 0:
             continue
         inputs = vocab.encode_trial_texts(codec.trial_texts(record.problem, trials))
-        samples = sample_y(model, vocab, [ids for ids, _ in inputs], num_samples, seed=0, device=device,
-                           input_values=[values for _, values in inputs])
+        samples = sample_y(model, vocab, [x.ids for x in inputs], num_samples, seed=0, device=device,
+                           input_values=[x.values for x in inputs], study_starts=[x.study_start for x in inputs])
         pred = samples.quantiles([0.5])[0]
         if framed:
             pred = study_range_frame(codec, record).apply(pred)
@@ -241,8 +258,9 @@ def _initial_model(config: PretrainConfig):
             f"init checkpoint {config.init_checkpoint} is preset {ckpt.preset.name!r}, the run asks for "
             f"{config.preset!r}; pass --preset {ckpt.preset.name}"
         )
-    if ckpt.codec != TextCodec():
-        raise ValueError(f"init checkpoint {config.init_checkpoint} uses a different text codec")
+    if ckpt.codec != config.codec:
+        raise ValueError(f"init checkpoint {config.init_checkpoint} uses a different text codec "
+                         f"({ckpt.codec.to_config()}) than the run ({config.codec.to_config()})")
     return ckpt.model, ckpt.vocab
 
 
@@ -343,7 +361,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
         torch.set_num_threads(config.num_threads)
     out = Path(config.out_dir)
     last = out / "last"
-    codec = TextCodec()
+    codec = config.codec
 
     if rank == 0 and model_lib.restore_interrupted_save(last):
         print(f"pretrain: restored {last}, whose last write was interrupted", file=sys.stderr)
@@ -521,6 +539,12 @@ def add_cli(subparsers) -> None:
                         "float32")
     p.add_argument("--length-grouping", type=int, default=None,
                    help="batches drawn at once and grouped by input length, to pad less (default 16; 1: off)")
+    p.add_argument("--study-text", choices=STUDY_TEXT_LAYOUTS, default=None,
+                   help="inline (default): the study's text in every trial's input; separate: encoded once per "
+                        "batch for the batch's trials of that study (fewer tokens per example)")
+    p.add_argument("--studies-per-batch", type=int, default=None,
+                   help="draw each batch from this many studies (few study texts to encode a batch); default 0: "
+                        "examples drawn one by one")
     p.add_argument("--data-process", action="store_true",
                    help="make the first pass's examples in a second process, on a core training does not use "
                         "(same batches)")
@@ -536,7 +560,7 @@ def config_from_args(args) -> PretrainConfig:
                                        else () if names == ["none"] else tuple(names))
     for field in ("hpobench_trials", "synthetic_studies", "synthetic_seed", "preset", "steps", "batch_size", "learning_rate",
                   "warmup_steps", "shuffle_buffer", "eval_every", "checkpoint_every", "example_cache_mb", "seed",
-                  "length_grouping", "precision"):
+                  "length_grouping", "precision", "study_text", "studies_per_batch"):
         v = getattr(args, field)
         if v is not None:
             values[field] = v

@@ -99,6 +99,7 @@ class PackedStudy:
     offsets: np.ndarray  # example i is input_ids[offsets[i]:offsets[i + 1]]
     y_ids: np.ndarray  # (num_examples, y length)
     input_values: np.ndarray | None = None  # float32, aligned with input_ids; None: pure text
+    study_starts: np.ndarray | None = None  # int32, one per example (`Example.study_start`); None: inline
 
     @classmethod
     def pack(cls, examples: list[Example]) -> "PackedStudy":
@@ -109,21 +110,25 @@ class PackedStudy:
         if any(e.input_values is not None for e in examples):
             values = np.asarray([v for e in examples for v in (e.input_values or [math.nan] * len(e.input_ids))],
                                 dtype=np.float32)
+        starts = None
+        if examples and examples[0].study_start is not None:
+            starts = np.asarray([e.study_start for e in examples], dtype=np.int32)
         return cls(np.asarray(flat, dtype=np.int32), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                    np.asarray([e.y_ids for e in examples], dtype=np.int32).reshape(len(examples), y_length),
-                   values)
+                   values, starts)
 
     def unpack(self) -> list[Example]:
         ids, ys, off = self.input_ids.tolist(), self.y_ids.tolist(), self.offsets.tolist()
-        if self.input_values is None:
-            return [Example(tuple(ids[off[i]:off[i + 1]]), tuple(ys[i])) for i in range(len(ys))]
-        values = self.input_values.tolist()
-        return [Example(tuple(ids[off[i]:off[i + 1]]), tuple(ys[i]), tuple(values[off[i]:off[i + 1]]))
+        values = self.input_values.tolist() if self.input_values is not None else None
+        starts = self.study_starts.tolist() if self.study_starts is not None else None
+        return [Example(tuple(ids[off[i]:off[i + 1]]), tuple(ys[i]),
+                        None if values is None else tuple(values[off[i]:off[i + 1]]),
+                        None if starts is None else starts[i])
                 for i in range(len(ys))]
 
     @property
     def nbytes(self) -> int:
-        extra = self.input_values.nbytes if self.input_values is not None else 0
+        extra = sum(a.nbytes for a in (self.input_values, self.study_starts) if a is not None)
         return self.input_ids.nbytes + self.offsets.nbytes + self.y_ids.nbytes + extra
 
 
@@ -212,6 +217,10 @@ def training_batches(
     """
     rng = random.Random(seed)
     buffer: list[Example] = []
+    # With `studies_per_batch`, the buffer is kept by study (`_pop_study_batch`) instead.
+    grouped = config.studies_per_batch > 0
+    by_study: list[list[Example]] = []
+    held = 0
     cache: list[PackedStudy] | None = [] if config.example_cache_mb > 0 else None
     cached_bytes, budget = 0, int(config.example_cache_mb * 2**20)
     replay = False
@@ -234,12 +243,23 @@ def training_batches(
                     cache.append(packed)
                 else:
                     cache = None
+            if grouped:
+                if examples:
+                    by_study.append(list(examples))
+                    held += len(examples)
+                while held >= config.shuffle_buffer:
+                    held -= config.batch_size
+                    yield _pop_study_batch(by_study, config.batch_size, config.studies_per_batch, rng, device)
+                continue
             buffer.extend(examples)
             while len(buffer) >= config.shuffle_buffer:
                 yield from _pop_batches(buffer, config.batch_size, config.length_grouping, rng, device)
         if num_examples == 0:
             raise ValueError("no usable trials in the training studies (every trial was unusable)")
         replay = cache is not None
+        while grouped and held >= config.batch_size:
+            held -= config.batch_size
+            yield _pop_study_batch(by_study, config.batch_size, config.studies_per_batch, rng, device)
         while len(buffer) >= config.batch_size:
             yield from _pop_batches(buffer, config.batch_size, config.length_grouping, rng, device)
 
@@ -270,6 +290,36 @@ def _pop_batches(buffer: list[Example], size: int, group: int, rng: random.Rando
     rng.shuffle(order)
     for k in order:
         yield Batch.collate(picked[k * size:(k + 1) * size], device)
+
+
+def _pop_study_batch(by_study: list[list[Example]], size: int, studies: int, rng: random.Random,
+                     device: torch.device) -> Batch:
+    """One batch of `size` examples from `studies` studies of the buffer (fewer if it holds fewer).
+
+    Each study is picked with probability proportional to the examples it has left (as a
+    random example's study would be) and gives an equal share of the batch, at random among
+    its examples; a study with too few left gives all it has and the next pick fills in. A
+    batch then holds a few study texts, which a model that encodes them apart
+    (`TextCodec.study_text`) encodes once each, where examples drawn one by one from a
+    buffer of hundreds of studies would bring one study text each.
+    """
+    picked: list[Example] = []
+    share = -(-size // studies)  # ceil: `studies` shares cover the batch
+    while len(picked) < size and by_study:
+        r = rng.randrange(sum(len(examples) for examples in by_study))
+        k = 0
+        while r >= len(by_study[k]):
+            r -= len(by_study[k])
+            k += 1
+        examples = by_study[k]
+        for _ in range(min(share, size - len(picked), len(examples))):
+            j = rng.randrange(len(examples))
+            examples[j], examples[-1] = examples[-1], examples[j]
+            picked.append(examples.pop())
+        if not examples:
+            by_study[k] = by_study[-1]
+            by_study.pop()
+    return Batch.collate(picked, device)
 
 
 def validation_studies(config: PretrainConfig) -> list[tuple[Any, bool]]:

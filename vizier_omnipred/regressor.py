@@ -57,7 +57,7 @@ from vizier_omnipred.training import (
     trials_range_frame,
     usable_values,
 )
-from vizier_omnipred.vocab import Vocabulary, train_input_tokenizer
+from vizier_omnipred.vocab import EncodedTrial, Vocabulary, train_input_tokenizer
 
 _log = logging.getLogger(__name__)
 
@@ -525,14 +525,14 @@ class OmniPredRegressor(vza.Predictor):
 
     def model_inputs(
         self, trials: Sequence[vz.TrialSuggestion], problem: vz.ProblemStatement | None = None
-    ) -> list[tuple[list[int], list[float] | None]]:
-        """(token ids, per-token number positions) of each trial, as the model reads them."""
+    ) -> list[EncodedTrial]:
+        """Token ids, per-token number positions and study start of each trial, as the model reads them."""
         problem, metric_name = self._resolve_problem(problem)
         texts = self.codec.trial_texts(problem, list(trials), metric_name=metric_name)
         return self.vocab.encode_trial_texts(texts)
 
     def input_ids(self, trials: Sequence[vz.TrialSuggestion], problem: vz.ProblemStatement | None = None) -> list[list[int]]:
-        return [ids for ids, _ in self.model_inputs(trials, problem)]
+        return [x.ids for x in self.model_inputs(trials, problem)]
 
     def sample(
         self,
@@ -573,9 +573,10 @@ class OmniPredRegressor(vza.Predictor):
             sample_y(
                 member,
                 self.vocab,
-                [ids for ids, _ in inputs],
+                [x.ids for x in inputs],
                 count,
-                input_values=[values for _, values in inputs],
+                input_values=[x.values for x in inputs],
+                study_starts=[x.study_start for x in inputs],
                 temperature=temperature,
                 seed=seed + 7_919 * i,
                 device=self._device,

@@ -90,6 +90,65 @@ def pad_values(
 
 
 @attrs.frozen(eq=False)
+class EncoderInputs:
+    """A batch of model inputs on the device, as `OmniPredT5.encode` reads them.
+
+    With study texts encoded apart (`TextCodec.study_text`), each distinct study text of
+    the batch is one row of `study_ids`, encoded once however many trials read it.
+    """
+
+    input_ids: torch.Tensor  # (B, L) the trials' ids (with their study text when inline)
+    attention_mask: torch.Tensor  # (B, L)
+    input_values: torch.Tensor | None = None  # (B, L) number positions, nan: none at that token
+    study_ids: torch.Tensor | None = None  # (S, Ls) the batch's distinct study texts
+    study_mask: torch.Tensor | None = None  # (S, Ls)
+    study_index: torch.Tensor | None = None  # (B,) row b reads study_ids[study_index[b]]
+
+    @classmethod
+    def collate(
+        cls,
+        input_ids: Sequence[Sequence[int]],
+        device: torch.device,
+        input_values: Sequence[Sequence[float] | None] | None = None,
+        study_starts: Sequence[int | None] | None = None,
+    ) -> "EncoderInputs":
+        """Pads inputs (as `Vocabulary.encode_trial_texts` gives them) into tensors; a row
+        with a study start is split there and its study text shared with equal ones."""
+        values = list(input_values) if input_values is not None else [None] * len(input_ids)
+        starts = list(study_starts) if study_starts is not None else [None] * len(input_ids)
+        if len(values) != len(input_ids) or len(starts) != len(input_ids):
+            raise ValueError(f"{len(input_ids)} inputs but {len(values)} value rows and {len(starts)} study starts")
+        split = [s is not None for s in starts]
+        if any(split) and not all(split):
+            raise ValueError("a batch mixes inputs with and without a separate study text")
+        if not all(split):
+            ids, mask = pad_batch([list(r) for r in input_ids], device)
+            return cls(ids, mask, pad_values(values, ids.shape[1], device))
+        trials, studies, index, rows = [], {}, [], []
+        for r, v, s in zip(input_ids, values, starts):
+            trials.append(list(r[:s]))
+            rows.append(None if v is None else v[:s])
+            index.append(studies.setdefault(tuple(r[s:]), len(studies)))
+        ids, mask = pad_batch(trials, device)
+        study_ids, study_mask = pad_batch([list(k) for k in studies], device)
+        return cls(ids, mask, pad_values(rows, ids.shape[1], device), study_ids, study_mask,
+                   torch.as_tensor(index, dtype=torch.long, device=device))
+
+    def select(self, start: int, stop: int) -> "EncoderInputs":
+        """Rows [start, stop) (all study rows are kept: they are few)."""
+        cut = slice(start, stop)
+        return attrs.evolve(
+            self, input_ids=self.input_ids[cut], attention_mask=self.attention_mask[cut],
+            input_values=None if self.input_values is None else self.input_values[cut],
+            study_index=None if self.study_index is None else self.study_index[cut])
+
+    def model_kwargs(self) -> dict[str, torch.Tensor | None]:
+        """Keyword arguments of `OmniPredT5.forward` and `OmniPredT5.encode`."""
+        return dict(input_ids=self.input_ids, attention_mask=self.attention_mask, input_values=self.input_values,
+                    study_ids=self.study_ids, study_mask=self.study_mask, study_index=self.study_index)
+
+
+@attrs.frozen(eq=False)
 class GrammarMasks:
     """Additive logit masks (0 or -inf) of the y grammar, on the model's device."""
 
@@ -168,11 +227,13 @@ def sample_y_indices(
     max_rows: int = 8192,
     masks: GrammarMasks | None = None,
     input_values: Sequence[Sequence[float] | None] | None = None,
+    study_starts: Sequence[int | None] | None = None,
 ) -> np.ndarray:
     """(N, S, length) sampled token indices into `vocab.float_tokenizer.tokens`.
 
-    `input_values` are the per-token number positions of each input (as
-    `Vocabulary.encode_trial_texts` returns them), for a model that reads numbers.
+    `input_values` are the per-token number positions of each input and `study_starts`
+    where its study text starts (as `Vocabulary.encode_trial_texts` returns them), for a
+    model that reads numbers and one that encodes study texts apart.
 
     `max_rows` bounds N*S per chunk: the decoder cache holds up to
     `rows x input_length x d_model` floats per layer, so inputs are processed in chunks
@@ -195,13 +256,12 @@ def sample_y_indices(
     out = np.empty((len(input_ids), num_samples, length), dtype=np.int64)
     try:
         for start in range(0, len(input_ids), chunk):
-            ids, attention = pad_batch(input_ids[start : start + chunk], device)
-            values = None
-            if input_values is not None:
-                values = pad_values(input_values[start : start + chunk], ids.shape[1], device)
-            out[start : start + ids.shape[0]] = _sample_chunk(
-                model, ids, attention, num_samples, temperature, generator, masks, length, vocab.y_offset,
-                values,
+            stop = start + chunk
+            inputs = EncoderInputs.collate(
+                input_ids[start:stop], device, None if input_values is None else input_values[start:stop],
+                None if study_starts is None else study_starts[start:stop])
+            out[start : start + inputs.input_ids.shape[0]] = _sample_chunk(
+                model, inputs, num_samples, temperature, generator, masks, length, vocab.y_offset,
             ).cpu().numpy()
     finally:
         model.train(was_training)
@@ -233,15 +293,13 @@ def _decode_step(model, ids, encoded, attention, cache) -> torch.Tensor:
 
 def _sample_chunk(
     model: OmniPredT5,
-    ids: torch.Tensor,
-    attention: torch.Tensor,
+    inputs: EncoderInputs,
     num_samples: int,
     temperature: float,
     generator: torch.Generator | None,
     masks: GrammarMasks,
     length: int,
     y_offset: int,
-    values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Returns (n, S, length) indices into the float tokenizer's tokens.
 
@@ -250,9 +308,9 @@ def _sample_chunk(
     sampling). A confident model has a handful of distinct prefixes per input, so the
     decoder runs on far fewer than n*S rows; at worst it runs on n*S, as naive sampling.
     """
-    n = ids.shape[0]
-    device = ids.device
-    encoded = model.encode(ids, attention, values)
+    n = inputs.input_ids.shape[0]
+    device = inputs.input_ids.device
+    encoded, attention = model.encode(**inputs.model_kwargs())
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     width, dim = encoded.shape[1], encoded.shape[2]
     # One row per distinct prefix: its input, its sample count, its tokens so far.

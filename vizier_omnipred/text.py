@@ -74,6 +74,7 @@ __all__ = [
     "TextCodec",
     "TrialText",
     "NUMBER_FEATURES",
+    "STUDY_TEXT_LAYOUTS",
     "unit_position",
     "magnitude_position",
     "serialize_trial",
@@ -85,6 +86,7 @@ __all__ = [
 TEXT_CODEC_VERSION: int = 2
 # How numeric parameter values reach the model besides their digits (see TextCodec).
 NUMBER_FEATURES = ("none", "position", "magnitude")
+STUDY_TEXT_LAYOUTS = ("inline", "separate")
 # Positions outside the search space extrapolate, within these limits (see unit_position).
 POSITION_LIMITS = (-1.0, 2.0)
 # Metadata namespaces that carry state, not a description of the study, so the model never
@@ -187,6 +189,10 @@ class TrialText:
 
     text: str
     numbers: tuple[tuple[int, int, float], ...] = ()
+    # Where the study's text starts (``text[study_start:]``) when the codec's ``study_text`` is
+    # "separate": the model encodes it apart from the trial's (``text[:study_start - 1]``, the
+    # comma between them dropped). None: one input, as written.
+    study_start: int | None = None
 
 
 def _clamp_position(u: float) -> float:
@@ -302,6 +308,16 @@ class TextCodec:
     ``max_metadata_value_chars`` caps each metadata value: every trial's input carries the
     study text, so a long constant description would be paid for by every example (an
     HPOBench trial was 85 tokens with its description, 60 without, 1.5x fewer examples/s).
+
+    ``study_text`` says how the study's part of the text (objective, goal, metadata) reaches
+    the model; the written text is the same either way:
+
+    * ``"inline"`` (default): one input per trial, study text included (OmniPred's input).
+    * ``"separate"``: the trial's parameters and the study's text are two inputs
+      (:attr:`TrialText.study_start`); the encoder reads each study's text once per batch
+      and the decoder attends to both. A study's text is constant over its trials (about 30
+      of an HPOBench trial's 70 tokens), so encoding it once per batch of that study's
+      trials saves that share of the encoder's work.
     """
 
     float_significant_digits: int = attrs.field(default=3)
@@ -311,6 +327,16 @@ class TextCodec:
     )
     number_features: str = attrs.field(default="position")
     max_metadata_value_chars: int = attrs.field(default=32)
+    study_text: str = attrs.field(default="inline")
+
+    @study_text.validator
+    def _check_study_text(self, _, value):
+        if value not in STUDY_TEXT_LAYOUTS:
+            raise ValueError(f"study_text must be one of {STUDY_TEXT_LAYOUTS}, got {value!r}")
+
+    @property
+    def separates_study_text(self) -> bool:
+        return self.study_text == "separate"
 
     @number_features.validator
     def _check_number_features(self, _, value):
@@ -344,13 +370,16 @@ class TextCodec:
     # ------------------------------------------------------------------ config
 
     def to_config(self) -> dict:
-        return {
+        config = {
             "text_codec_version": TEXT_CODEC_VERSION,
             "float_significant_digits": self.float_significant_digits,
             "excluded_metadata_namespaces": list(self.excluded_metadata_namespaces),
             "number_features": self.number_features,
             "max_metadata_value_chars": self.max_metadata_value_chars,
         }
+        if self.separates_study_text:  # absent means "inline": the configs of earlier checkpoints
+            config["study_text"] = self.study_text
+        return config
 
     @classmethod
     def from_config(cls, d: Mapping[str, Any]) -> "TextCodec":
@@ -367,7 +396,7 @@ class TextCodec:
                 f" version {TEXT_CODEC_VERSION}"
             )
         known = {"float_significant_digits", "excluded_metadata_namespaces", "number_features",
-                 "max_metadata_value_chars"}
+                 "max_metadata_value_chars", "study_text"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown text codec config keys: {unknown}")
@@ -674,11 +703,13 @@ class TextCodec:
         "none", the position of each numeric value (:class:`TrialText`). Same errors as
         :meth:`serialize`."""
         plan = self._compile(problem, metric_name)  # no positions compiled when writes_numbers is False
+        study_length = len(plan.suffix) - len("}},") if self.separates_study_text else None
         out = []
         for t in trials:
             numbers: list[tuple[int, int, float]] = []
             text = self._write(plan, t, numbers)
-            out.append(TrialText(text, tuple(numbers)))
+            start = None if study_length is None else len(text) - study_length
+            out.append(TrialText(text, tuple(numbers), start))
         return out
 
     # ------------------------------------------------------------------- read

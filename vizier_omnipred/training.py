@@ -30,7 +30,7 @@ from vizier import pyvizier as vz
 
 from vizier_omnipred.level_map import LevelMap, fit_range_map, fit_rank_frame
 from vizier_omnipred.numbers import OutOfRangeWarning
-from vizier_omnipred.sampling import GrammarMasks, pad_batch, pad_values
+from vizier_omnipred.sampling import EncoderInputs, GrammarMasks
 from vizier_omnipred.text import TextCodec
 from vizier_omnipred.vocab import PAD_ID, Vocabulary
 
@@ -40,11 +40,14 @@ _log = logging.getLogger(__name__)
 @attrs.frozen
 class Example:
     """One (input, y) pair. `input_values` holds, per input token, the position of the numeric
-    value it belongs to (nan elsewhere), or is None for pure-text input (see text.TrialText)."""
+    value it belongs to (nan elsewhere), or is None for pure-text input (see text.TrialText);
+    `study_start`: where the study's text starts in `input_ids` when it is encoded apart
+    (`vocab.EncodedTrial`)."""
 
     input_ids: tuple[int, ...]
     y_ids: tuple[int, ...]
     input_values: tuple[float, ...] | None = None
+    study_start: int | None = None
 
 
 @attrs.frozen
@@ -151,25 +154,23 @@ def make_examples(
     texts = codec.trial_texts(problem, [trials[i] for i in keep], metric_name=metric.name)
     inputs = vocab.encode_trial_texts(texts)
     examples = [
-        Example(tuple(ids), tuple(vocab.y_ids(y)), None if values is None else tuple(values))
-        for (ids, values), y in zip(inputs, targets)
+        Example(tuple(x.ids), tuple(vocab.y_ids(y)), None if x.values is None else tuple(x.values), x.study_start)
+        for x, y in zip(inputs, targets)
     ]
     return examples, summary
 
 
 @attrs.frozen(eq=False)
 class Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    inputs: EncoderInputs
     labels: torch.Tensor  # (B, L) y ids
-    input_values: torch.Tensor | None = None  # (B, L_in) float, nan: no number at that token
 
     @classmethod
     def collate(cls, examples: Sequence[Example], device: torch.device) -> "Batch":
-        ids, mask = pad_batch([list(e.input_ids) for e in examples], device)
+        inputs = EncoderInputs.collate([e.input_ids for e in examples], device, [e.input_values for e in examples],
+                                       [e.study_start for e in examples])
         labels = torch.as_tensor([e.y_ids for e in examples], dtype=torch.long, device=device)
-        values = pad_values([e.input_values for e in examples], ids.shape[1], device)
-        return cls(ids, mask, labels, values)
+        return cls(inputs, labels)
 
 
 def y_loss(model, batch: Batch, masks: GrammarMasks, reduction: str = "mean") -> torch.Tensor:
@@ -183,13 +184,7 @@ def y_loss(model, batch: Batch, masks: GrammarMasks, reduction: str = "mean") ->
     decoder_input_ids = torch.cat(
         [torch.full_like(batch.labels[:, :1], PAD_ID), batch.labels[:, :-1]], dim=1
     )
-    logits = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        decoder_input_ids=decoder_input_ids,
-        input_values=batch.input_values,
-        use_cache=False,
-    ).logits.float()
+    logits = model(**batch.inputs.model_kwargs(), decoder_input_ids=decoder_input_ids, use_cache=False).logits.float()
     classes = masks.first_class[batch.labels[:, 0]]
     allowed = masks.rest[classes].clone()  # (B, L, V)
     allowed[:, 0] = masks.first
@@ -257,7 +252,7 @@ def train_step(model, batch: Batch, optimizer: torch.optim.Optimizer, masks: Gra
     measure and train exactly the same thing. `precision` is the forward pass's
     (`mixed_precision`); the backward pass follows it, the update is float32.
     """
-    with mixed_precision(precision, batch.input_ids.device):
+    with mixed_precision(precision, batch.labels.device):
         loss = y_loss(model, batch, masks)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -59,6 +59,17 @@ def train_input_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> token
     return tok
 
 
+@attrs.frozen
+class EncodedTrial:
+    """A trial's input ids and number positions (nan where a token carries no number; None:
+    no numbers at all); with `study_start`, `ids[study_start:]` are its study's text, which
+    the model encodes apart from the trial's `ids[:study_start]` (`TextCodec.study_text`)."""
+
+    ids: list[int]
+    values: list[float] | None = None
+    study_start: int | None = None
+
+
 @attrs.define(frozen=True, eq=False)
 class Vocabulary:
     """Input BPE ids in [0, input_size), then one id per `FloatTokenizer` token."""
@@ -83,31 +94,47 @@ class Vocabulary:
         encodings = self.input_tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [enc.ids + [EOS_ID] for enc in encodings]
 
-    def encode_trial_texts(self, trial_texts: Sequence[TrialText]) -> list[tuple[list[int], list[float] | None]]:
-        """(ids, values) of each trial text: ids as `encode_inputs`, and per token the position
-        of the numeric value whose characters it covers (nan where none, `</s>` included).
+    def encode_trial_texts(self, trial_texts: Sequence[TrialText]) -> list[EncodedTrial]:
+        """What the model reads of each trial text (:class:`EncodedTrial`): ids as
+        `encode_inputs`, and per token the position of the numeric value whose characters it
+        covers (nan where none, `</s>` included).
 
         values is None for a text without numbers, so a pure-text codec costs nothing here.
         Digits are single tokens and a BPE token never spans two values (a value always
         ends at a digit, followed by `,` or `}`), so each token gets at most one position.
+        A text whose study part is encoded apart (`TrialText.study_start`) becomes the
+        trial's ids, `</s>`, then the study's ids, `</s>`: the two are tokenized apart, so
+        no token straddles them.
         """
-        encodings = self.input_tokenizer.encode_batch([t.text for t in trial_texts], add_special_tokens=False)
-        out: list[tuple[list[int], list[float] | None]] = []
+        parts, studies = [], []
+        for t in trial_texts:
+            if t.study_start is None:
+                parts.append(t.text)
+            else:
+                parts.append(t.text[: t.study_start - 1])
+                studies.append(t.text[t.study_start:])
+        encodings = self.input_tokenizer.encode_batch(parts, add_special_tokens=False)
+        study_ids = iter(self.encode_inputs(studies)) if studies else iter(())
+        out: list[EncodedTrial] = []
         nan = float("nan")
         for trial_text, enc in zip(trial_texts, encodings):
             ids = enc.ids + [EOS_ID]
+            study_start = None
+            if trial_text.study_start is not None:
+                study_start = len(ids)
+                ids = ids + next(study_ids)
             if not trial_text.numbers:
-                out.append((ids, None))
+                out.append(EncodedTrial(ids, None, study_start))
                 continue
             values = [nan] * len(ids)
-            spans = trial_text.numbers  # in text order
+            spans = trial_text.numbers  # in text order, all in the trial's part
             j = 0
             for k, (a, b) in enumerate(enc.offsets):
                 while j < len(spans) and spans[j][1] <= a:
                     j += 1
                 if j < len(spans) and a < spans[j][1] and b > spans[j][0]:
                     values[k] = spans[j][2]
-            out.append((ids, values))
+            out.append(EncodedTrial(ids, values, study_start))
         return out
 
     def y_ids(self, y_tokens: Sequence[str]) -> list[int]:

@@ -178,6 +178,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         train_steps=args.train_steps,
         compile_training=not args.no_compile,
         bfloat16_training=not args.no_bfloat16,
+        separate_study_text=not args.no_separate_study_text,
         pipeline_steps=args.pipeline_steps,
         out_dir=args.out,
         seed=args.seed,
@@ -329,8 +330,8 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
     try:
         config = lc.CurveConfig(
             dataset=args.dataset, num_train=args.num_train, num_test=args.num_test,
-            number_features=args.number_features, presets=args.presets, precisions=args.precisions, steps=args.steps,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, num_samples=args.num_samples,
+            number_features=args.number_features, presets=args.presets, precisions=args.precisions,
+            study_texts=args.study_texts, steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, num_samples=args.num_samples,
             seeds=args.seeds, threads=args.threads, rf=not args.no_rf, out_dir=args.out,
         )
     except ValueError as e:
@@ -507,6 +508,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--no-compile", action="store_true", help="skip the torch.compile side of the training throughput")
     s.add_argument("--no-bfloat16", action="store_true",
                    help="skip the bfloat16-autocast sides of the training throughput")
+    s.add_argument("--no-separate-study-text", action="store_true",
+                   help="skip the training-throughput sides that encode the study text once per batch")
     s.add_argument("--pipeline-steps", type=int, default=90,
                    help="pretraining-loop steps timed per side (batches ungrouped vs grouped by length); 0 skips")
     s.add_argument("--out", type=Path, default=Path("runs/bench/speed"))
@@ -570,6 +573,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--presets", type=_csv, default=("small",))
     c.add_argument("--precisions", type=_csv, default=("float32",),
                    help="comma list of the training steps' forward pass: float32, bfloat16 (autocast)")
+    c.add_argument("--study-texts", type=_csv, default=("inline",),
+                   help="comma list of the codec's study_text layouts: inline, separate (encoded once per batch)")
     c.add_argument("--steps", type=_int_csv, default=(200, 400, 600), help="evaluation steps (default 200,400,600)")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--learning-rate", type=float, default=None)

@@ -23,7 +23,7 @@ import attrs
 import numpy as np
 
 from vizier_omnipred.bench.common import config_json, jsonable, set_torch_threads, write_json_atomic
-from vizier_omnipred.text import NUMBER_FEATURES
+from vizier_omnipred.text import NUMBER_FEATURES, STUDY_TEXT_LAYOUTS
 
 
 @attrs.frozen
@@ -36,6 +36,7 @@ class CurveConfig:
     number_features: tuple[str, ...] = ("none", "position")
     presets: tuple[str, ...] = ("small",)
     precisions: tuple[str, ...] = ("float32",)  # the training steps' forward pass (training.PRECISIONS)
+    study_texts: tuple[str, ...] = ("inline",)  # the codec's study_text layouts (text.STUDY_TEXT_LAYOUTS)
     steps: tuple[int, ...] = (200, 400, 600)  # evaluation points; training runs to the last
     batch_size: int = 32
     learning_rate: float | None = None  # None: the preset's
@@ -58,6 +59,9 @@ class CurveConfig:
             get_preset(p)
         for p in self.precisions:
             check_precision(p)
+        bad = [s for s in self.study_texts if s not in STUDY_TEXT_LAYOUTS]
+        if bad:
+            raise ValueError(f"unknown study_texts {bad}; valid: {STUDY_TEXT_LAYOUTS}")
         if not self.steps or any(s < 1 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
             raise ValueError(f"steps must be increasing positive integers, got {self.steps}")
         if self.num_train < 10 or self.num_test < 10:
@@ -108,7 +112,7 @@ def x_blind_d1_nll(problem, train, test) -> float:
 
 
 def run_variant(config: CurveConfig, problem, train, test, number_features: str, preset: str,
-                seed: int, log=print, precision: str = "float32") -> list[CurvePoint]:
+                seed: int, log=print, precision: str = "float32", study_text: str = "inline") -> list[CurvePoint]:
     import torch
 
     from vizier_omnipred.bench.metrics import normalized_mae, spearman
@@ -116,8 +120,9 @@ def run_variant(config: CurveConfig, problem, train, test, number_features: str,
     from vizier_omnipred.text import TextCodec
     from vizier_omnipred.training import Batch, make_examples, model_token_nll, train_step, warmup_cosine
 
-    variant = f"{number_features}/{preset}" + ("" if precision == "float32" else f"/{precision}")
-    codec = TextCodec(number_features=number_features)
+    variant = (f"{number_features}/{preset}" + ("" if precision == "float32" else f"/{precision}")
+               + ("" if study_text == "inline" else f"/study text {study_text}"))
+    codec = TextCodec(number_features=number_features, study_text=study_text)
     reg = OmniPredRegressor.from_scratch(preset, codec=codec, seed=seed, num_samples=config.num_samples,
                                          tokenizer_texts=codec.serialize_many(problem, train))
     with warnings.catch_warnings():
@@ -136,7 +141,7 @@ def run_variant(config: CurveConfig, problem, train, test, number_features: str,
     rng = np.random.default_rng(seed)
     order, pos = rng.permutation(len(train_ex)), 0
     cpu, wall, points = 0.0, 0.0, []
-    tokens = float(np.mean([len(e.input_ids) for e in train_ex]))
+    tokens = float(np.mean([encoded_tokens(e, config.batch_size) for e in train_ex]))
     model.train()
     for step in range(1, config.steps[-1] + 1):
         if pos + config.batch_size > len(order):
@@ -164,6 +169,14 @@ def run_variant(config: CurveConfig, problem, train, test, number_features: str,
                 f"d1 {point.nll_d1:.3f} ex/s {point.examples_per_second:.0f} cpu {cpu:.0f}s")
             model.train()
     return points
+
+
+def encoded_tokens(example, batch_size: int) -> float:
+    """Input tokens the encoder reads per example: all of them inline; with the study text
+    apart, the trial's plus the study's shared by the batch (one study per batch here)."""
+    if example.study_start is None:
+        return float(len(example.input_ids))
+    return example.study_start + (len(example.input_ids) - example.study_start) / batch_size
 
 
 def rf_reference(problem, train, test, sizes: Sequence[int], seed: int = 0) -> dict[int, tuple[float, float]]:
@@ -217,9 +230,10 @@ def run_learning_curve(config: CurveConfig, log=print) -> str:
     for preset in config.presets:
         for features in config.number_features:
             for precision in config.precisions:
-                for seed in config.seeds:
-                    points += run_variant(config, problem, train, test, features, preset, seed, log=log,
-                                          precision=precision)
+                for study_text in config.study_texts:
+                    for seed in config.seeds:
+                        points += run_variant(config, problem, train, test, features, preset, seed, log=log,
+                                              precision=precision, study_text=study_text)
     x_blind = x_blind_d1_nll(problem, train, test)
     rf = rf_reference(problem, train, test, sorted({config.num_train, 30, 10}, reverse=True)) if config.rf else {}
     table = format_table(config, points, rf, x_blind)

@@ -22,7 +22,9 @@ Measured in one process on one shifted BBOB task:
    trials, for the input and model of this version next to those before numbers were read
    as numbers (pure text with the long study description, 3 encoder layers with d_ff 512
    and gated-GELU); this version eager and compiled, each in float32 and in bfloat16 autocast
-   (`bfloat16_training`). All run in rounds, taking turns, so load changes hit each.
+   (`bfloat16_training`), and with the study text encoded once per batch
+   (`separate_study_text`: `TextCodec(study_text="separate")`). All run in rounds, taking
+   turns, so load changes hit each.
 5. Pretraining throughput: examples/s of the pretraining loop, its data pipeline included
    (reading, generating and tokenizing studies, then batching), on a small mix of the shipped
    recipe's sources (synthetic BBOB studies and the 8 HPOBench tables), with batches drawn
@@ -74,6 +76,7 @@ class SpeedConfig:
     train_steps: int = 30  # per side, in 3 rounds; 0 skips the training throughput
     compile_training: bool = True  # also time training through torch.compile (training.TrainStepper)
     bfloat16_training: bool = True  # also time training steps in bfloat16 autocast (training.mixed_precision)
+    separate_study_text: bool = True  # also time the input with its study text apart (TextCodec.study_text)
     pipeline_steps: int = 90  # pretraining-loop steps per side, in 3 rounds; 0 skips that part
     out_dir: Path = attrs.field(default=Path("runs/bench/speed"), converter=Path)
     seed: int = 0
@@ -281,6 +284,16 @@ def finetune_speed(config: SpeedConfig, task: BuiltTask, trials: list[Any]) -> d
 _BEFORE_PRESET = dict(num_layers=3, d_ff=512, feed_forward="gated-gelu")
 
 
+# The sides of `training_throughput` after "now" (eager, float32, study text inline), as the table names them.
+_TRAINING_SIDES = {
+    "now_compiled": "through torch.compile",
+    "now_bfloat16": "in bfloat16 autocast",
+    "now_compiled_bfloat16": "through torch.compile in bfloat16 autocast",
+    "now_separate": "with the study text encoded once per batch",
+    "now_compiled_bfloat16_separate": "through torch.compile in bfloat16 autocast, study text once per batch",
+}
+
+
 def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int = 32) -> dict[str, Any]:
     """Examples/s of training steps: this version's `small` eager and compiled, each in float32
     and in bfloat16 autocast, and the one before (see module doc). A compiled side's one-off
@@ -293,6 +306,7 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
     from vizier_omnipred.corpus.hpobench import hpobench_studies
     from vizier_omnipred.regressor import OmniPredRegressor
     from vizier_omnipred.text import TextCodec
+    from vizier_omnipred.bench.learning_curve import encoded_tokens
     from vizier_omnipred.training import Batch, TrainStepper, make_examples
 
     record = next(hpobench_studies(["kc1"], seed=config.seed, max_trials_per_study=600))
@@ -309,6 +323,11 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
         sides["now_bfloat16"] = (TextCodec(), small, False, "bfloat16")
         if config.compile_training:
             sides["now_compiled_bfloat16"] = (TextCodec(), small, True, "bfloat16")
+    if config.separate_study_text:
+        separate = TextCodec(study_text="separate")
+        sides["now_separate"] = (separate, small, False, "float32")
+        if config.bfloat16_training and config.compile_training:
+            sides["now_compiled_bfloat16_separate"] = (separate, small, True, "bfloat16")
     state = {}
     for name, (codec, preset, compiled, precision) in sides.items():
         reg = OmniPredRegressor.from_scratch(preset, codec=codec, seed=config.seed,
@@ -320,7 +339,7 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
         state[name] = dict(reg=reg, examples=examples, params=params,
                            step=TrainStepper(model, compile=compiled, precision=precision),
                            optimizer=torch.optim.AdamW(params, lr=1e-3), seconds=0.0, steps=0, compile_seconds=0.0,
-                           tokens=float(np.mean([len(e.input_ids) for e in examples])))
+                           tokens=float(np.mean([encoded_tokens(e, batch_size) for e in examples])))
     rng = random_lib.Random(config.seed)
     per_round = max(1, config.train_steps // rounds)
     for k in range(rounds):
@@ -342,7 +361,7 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
                "compiled": st["step"].compiled, "compile_seconds": st["compile_seconds"]}
         for name, st in state.items()}
     out["ratio"] = out["now"]["examples_per_second"] / out["before"]["examples_per_second"]
-    for name in ("now_compiled", "now_bfloat16", "now_compiled_bfloat16"):
+    for name in _TRAINING_SIDES:
         if name in out:
             out["ratio" + name.removeprefix("now")] = out[name]["examples_per_second"] / out["before"]["examples_per_second"]
     out["batch_size"] = batch_size
@@ -410,8 +429,8 @@ def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: 
                     batch = next(st["batches"])
                     st["step"](batch, st["optimizer"], masks, st["params"], 1.0)
                     st["examples"] += batch.labels.shape[0]
-                    st["tokens"] += int(batch.attention_mask.sum())
-                    st["padded"] += batch.attention_mask.numel()
+                    st["tokens"] += int(batch.inputs.attention_mask.sum())
+                    st["padded"] += batch.inputs.attention_mask.numel()
                 st["seconds"] += time.perf_counter() - t0
         for st in state.values():
             st["batches"].close()
@@ -466,8 +485,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"({t['now']['input_tokens']:.0f} input tokens, {t['now']['parameters'] / 1e6:.2f}M parameters) vs "
             f"{t['before']['examples_per_second']:.0f} before ({t['before']['input_tokens']:.0f} tokens, "
             f"{t['before']['parameters'] / 1e6:.2f}M): {t['ratio']:.2f}x")
-        for name, what in (("now_compiled", "through torch.compile"), ("now_bfloat16", "in bfloat16 autocast"),
-                           ("now_compiled_bfloat16", "through torch.compile in bfloat16 autocast")):
+        for name, what in _TRAINING_SIDES.items():
             c = t.get(name)
             if c is None:
                 continue
@@ -475,7 +493,8 @@ def markdown(result: dict[str, Any]) -> str:
             if "compiled" in name:
                 suffix = (f"; compiled in {c['compile_seconds']:.0f} s, not counted" if c["compiled"]
                           else "; the compile failed here, so it ran eagerly")
-            lines.append(f"- training {what}: {c['examples_per_second']:.0f} examples/s "
+            lines.append(f"- training {what}: {c['examples_per_second']:.0f} examples/s, {c['input_tokens']:.0f} "
+                         f"tokens encoded per example "
                          f"({t['ratio' + name.removeprefix('now')]:.2f}x before{suffix})")
     elif "error" in t:
         lines.append(f"- training: {t['error']}")

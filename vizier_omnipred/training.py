@@ -712,8 +712,11 @@ def finetune(
     if config.max_epochs is not None:
         budget = min(budget, config.max_epochs * per_epoch)
     if config.max_cost is not None and math.isfinite(config.max_cost) and budget > 0:
-        lengths = [len(e.input_ids) for e in train]
+        lengths = [len(e.input_ids) if e.study_start is None else e.study_start for e in train]
         step_cost = min(config.batch_size, len(train)) * float(np.mean([input_cost(n) for n in lengths]))
+        if train[0].study_start is not None:  # each distinct study text is encoded once a step
+            studies = {e.input_ids[e.study_start:] for e in train}
+            step_cost += min(config.batch_size, len(studies)) * float(np.mean([input_cost(len(s)) for s in studies]))
         affordable = max(1, int(config.max_cost // step_cost))
         if affordable < budget:
             _log.info("fit: %d of %d steps within max_cost %.3g (inputs of %.0f tokens on average)", affordable,

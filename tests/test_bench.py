@@ -682,11 +682,16 @@ def test_speed_benchmark_times_each_count_several_times_with_designers_taking_tu
     training = result["training"]
     assert "error" not in training, training.get("error")
     assert training["now"]["input_tokens"] < training["before"]["input_tokens"] and training["ratio"] > 0
+    # the study text encoded once per batch: fewer tokens through the encoder per example
+    assert training["now_separate"]["input_tokens"] < training["now"]["input_tokens"]
     # the pretraining loop, data pipeline included: batches grouped by length pad less
     pipeline = result["pretraining"]
     assert "error" not in pipeline, pipeline.get("error")
     assert pipeline["grouped by length"]["padding_share"] < pipeline["drawn one at a time"]["padding_share"]
     assert pipeline["ratio"] > 0 and "grouped by length" in (tmp_path / "out" / "speed.md").read_text()
+    separate = pipeline[speed._SEPARATE_PIPELINE]
+    assert separate["studies_per_batch"] == 4 and separate["input_tokens"] < pipeline["grouped by length"]["input_tokens"]
+    assert pipeline["ratio_separate"] > 0
     assert (tmp_path / "out" / "speed.json").is_file() and "Median of 2" in (tmp_path / "out" / "speed.md").read_text()
     # counts closer together than the timings they need are a clear error
     with pytest.raises(ValueError, match="apart"):

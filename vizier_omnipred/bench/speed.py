@@ -368,6 +368,11 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
     return out
 
 
+# Part 5's side with the study texts encoded apart: batches drawn from this many studies each.
+_STUDIES_PER_BATCH = 4
+_SEPARATE_PIPELINE = f"{_STUDIES_PER_BATCH} studies a batch, study text separate"
+
+
 def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int = 64) -> dict[str, Any]:
     """Examples/s of the pretraining loop with its data pipeline, ungrouped against grouped.
 
@@ -399,22 +404,26 @@ def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: 
         vocab = build_vocab(base, codec)
         masks = GrammarMasks.build(vocab, device)
         state = {}
-        sides = [("drawn one at a time", 1, "float32"), ("grouped by length", base.length_grouping, "float32")]
+        sides = [("drawn one at a time", dict(length_grouping=1), "float32"),
+                 ("grouped by length", {}, "float32")]
         if config.bfloat16_training:
-            sides.append(("grouped by length, bfloat16", base.length_grouping, "bfloat16"))
-        for name, grouping, precision in sides:
+            sides.append(("grouped by length, bfloat16", {}, "bfloat16"))
+        if config.separate_study_text:
+            sides.append((_SEPARATE_PIPELINE, dict(study_text="separate", studies_per_batch=_STUDIES_PER_BATCH),
+                          "bfloat16" if config.bfloat16_training else "float32"))
+        for name, changes, precision in sides:
             torch.manual_seed(config.seed)
             model = model_lib.build_model(model_lib.get_preset("small"), vocab.size,
                                           reads_numbers=codec.writes_numbers).to(device)
             model.train()
             params = list(model.parameters())
-            run = attrs.evolve(base, length_grouping=grouping)
-            state[name] = dict(batches=training_batches(run, vocab, codec, device, rank=0, world_size=1,
+            run = attrs.evolve(base, **changes)
+            state[name] = dict(batches=training_batches(run, vocab, run.codec, device, rank=0, world_size=1,
                                                         seed=config.seed),
                                step=TrainStepper(model, compile=config.compile_training, precision=precision),
                                params=params,
                                optimizer=torch.optim.AdamW(params, lr=1e-3), seconds=0.0, examples=0,
-                               tokens=0, padded=0, grouping=grouping)
+                               tokens=0, padded=0, grouping=run.length_grouping, studies_per_batch=run.studies_per_batch)
         # Warm-up outside the timed rounds: the compile, and the recompile that the first batch of
         # another shape class costs (inductor specialises on batch x length above or below 4,096
         # tokens), once per run: one grouped draw of batches holds the buffer's short and long inputs.
@@ -429,13 +438,16 @@ def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: 
                     batch = next(st["batches"])
                     st["step"](batch, st["optimizer"], masks, st["params"], 1.0)
                     st["examples"] += batch.labels.shape[0]
-                    st["tokens"] += int(batch.inputs.attention_mask.sum())
-                    st["padded"] += batch.inputs.attention_mask.numel()
+                    for mask in (batch.inputs.attention_mask, batch.inputs.study_mask):
+                        if mask is not None:  # the study texts encoded apart count once each
+                            st["tokens"] += int(mask.sum())
+                            st["padded"] += mask.numel()
                 st["seconds"] += time.perf_counter() - t0
         for st in state.values():
             st["batches"].close()
     out: dict[str, Any] = {
         name: {"examples_per_second": st["examples"] / st["seconds"], "length_grouping": st["grouping"],
+               "studies_per_batch": st["studies_per_batch"],
                "input_tokens": st["tokens"] / st["examples"], "padding_share": 1 - st["tokens"] / st["padded"],
                "compiled": st["step"].compiled}
         for name, st in state.items()}
@@ -443,6 +455,10 @@ def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: 
     if config.bfloat16_training:
         out["ratio_bfloat16"] = (out["grouped by length, bfloat16"]["examples_per_second"]
                                  / out["grouped by length"]["examples_per_second"])
+    if config.separate_study_text:
+        out["ratio_separate"] = (out[_SEPARATE_PIPELINE]["examples_per_second"]
+                                 / out["grouped by length, bfloat16" if config.bfloat16_training
+                                       else "grouped by length"]["examples_per_second"])
     out["batch_size"] = batch_size
     out["steps"] = per_round * rounds
     return out
@@ -502,16 +518,20 @@ def markdown(result: dict[str, Any]) -> str:
     if "ratio" in p:
         lines.append(f"- pretraining loop with its data pipeline (synthetic BBOB + HPOBench, batch {p['batch_size']}, "
                      f"{p['steps']} steps a side):")
-        for name in ("drawn one at a time", "grouped by length", "grouped by length, bfloat16"):
+        for name in ("drawn one at a time", "grouped by length", "grouped by length, bfloat16", _SEPARATE_PIPELINE):
             if name not in p:
                 continue
             r = p[name]
             lines.append(f"  - batches {name}: {r['examples_per_second']:.0f} examples/s, "
+                         f"{r['input_tokens']:.0f} tokens encoded per example, "
                          f"{r['padding_share']:.0%} of the encoder's tokens padding"
                          + ("" if r["compiled"] else " (eager)"))
         lines.append(f"  - ratio grouped / one at a time: {p['ratio']:.2f}x")
         if "ratio_bfloat16" in p:
             lines.append(f"  - ratio bfloat16 / float32, grouped: {p['ratio_bfloat16']:.2f}x")
+        if "ratio_separate" in p:
+            lines.append(f"  - ratio {_SEPARATE_PIPELINE} / grouped by length (same precision): "
+                         f"{p['ratio_separate']:.2f}x")
     elif "error" in p:
         lines.append(f"- pretraining loop: {p['error']}")
     lines.append(f"- peak RSS: {result['peak_rss_mib']:.0f} MiB")

@@ -690,7 +690,7 @@ def test_speed_benchmark_times_each_count_several_times_with_designers_taking_tu
     assert pipeline["grouped by length"]["padding_share"] < pipeline["drawn one at a time"]["padding_share"]
     assert pipeline["ratio"] > 0 and "grouped by length" in (tmp_path / "out" / "speed.md").read_text()
     separate = pipeline[speed._SEPARATE_PIPELINE]
-    assert separate["studies_per_batch"] == 4 and separate["input_tokens"] < pipeline["grouped by length"]["input_tokens"]
+    assert separate["input_tokens"] < pipeline["grouped by length"]["input_tokens"]
     assert pipeline["ratio_separate"] > 0
     assert (tmp_path / "out" / "speed.json").is_file() and "Median of 2" in (tmp_path / "out" / "speed.md").read_text()
     # counts closer together than the timings they need are a clear error

@@ -350,6 +350,7 @@ def _cmd_scratch_fit(args: argparse.Namespace) -> int:
         config = sf.ScratchFitConfig(
             tasks=args.tasks, num_train=args.num_train, num_test=args.num_test,
             budgets=sf.parse_budgets(args.budgets), preset=args.preset, number_features=args.number_features,
+            study_text=args.study_text,
             seeds=args.seeds, threads=args.threads, checkpoint=args.checkpoint, skip_scratch=args.skip_scratch,
             out_dir=args.out,
         )
@@ -363,6 +364,7 @@ def _cmd_scratch_fit(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    from vizier_omnipred.text import STUDY_TEXT_LAYOUTS
     from vizier_omnipred.training import PRECISIONS  # as `pretrain`, whose parser imports it already
 
     bench = subparsers.add_parser(
@@ -598,6 +600,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="comma list of step budgets (FinetuneConfig.max_steps); 'default': the regressor's recipe")
     f.add_argument("--preset", default="small")
     f.add_argument("--number-features", default="position")
+    f.add_argument("--study-text", choices=STUDY_TEXT_LAYOUTS, default="inline",
+                   help="the models' TextCodec.study_text: inline, or separate (encoded once per batch)")
     f.add_argument("--seeds", type=_int_csv, default=(0,))
     f.add_argument("--threads", type=torch_threads, default=1)
     f.add_argument("--checkpoint", default=None,

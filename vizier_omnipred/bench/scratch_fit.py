@@ -122,6 +122,7 @@ class ScratchFitConfig:
     budgets: tuple[int | None, ...] = (None,)  # FinetuneConfig.max_steps; None: the default recipe
     preset: str = "small"
     number_features: str = "position"
+    study_text: str = "inline"  # TextCodec.study_text of the models from scratch
     seeds: tuple[int, ...] = (0,)
     threads: int = 1
     num_samples: int = 64
@@ -152,8 +153,8 @@ def scratch_regressor(config: ScratchFitConfig, seed: int):
     from vizier_omnipred.regressor import OmniPredRegressor
     from vizier_omnipred.text import TextCodec
 
-    return OmniPredRegressor.from_scratch(config.preset, codec=TextCodec(number_features=config.number_features),
-                                          seed=seed, num_samples=config.num_samples)
+    codec = TextCodec(number_features=config.number_features, study_text=config.study_text)
+    return OmniPredRegressor.from_scratch(config.preset, codec=codec, seed=seed, num_samples=config.num_samples)
 
 
 def pretrained_regressor(config: ScratchFitConfig, seed: int):
@@ -192,7 +193,8 @@ def run_scratch_fit(config: ScratchFitConfig, log=print) -> str:
                 log(f"{name} seed {seed} {label}: Spearman {r['spearman']:.3f} nMAE {r['nmae']:.4f} "
                     f"({r['steps']} steps, best {r['best_step']}, {r['fit_seconds']:.0f} s)")
             for budget in () if config.skip_scratch else config.budgets:
-                label = f"omnipred {config.preset} {config.number_features}, " + (
+                layout = "" if config.study_text == "inline" else f" study text {config.study_text}"
+                label = f"omnipred {config.preset} {config.number_features}{layout}, " + (
                     "default recipe" if budget is None else f"{budget} steps")
                 r = fit_and_score(task, scratch_regressor(config, seed), FinetuneConfig(max_steps=budget, seed=seed))
                 rows.append({"task": name, "seed": seed, "model": label, **r})

@@ -610,6 +610,8 @@ def test_cli_registers_bench_commands():
         assert parser.parse_args(["bench", "ab", "--omnipred-recipe", name]).omnipred_recipe == name
     args = parser.parse_args(["bench", "fold-pretrain", "--folds", "4", "--fold", "1", "--steps", "3"])
     assert args.folds == 4 and args.fold == 1 and args.steps == 3 and callable(args.func)
+    assert args.study_text == "inline"
+    assert parser.parse_args(["bench", "fold-pretrain", "--study-text", "separate"]).study_text == "separate"
     args = parser.parse_args(["bench", "fold-pretrain", "--folds", "9", "--out", "/nonexistent/never"])
     assert args.func(args) == 2  # 9 folds of 8 datasets: a clear error before anything is written
     args = parser.parse_args(["bench", "fold-pretrain", "--fold", "2", "--out", "/nonexistent/never"])

@@ -269,6 +269,7 @@ def _cmd_fold_pretrain(args: argparse.Namespace) -> int:
             num_threads=args.threads or 0,
             compile=args.compile,
             precision=args.precision,
+            study_text=args.study_text,
             data_process=args.data_process,
             seed=args.seed,
         )
@@ -638,6 +639,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     fo.add_argument("--compile", action="store_true", help="train through torch.compile (see `pretrain --compile`)")
     fo.add_argument("--precision", choices=PRECISIONS, default="float32",
                     help="the training steps' forward pass (see `pretrain --precision`)")
+    fo.add_argument("--study-text", choices=STUDY_TEXT_LAYOUTS, default="inline",
+                    help="how the folds' models read the study text (see `pretrain --study-text`)")
     fo.add_argument("--data-process", action="store_true",
                     help="make each fold's first pass in a second process (see `pretrain --data-process`); for a "
                          "fold built alone on a 2-core machine")

@@ -24,6 +24,7 @@ import attrs
 
 from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
 from vizier_omnipred.pretraining import PretrainConfig, pretrain, saved_pretrain_config
+from vizier_omnipred.text import STUDY_TEXT_LAYOUTS
 from vizier_omnipred.training import check_precision
 
 
@@ -85,12 +86,15 @@ class FoldPretrainConfig:
     num_threads: int = 0
     compile: bool = False  # PretrainConfig.compile
     precision: str = "float32"  # PretrainConfig.precision
+    study_text: str = "inline"  # PretrainConfig.study_text
     data_process: bool = False  # PretrainConfig.data_process: same batches, the data made on another core
     seed: int = 0
 
     def __attrs_post_init__(self):
         fold_layout(self.folds)  # validates k
         check_precision(self.precision)
+        if self.study_text not in STUDY_TEXT_LAYOUTS:
+            raise ValueError(f"study_text must be one of {STUDY_TEXT_LAYOUTS}, got {self.study_text!r}")
         if self.trials_per_dataset < 1:
             raise ValueError(f"trials_per_dataset must be >= 1, got {self.trials_per_dataset}")
         if self.init_checkpoint is not None:
@@ -126,6 +130,7 @@ class FoldPretrainConfig:
             num_threads=self.num_threads,
             compile=self.compile,
             precision=self.precision,
+            study_text=self.study_text,
             data_process=self.data_process,
             # The batches the v3 fold checkpoints were built with (issue 13's figures): HPOBench
             # tables share one search space and fall in one length bucket, so grouping would save

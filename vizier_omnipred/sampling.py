@@ -134,14 +134,6 @@ class EncoderInputs:
         return cls(ids, mask, pad_values(rows, ids.shape[1], device), study_ids, study_mask,
                    torch.as_tensor(index, dtype=torch.long, device=device))
 
-    def select(self, start: int, stop: int) -> "EncoderInputs":
-        """Rows [start, stop) (all study rows are kept: they are few)."""
-        cut = slice(start, stop)
-        return attrs.evolve(
-            self, input_ids=self.input_ids[cut], attention_mask=self.attention_mask[cut],
-            input_values=None if self.input_values is None else self.input_values[cut],
-            study_index=None if self.study_index is None else self.study_index[cut])
-
     def model_kwargs(self) -> dict[str, torch.Tensor | None]:
         """Keyword arguments of `OmniPredT5.forward` and `OmniPredT5.encode`."""
         return dict(input_ids=self.input_ids, attention_mask=self.attention_mask, input_values=self.input_values,

@@ -39,7 +39,7 @@ from vizier_omnipred.numbers import OutOfRangeWarning
 from vizier_omnipred.pretraining_data import (build_vocab, study_examples, study_range_frame, training_batches,
                                               validation_studies)
 from vizier_omnipred.sampling import GrammarMasks, sample_y
-from vizier_omnipred.text import STUDY_TEXT_LAYOUTS, TextCodec, TrialTextError
+from vizier_omnipred.text import STUDY_TEXT_LAYOUTS, TextCodec, TrialTextError, check_study_text
 from vizier_omnipred.training import (PRECISIONS, FitDivergedError, TrainStepper, check_precision, evaluate_loss,
                                       warmup_cosine)
 
@@ -160,8 +160,7 @@ class PretrainConfig:
             raise ValueError("length_grouping must be >= 1")
         if not 0 <= self.studies_per_batch <= self.batch_size:
             raise ValueError(f"studies_per_batch must be in [0, batch_size], not {self.studies_per_batch}")
-        if self.study_text not in STUDY_TEXT_LAYOUTS:
-            raise ValueError(f"study_text must be one of {STUDY_TEXT_LAYOUTS}, not {self.study_text!r}")
+        check_study_text(self.study_text)
         check_precision(self.precision)
 
     @property

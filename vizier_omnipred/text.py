@@ -75,6 +75,7 @@ __all__ = [
     "TrialText",
     "NUMBER_FEATURES",
     "STUDY_TEXT_LAYOUTS",
+    "check_study_text",
     "unit_position",
     "magnitude_position",
     "serialize_trial",
@@ -87,6 +88,13 @@ TEXT_CODEC_VERSION: int = 2
 # How numeric parameter values reach the model besides their digits (see TextCodec).
 NUMBER_FEATURES = ("none", "position", "magnitude")
 STUDY_TEXT_LAYOUTS = ("inline", "separate")
+
+
+def check_study_text(layout: str) -> str:
+    """`layout` if it is one of `STUDY_TEXT_LAYOUTS` (`TextCodec.study_text`), else a ValueError."""
+    if layout not in STUDY_TEXT_LAYOUTS:
+        raise ValueError(f"study_text must be one of {STUDY_TEXT_LAYOUTS}, got {layout!r}")
+    return layout
 # Positions outside the search space extrapolate, within these limits (see unit_position).
 POSITION_LIMITS = (-1.0, 2.0)
 # Metadata namespaces that carry state, not a description of the study, so the model never
@@ -331,8 +339,7 @@ class TextCodec:
 
     @study_text.validator
     def _check_study_text(self, _, value):
-        if value not in STUDY_TEXT_LAYOUTS:
-            raise ValueError(f"study_text must be one of {STUDY_TEXT_LAYOUTS}, got {value!r}")
+        check_study_text(value)
 
     @property
     def separates_study_text(self) -> bool:

@@ -24,7 +24,7 @@ import attrs
 
 from vizier_omnipred.corpus.hpobench import HPOBENCH_DATASETS
 from vizier_omnipred.pretraining import PretrainConfig, pretrain, saved_pretrain_config
-from vizier_omnipred.text import STUDY_TEXT_LAYOUTS
+from vizier_omnipred.text import check_study_text
 from vizier_omnipred.training import check_precision
 
 
@@ -93,8 +93,7 @@ class FoldPretrainConfig:
     def __attrs_post_init__(self):
         fold_layout(self.folds)  # validates k
         check_precision(self.precision)
-        if self.study_text not in STUDY_TEXT_LAYOUTS:
-            raise ValueError(f"study_text must be one of {STUDY_TEXT_LAYOUTS}, got {self.study_text!r}")
+        check_study_text(self.study_text)
         if self.trials_per_dataset < 1:
             raise ValueError(f"trials_per_dataset must be >= 1, got {self.trials_per_dataset}")
         if self.init_checkpoint is not None:

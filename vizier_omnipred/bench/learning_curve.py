@@ -23,7 +23,7 @@ import attrs
 import numpy as np
 
 from vizier_omnipred.bench.common import config_json, jsonable, set_torch_threads, write_json_atomic
-from vizier_omnipred.text import NUMBER_FEATURES, STUDY_TEXT_LAYOUTS
+from vizier_omnipred.text import NUMBER_FEATURES, check_study_text
 
 
 @attrs.frozen
@@ -59,9 +59,8 @@ class CurveConfig:
             get_preset(p)
         for p in self.precisions:
             check_precision(p)
-        bad = [s for s in self.study_texts if s not in STUDY_TEXT_LAYOUTS]
-        if bad:
-            raise ValueError(f"unknown study_texts {bad}; valid: {STUDY_TEXT_LAYOUTS}")
+        for s in self.study_texts:
+            check_study_text(s)
         if not self.steps or any(s < 1 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
             raise ValueError(f"steps must be increasing positive integers, got {self.steps}")
         if self.num_train < 10 or self.num_test < 10:

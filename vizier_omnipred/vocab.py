@@ -106,15 +106,11 @@ class Vocabulary:
         trial's ids, `</s>`, then the study's ids, `</s>`: the two are tokenized apart, so
         no token straddles them.
         """
-        parts, studies = [], []
-        for t in trial_texts:
-            if t.study_start is None:
-                parts.append(t.text)
-            else:
-                parts.append(t.text[: t.study_start - 1])
-                studies.append(t.text[t.study_start:])
+        parts = [t.text if t.study_start is None else t.text[: t.study_start - 1] for t in trial_texts]
         encodings = self.input_tokenizer.encode_batch(parts, add_special_tokens=False)
-        study_ids = iter(self.encode_inputs(studies)) if studies else iter(())
+        # The trials of one study share its text: each distinct one is tokenized once.
+        studies = list(dict.fromkeys(t.text[t.study_start:] for t in trial_texts if t.study_start is not None))
+        study_ids = dict(zip(studies, self.encode_inputs(studies))) if studies else {}
         out: list[EncodedTrial] = []
         nan = float("nan")
         for trial_text, enc in zip(trial_texts, encodings):
@@ -122,7 +118,7 @@ class Vocabulary:
             study_start = None
             if trial_text.study_start is not None:
                 study_start = len(ids)
-                ids = ids + next(study_ids)
+                ids = ids + study_ids[trial_text.text[trial_text.study_start:]]
             if not trial_text.numbers:
                 out.append(EncodedTrial(ids, None, study_start))
                 continue

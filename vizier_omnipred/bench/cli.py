@@ -332,7 +332,8 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
         config = lc.CurveConfig(
             dataset=args.dataset, num_train=args.num_train, num_test=args.num_test,
             number_features=args.number_features, presets=args.presets, precisions=args.precisions,
-            study_texts=args.study_texts, steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, num_samples=args.num_samples,
+            study_texts=args.study_texts, steps=args.steps, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, num_samples=args.num_samples,
             seeds=args.seeds, threads=args.threads, rf=not args.no_rf, out_dir=args.out,
         )
     except ValueError as e:

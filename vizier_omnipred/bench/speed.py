@@ -320,8 +320,8 @@ def training_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: int
     from vizier_omnipred import model as model_lib
     from vizier_omnipred.corpus.hpobench import hpobench_studies
     from vizier_omnipred.regressor import OmniPredRegressor
-    from vizier_omnipred.text import TextCodec
     from vizier_omnipred.bench.learning_curve import encoded_tokens
+    from vizier_omnipred.text import TextCodec
     from vizier_omnipred.training import Batch, TrainStepper, make_examples
 
     if config.compile_training:
@@ -443,7 +443,7 @@ def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: 
                                step=TrainStepper(model, compile=config.compile_training, precision=precision),
                                params=params,
                                optimizer=torch.optim.AdamW(params, lr=1e-3), seconds=0.0, examples=0,
-                               tokens=0, padded=0, grouping=run.length_grouping, studies_per_batch=run.studies_per_batch)
+                               tokens=0, padded=0, grouping=run.length_grouping)
         # Warm-up outside the timed rounds: the compile, and the recompile that the first batch of
         # another shape class costs (inductor specialises on batch x length above or below 4,096
         # tokens), once per run: one grouped draw of batches holds the buffer's short and long inputs.
@@ -467,7 +467,6 @@ def pretraining_throughput(config: SpeedConfig, *, rounds: int = 3, batch_size: 
             st["batches"].close()
     out: dict[str, Any] = {
         name: {"examples_per_second": st["examples"] / st["seconds"], "length_grouping": st["grouping"],
-               "studies_per_batch": st["studies_per_batch"],
                "input_tokens": st["tokens"] / st["examples"], "padding_share": 1 - st["tokens"] / st["padded"],
                "compiled": st["step"].compiled}
         for name, st in state.items()}

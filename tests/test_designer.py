@@ -151,13 +151,13 @@ def test_a_wide_integer_parameter_is_searched_as_a_number_and_suggested_as_an_in
     """Vizier's scaler lists every integer of a range to round one value: with 1 to 10 million
     that was most of a suggestion's time. Eagle now searches such a parameter as a DOUBLE and the
     designer rounds it; suggestions stay valid integers of the space."""
-    from vizier_omnipred.candidate_search import _eagle_space
+    from vizier_omnipred.search_space import relax_wide_integers
 
     problem = problem_of(vz.SearchSpace(), goal=MIN)
     problem.search_space.root.add_int_param("units", 1, 10_000_000, scale_type=vz.ScaleType.LOG)
     problem.search_space.root.add_int_param("layers", 1, 8)
     problem.search_space.root.add_float_param("lr", 1e-4, 1.0, scale_type=vz.ScaleType.LOG)
-    eagle_space, wide = _eagle_space(problem.search_space)
+    eagle_space, wide = relax_wide_integers(problem.search_space)
     assert wide == {"units": (1, 10_000_000)}
     assert eagle_space.get("units").type == vz.ParameterType.DOUBLE
     assert eagle_space.get("units").scale_type == vz.ScaleType.LOG
@@ -210,6 +210,45 @@ def test_zero_completed_trials_seeds_and_keeps_seeding(make):
     assert designer.num_fits == 0
     second = designer.suggest(2)  # nothing completed, suggestions remembered: no repeats
     assert not set(keys_of(second)) & set(keys_of(first))
+
+
+def test_a_wide_integer_range_is_seeded_without_listing_its_values(make):
+    # Vizier's QuasiRandomDesigner lists every value of an INTEGER parameter: with 2e9 of
+    # them the designer's constructor never returned. They are drawn as DOUBLE and rounded.
+    space = vz.SearchSpace()
+    space.root.add_int_param("seed", -10**9, 10**9)
+    space.root.add_int_param("width", 1, 2**40, scale_type=vz.ScaleType.LOG)
+    space.root.add_int_param("layers", 1, 8)
+    space.root.add_float_param("x", 0.0, 1.0)
+    designer = make(problem_of(space), num_seed_trials=5)
+    seeds = designer.suggest(5)
+    assert len(seeds) == 5 and len(set(keys_of(seeds))) == 5
+    for s in seeds:
+        assert_valid(space, s.parameters)
+        for name in ("seed", "width", "layers"):
+            assert isinstance(s.parameters[name].value, int)
+    assert len({s.parameters["seed"].value for s in seeds}) == 5  # quasi-random, not one value
+    restored = make(problem_of(space), num_seed_trials=5)
+    restored.load(designer.dump())
+    assert keys_of(restored.suggest(2)) == keys_of(designer.suggest(2))
+
+
+def test_relax_wide_integers_keeps_narrow_parameters_and_rounds_into_bounds():
+    from vizier_omnipred.search_space import WIDE_INTEGER_RANGE, relax_wide_integers, round_wide_integers
+
+    space = vz.SearchSpace()
+    space.root.add_int_param("n", 0, 10**6)
+    space.root.add_int_param("k", 1, WIDE_INTEGER_RANGE)  # a range of 999: left to Vizier
+    space.root.add_categorical_param("c", ["a", "b"])
+    relaxed, wide = relax_wide_integers(space)
+    assert wide == {"n": (0, 10**6)}
+    assert relaxed.get("n").type == vz.ParameterType.DOUBLE and relaxed.get("n").bounds == (0.0, 1e6)
+    assert relaxed.get("k") == space.get("k") and relaxed.get("c") == space.get("c")
+    assert round_wide_integers({"n": 1e6 + 0.4, "k": 3, "c": "a"}, wide) == {"n": 10**6, "k": 3, "c": "a"}
+    assert round_wide_integers({"n": 41.6}, wide) == {"n": 42}
+    conditional = vz.SearchSpace()
+    conditional.root.add_categorical_param("m", ["a", "b"]).select_values(["a"]).add_int_param("n", 0, 10**6)
+    assert relax_wide_integers(conditional) == (conditional, {})
 
 
 def test_a_new_study_starts_at_the_center_like_vizier_gp_bandit(make):

@@ -115,7 +115,7 @@ from vizier_omnipred.multimetric import (
     unsafe_floor,
 )
 from vizier_omnipred.regressor import SHIPPED_CHECKPOINT, OmniPredRegressor, check_metrics
-from vizier_omnipred.search_space import Space, params_dict
+from vizier_omnipred.search_space import Space, params_dict, relax_wide_integers, round_wide_integers
 from vizier_omnipred.text import TrialTextError
 from vizier_omnipred.training import FinetuneConfig, FitReport, recipe
 from vizier_omnipred.trust_region import TrustRegion, trust_radius
@@ -534,6 +534,9 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             # Warm-started, the model is used from the second trial (the first is the center).
             num_seed_trials = 1 if history is not None else default_num_seed_trials(self._problem)
         self._num_seed_trials = int(num_seed_trials)
+        # Vizier's quasi-random seeding draws wide integer ranges as DOUBLE (it would list their
+        # every value: a range of 2e9 never finished), rounded back by `round_wide_integers`.
+        self._seed_space, self._seed_wide = relax_wide_integers(self._problem.search_space)
         self._seed_designer = self._make_seed_designer(self._seed)
 
         # Study state (dumped).
@@ -631,7 +634,7 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         from vizier._src.algorithms.designers import quasi_random
 
         try:
-            return quasi_random.QuasiRandomDesigner(self._problem.search_space, seed=seed % (2**31))
+            return quasi_random.QuasiRandomDesigner(self._seed_space, seed=seed % (2**31))
         except ValueError as e:  # a parameter type it does not handle
             _log.info("QuasiRandomDesigner refused the search space (%s); seeding with random points", e)
             return None
@@ -802,7 +805,10 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
             for _ in range(3):
                 if len(points) >= n:
                     break
-                proposals = [params_dict(s.parameters) for s in self._seed_designer.suggest(n - len(points))]
+                proposals = [
+                    round_wide_integers(params_dict(s.parameters), self._seed_wide)
+                    for s in self._seed_designer.suggest(n - len(points))
+                ]
                 points += self._take_new(proposals, excluded, n - len(points))
         if len(points) < n:
             points += self._random_points(n - len(points), excluded, rng)

@@ -732,6 +732,13 @@ def test_scratch_fit_runs_the_regressor_as_a_user_does(tmp_path):
     assert all(r["steps"] <= 3 for r in rows if "steps" in r) and "random forest" in table
     with pytest.raises(ValueError, match="unknown task"):
         sf.make_task("nope", 5, 5, 0)
+    # the number embedding's highest frequency is a setting of the models from scratch
+    wide = attrs.evolve(config, number_max_frequency=64.0)
+    assert sf.scratch_regressor(wide, 0).checkpoint.model.number_embedding.max_frequency == 64.0
+    assert sf.scratch_regressor(config, 0).checkpoint.model.number_embedding.max_frequency == 8.0
+    sf.run_scratch_fit(attrs.evolve(wide, tasks=("smooth3",)), log=lambda _: None)
+    rows = json.loads((tmp_path / "scratch_fit.json").read_text())["rows"]
+    assert rows[1]["model"] == "omnipred tiny position max frequency 64, 3 steps"
 
 
 def test_run_spawned_yields_results_and_a_dead_worker_as_an_error():

@@ -106,6 +106,25 @@ def test_number_embedding_is_saved_with_the_weights_and_checked_against_the_code
     assert loaded.codec.number_features == "none" and not loaded.model.reads_numbers
 
 
+def test_number_embedding_frequencies_differ_from_scratch_and_pretraining_and_are_kept(saved, tmp_path):
+    from vizier_omnipred.model import (PRETRAINING_NUMBER_EMBEDDING, SCRATCH_NUMBER_EMBEDDING, NumberEmbeddingConfig,
+                                       build_model)
+
+    def max_frequency(model):
+        return model.number_embedding.max_frequency
+
+    assert SCRATCH_NUMBER_EMBEDDING.max_frequency < PRETRAINING_NUMBER_EMBEDDING.max_frequency
+    assert max_frequency(build_model(PRESETS["tiny"], 300)) == PRETRAINING_NUMBER_EMBEDDING.max_frequency
+    # the saved tiny is from scratch: its frequencies travel in config.json and come back at load
+    assert max_frequency(load_checkpoint(saved).model) == SCRATCH_NUMBER_EMBEDDING.max_frequency
+    wide = OmniPredRegressor.from_scratch("tiny", number_embedding=NumberEmbeddingConfig(max_frequency=32.0))
+    assert max_frequency(load_checkpoint(wide.save(tmp_path / "wide")).model) == 32.0
+    with pytest.raises(ValueError, match="max_frequency"):
+        NumberEmbeddingConfig(min_frequency=2.0, max_frequency=1.0)
+    with pytest.raises(ValueError):
+        NumberEmbeddingConfig(frequencies=0)
+
+
 def test_checkpoint_from_before_numbers_is_refused(saved):
     config = json.loads((saved / "config.json").read_text())
     config["architectures"] = ["T5ForConditionalGeneration"]

@@ -221,17 +221,51 @@ class OmniPredT5(T5ForConditionalGeneration):
         return hidden, torch.cat([attention_mask, study_mask[study_index]], dim=1)
 
 
-# Number embedding settings of new models (see NumberEmbedding): measured on HPOBench, docs/BENCHMARKS.md.
-NUMBER_EMBEDDING = dict(number_embedding_frequencies=16, number_embedding_min_frequency=0.5,
-                        number_embedding_max_frequency=64.0)
+@attrs.frozen
+class NumberEmbeddingConfig:
+    """The fixed frequencies of a new model's `NumberEmbedding` (cycles over a parameter's range).
+
+    The highest frequency sets how finely the model can tell two values apart, and so how
+    easily it can memorise a study instead of learning a smooth function of it.
+    """
+
+    frequencies: int = attrs.field(default=16, validator=attrs.validators.ge(1))
+    min_frequency: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    max_frequency: float = attrs.field(default=64.0)
+
+    @max_frequency.validator
+    def _check_max(self, _, value):
+        if not value >= self.min_frequency:
+            raise ValueError(f"max_frequency must be >= min_frequency ({self.min_frequency}), got {value}")
+
+    def t5_config(self) -> dict[str, Any]:
+        return dict(number_embedding_frequencies=self.frequencies, number_embedding_min_frequency=self.min_frequency,
+                    number_embedding_max_frequency=self.max_frequency)
 
 
-def build_model(preset: ModelPreset, vocab_size: int, *, reads_numbers: bool = True) -> OmniPredT5:
+# New pretrained models (`pretrain`): up to 64 cycles, measured on HPOBench (docs/BENCHMARKS.md);
+# a model learns from thousands of studies what to make of the fine ones.
+PRETRAINING_NUMBER_EMBEDDING = NumberEmbeddingConfig()
+# A model trained from scratch on one small study (`OmniPredRegressor.from_scratch`): up to 8
+# cycles. With 64 it fits 150 trials by telling them apart rather than by a smooth function of
+# them: held-out Spearman higher with 8 on every seed and family measured (smooth3 0.868 against
+# 0.827 over four seeds; docs/BENCHMARKS.md, "A smoother number embedding from scratch").
+SCRATCH_NUMBER_EMBEDDING = NumberEmbeddingConfig(max_frequency=8.0)
+
+
+def build_model(
+    preset: ModelPreset,
+    vocab_size: int,
+    *,
+    reads_numbers: bool = True,
+    number_embedding: NumberEmbeddingConfig = PRETRAINING_NUMBER_EMBEDDING,
+) -> OmniPredT5:
     """A freshly initialised model (trained from scratch: no pretrained weights anywhere).
 
-    reads_numbers: with a number embedding (codecs whose `number_features` is not "none").
+    reads_numbers: with a number embedding (codecs whose `number_features` is not "none"),
+    of `number_embedding`'s frequencies.
     """
-    numbers = NUMBER_EMBEDDING if reads_numbers else dict(number_embedding_frequencies=0)
+    numbers = number_embedding.t5_config() if reads_numbers else dict(number_embedding_frequencies=0)
     config = T5Config(
         vocab_size=vocab_size,
         d_model=preset.d_model,

@@ -175,12 +175,15 @@ class OmniPredRegressor(vza.Predictor):
         float_tokenizer: FloatTokenizer | None = None,
         codec: TextCodec | None = None,
         vocab: Vocabulary | None = None,
+        number_embedding: model_lib.NumberEmbeddingConfig | None = None,
         **kwargs,
     ) -> "OmniPredRegressor":
         """A randomly initialised model.
 
         Its input BPE is `vocab`'s if given, else trained on `tokenizer_texts` (default: a
-        built-in sample of synthetic trial text, so no data is needed).
+        built-in sample of synthetic trial text, so no data is needed). `number_embedding`:
+        its number embedding's frequencies (None: `model.SCRATCH_NUMBER_EMBEDDING`, smoother
+        than a pretrained model's, for a model that learns from one study).
         """
         preset = model_lib.get_preset(preset)
         codec = codec or TextCodec()
@@ -190,7 +193,8 @@ class OmniPredRegressor(vza.Predictor):
                 train_input_tokenizer(texts, preset.input_vocab_size), float_tokenizer or FloatTokenizer()
             )
         torch.manual_seed(seed)
-        model = model_lib.build_model(preset, vocab.size, reads_numbers=codec.writes_numbers)
+        model = model_lib.build_model(preset, vocab.size, reads_numbers=codec.writes_numbers,
+                                      number_embedding=number_embedding or model_lib.SCRATCH_NUMBER_EMBEDDING)
         ckpt = model_lib.Checkpoint(model=model, vocab=vocab, codec=codec, preset=preset, training={})
         return cls(ckpt, device=device, seed=seed, pretrained=False, **kwargs)
 

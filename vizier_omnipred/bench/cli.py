@@ -352,7 +352,7 @@ def _cmd_scratch_fit(args: argparse.Namespace) -> int:
         config = sf.ScratchFitConfig(
             tasks=args.tasks, num_train=args.num_train, num_test=args.num_test,
             budgets=sf.parse_budgets(args.budgets), preset=args.preset, number_features=args.number_features,
-            study_text=args.study_text,
+            study_text=args.study_text, number_max_frequency=args.number_max_frequency,
             seeds=args.seeds, threads=args.threads, checkpoint=args.checkpoint, skip_scratch=args.skip_scratch,
             out_dir=args.out,
         )
@@ -604,6 +604,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--number-features", default="position")
     f.add_argument("--study-text", choices=STUDY_TEXT_LAYOUTS, default="inline",
                    help="the models' TextCodec.study_text: inline, or separate (encoded once per batch)")
+    f.add_argument("--number-max-frequency", type=float, default=None,
+                   help="the models' number embedding's highest frequency, in cycles over a parameter's range "
+                        "(default: model.SCRATCH_NUMBER_EMBEDDING's, 8; pretrained models use 64)")
     f.add_argument("--seeds", type=_int_csv, default=(0,))
     f.add_argument("--threads", type=torch_threads, default=1)
     f.add_argument("--checkpoint", default=None,

@@ -114,6 +114,7 @@ def run_variant(config: CurveConfig, problem, train, test, number_features: str,
                 seed: int, log=print, precision: str = "float32", study_text: str = "inline") -> list[CurvePoint]:
     import torch
 
+    from vizier_omnipred import model as model_lib
     from vizier_omnipred.bench.metrics import normalized_mae, spearman
     from vizier_omnipred.regressor import OmniPredRegressor
     from vizier_omnipred.text import TextCodec
@@ -122,8 +123,13 @@ def run_variant(config: CurveConfig, problem, train, test, number_features: str,
     variant = (f"{number_features}/{preset}" + ("" if precision == "float32" else f"/{precision}")
                + ("" if study_text == "inline" else f"/study text {study_text}"))
     codec = TextCodec(number_features=number_features, study_text=study_text)
+    # The representation as pretraining builds it (thousands of configurations, as here), not the
+    # smoother embedding `from_scratch` gives a model for one small study (on these 2,400 kc1
+    # configurations that one is behind at 200 steps and level from 400: docs/BENCHMARKS.md,
+    # "A smoother number embedding from scratch").
     reg = OmniPredRegressor.from_scratch(preset, codec=codec, seed=seed, num_samples=config.num_samples,
-                                         tokenizer_texts=codec.serialize_many(problem, train))
+                                         tokenizer_texts=codec.serialize_many(problem, train),
+                                         number_embedding=model_lib.PRETRAINING_NUMBER_EMBEDDING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train_ex, _ = make_examples(reg.vocab, codec, problem, train)

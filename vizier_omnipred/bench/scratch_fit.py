@@ -123,6 +123,8 @@ class ScratchFitConfig:
     preset: str = "small"
     number_features: str = "position"
     study_text: str = "inline"  # TextCodec.study_text of the models from scratch
+    # The models' number embedding's highest frequency (None: `model.SCRATCH_NUMBER_EMBEDDING`'s).
+    number_max_frequency: float | None = None
     seeds: tuple[int, ...] = (0,)
     threads: int = 1
     num_samples: int = 64
@@ -150,11 +152,16 @@ def fit_and_score(task: ScratchTask, reg, config=None) -> dict:
 
 
 def scratch_regressor(config: ScratchFitConfig, seed: int):
+    from vizier_omnipred import model as model_lib
     from vizier_omnipred.regressor import OmniPredRegressor
     from vizier_omnipred.text import TextCodec
 
     codec = TextCodec(number_features=config.number_features, study_text=config.study_text)
-    return OmniPredRegressor.from_scratch(config.preset, codec=codec, seed=seed, num_samples=config.num_samples)
+    numbers = None
+    if config.number_max_frequency is not None:
+        numbers = attrs.evolve(model_lib.SCRATCH_NUMBER_EMBEDDING, max_frequency=config.number_max_frequency)
+    return OmniPredRegressor.from_scratch(config.preset, codec=codec, seed=seed, num_samples=config.num_samples,
+                                          number_embedding=numbers)
 
 
 def pretrained_regressor(config: ScratchFitConfig, seed: int):
@@ -194,6 +201,8 @@ def run_scratch_fit(config: ScratchFitConfig, log=print) -> str:
                     f"({r['steps']} steps, best {r['best_step']}, {r['fit_seconds']:.0f} s)")
             for budget in () if config.skip_scratch else config.budgets:
                 layout = "" if config.study_text == "inline" else f" study text {config.study_text}"
+                if config.number_max_frequency is not None:
+                    layout += f" max frequency {config.number_max_frequency:g}"
                 label = f"omnipred {config.preset} {config.number_features}{layout}, " + (
                     "default recipe" if budget is None else f"{budget} steps")
                 r = fit_and_score(task, scratch_regressor(config, seed), FinetuneConfig(max_steps=budget, seed=seed))

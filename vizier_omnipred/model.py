@@ -248,9 +248,9 @@ class NumberEmbeddingConfig:
 PRETRAINING_NUMBER_EMBEDDING = NumberEmbeddingConfig()
 # A model trained from scratch on one small study (`OmniPredRegressor.from_scratch`): up to 8
 # cycles. With 64 it fits 150 trials by telling them apart rather than by a smooth function of
-# them: held-out Spearman higher with 8 on the mean of every family measured (smooth3 0.868 against
-# 0.827 over four seeds), and 8 the best of 4, 8, 16 and 64 over the four families together
-# (docs/BENCHMARKS.md, "A smoother number embedding from scratch").
+# them: held-out Spearman with 8 against 64, smooth3 0.868 against 0.827 over four seeds, higher on
+# 4-D Sphere and 2-D Rastrigin, level on kc1; 8 the best of 4, 8, 16 and 64 over the four families
+# together (docs/BENCHMARKS.md, "A smoother number embedding from scratch").
 SCRATCH_NUMBER_EMBEDDING = NumberEmbeddingConfig(max_frequency=8.0)
 
 

@@ -95,6 +95,8 @@ def check_study_text(layout: str) -> str:
     if layout not in STUDY_TEXT_LAYOUTS:
         raise ValueError(f"study_text must be one of {STUDY_TEXT_LAYOUTS}, got {layout!r}")
     return layout
+
+
 # Positions outside the search space extrapolate, within these limits (see unit_position).
 POSITION_LIMITS = (-1.0, 2.0)
 # Metadata namespaces that carry state, not a description of the study, so the model never

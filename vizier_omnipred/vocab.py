@@ -107,18 +107,19 @@ class Vocabulary:
         no token straddles them.
         """
         parts = [t.text if t.study_start is None else t.text[: t.study_start - 1] for t in trial_texts]
+        study_parts = [None if t.study_start is None else t.text[t.study_start:] for t in trial_texts]
         encodings = self.input_tokenizer.encode_batch(parts, add_special_tokens=False)
         # The trials of one study share its text: each distinct one is tokenized once.
-        studies = list(dict.fromkeys(t.text[t.study_start:] for t in trial_texts if t.study_start is not None))
+        studies = list(dict.fromkeys(s for s in study_parts if s is not None))
         study_ids = dict(zip(studies, self.encode_inputs(studies))) if studies else {}
         out: list[EncodedTrial] = []
         nan = float("nan")
-        for trial_text, enc in zip(trial_texts, encodings):
+        for trial_text, enc, study_part in zip(trial_texts, encodings, study_parts):
             ids = enc.ids + [EOS_ID]
             study_start = None
-            if trial_text.study_start is not None:
+            if study_part is not None:
                 study_start = len(ids)
-                ids = ids + study_ids[trial_text.text[trial_text.study_start:]]
+                ids = ids + study_ids[study_part]
             if not trial_text.numbers:
                 out.append(EncodedTrial(ids, None, study_start))
                 continue

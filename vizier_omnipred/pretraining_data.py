@@ -58,7 +58,9 @@ def iter_framed_studies(config: PretrainConfig):
                                                              max_trials_per_study=config.hpobench_trials))
     if config.synthetic_studies > 0:
         framed = config.synthetic_range_frame
-        sources.append((r, framed) for r in synthetic_bbob_studies(config.synthetic_seed, config.synthetic_studies))
+        studies = synthetic_bbob_studies(config.synthetic_seed, config.synthetic_studies,
+                                         sparse_fraction=config.synthetic_sparse_fraction)
+        sources.append((r, framed) for r in studies)
     while sources:
         for source in list(sources):
             item = next(source, None)

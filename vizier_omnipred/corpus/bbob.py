@@ -99,6 +99,7 @@ _FAMILY = {
 
 _SEED_TAG_STUDIES = 0x0B0B
 _SEED_TAG_TASK = 0x7A5C
+_SEED_TAG_RELEVANCE = 0x5EA5
 _BASE_TIME = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -283,6 +284,9 @@ class _Coordinate:
     flip: bool
     shift: float
     category_z: tuple[float, ...] = ()
+    # How strongly the parameter reaches the function: its z is scaled by this (0: the
+    # parameter does not matter; `_draw_relevance`).
+    weight: float = 1.0
 
     def value_from_unit(self, u: float) -> float | int | str:
         pc = self.config
@@ -318,11 +322,11 @@ class _Coordinate:
 
     def z(self, value: float | int | str) -> float:
         if self.kind == "categorical":
-            return self.category_z[list(self.config.feasible_values).index(value)]
+            return self.weight * self.category_z[list(self.config.feasible_values).index(value)]
         u = self.unit(value)
         if self.flip:
             u = 1.0 - u
-        return 10.0 * u - 5.0 - self.shift
+        return self.weight * (10.0 * u - 5.0 - self.shift)
 
 
 def _bounds_from_template(t: _Template, rng: np.random.Generator) -> tuple[float, float]:
@@ -498,6 +502,28 @@ def _draw_study(
     )
 
 
+def _draw_relevance(rng: np.random.Generator, dim: int, function_name: str) -> np.ndarray:
+    """Weights of a study where only some parameters matter, as in most real tuning studies.
+
+    A random number of coordinates (at least the function's minimum dimension, at most all)
+    stays active, the strongest at full scale and the others at 0.1-1 of it; the rest get
+    weight 0, so their parameters are in the study and its trials but do not change y. A
+    model pretrained on such studies has seen that which parameters matter must be read from
+    the study's trials, which a function of every parameter alike never shows it.
+    """
+    active = int(rng.integers(min(min_dimension(function_name), dim), dim + 1))
+    order = rng.permutation(dim)
+    weights = np.zeros(dim)
+    weights[order[:active]] = 10.0 ** rng.uniform(-1.0, 0.0, active)
+    weights[order[0]] = 1.0
+    return weights
+
+
+def _with_weights(study: _SyntheticStudy, weights: np.ndarray) -> _SyntheticStudy:
+    return attrs.evolve(study, coordinates=tuple(
+        attrs.evolve(c, weight=float(w)) for c, w in zip(study.coordinates, weights)))
+
+
 def _unit_samples(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     if rng.uniform() < 0.5:
         return rng.uniform(size=(n, dim))
@@ -543,6 +569,7 @@ def synthetic_bbob_studies(
     *,
     trials_per_study: tuple[int, int] = (20, 120),
     dims: tuple[int, int] = (1, 8),
+    sparse_fraction: float = 0.0,
 ) -> Iterator[StudyRecord]:
     """`num_studies` synthetic studies (streamed), the same for the same `seed`.
 
@@ -551,7 +578,13 @@ def synthetic_bbob_studies(
     ranges; functions that are degenerate in 1-D get at least 2 dimensions. About 15% of
     studies have a region of infeasible trials (the high end of one parameter, as a too
     large learning rate diverges).
+
+    `sparse_fraction` of the studies (drawn per study, from a generator of its own so that
+    every other draw is the same at any fraction) have parameters that matter less or not at
+    all (`_draw_relevance`); 0 keeps every study as it was before the option existed.
     """
+    if not 0.0 <= sparse_fraction <= 1.0:
+        raise ValueError(f"sparse_fraction must be in [0, 1], got {sparse_fraction}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     if not 1 <= trials_per_study[0] <= trials_per_study[1]:
@@ -564,6 +597,9 @@ def synthetic_bbob_studies(
         rng = np.random.default_rng([seed, _SEED_TAG_STUDIES, i])
         function_name = BBOB_FUNCTIONS[int(order[i % len(order)])]
         study = _draw_study(rng, function_name, dims)
+        relevance_rng = np.random.default_rng([seed, _SEED_TAG_STUDIES, i, _SEED_TAG_RELEVANCE])
+        if relevance_rng.uniform() < sparse_fraction:
+            study = _with_weights(study, _draw_relevance(relevance_rng, len(study.coordinates), function_name))
         n = int(rng.integers(trials_per_study[0], trials_per_study[1] + 1))
         with _cached_rotations():
             trials = _trials(study, rng, n)

@@ -251,12 +251,13 @@ class SearchConfig:
       weighted by attention's growth (`sampling.sampling_cost`: a candidate of L input
       tokens costs L (1 + L/1024)). A study whose trial texts are very long (many
       parameters, long names) gets fewer than `num_evaluations` candidates, at least
-      `MIN_EVALUATIONS`, so its search costs at most what 256 candidates of 1,024 tokens
-      do (about 25 s on one CPU thread with `small`, a quarter of a bounded fit,
-      `DESIGNER_FIT_COST`) instead of growing with the square of the length. Inputs up to
-      1,024 tokens keep `num_evaluations` (fewer candidates do pick worse points: a
-      40-parameter study at 56 candidates picked 279/305/373 where 256 picked 260/261/268);
-      None: no bound.
+      `MIN_EVALUATIONS`, so its search costs at most about what 256 candidates of 1,024
+      tokens do (25-55 s on one CPU thread with `small`, below a bounded fit's ~100 s,
+      `DESIGNER_FIT_COST`) instead of growing with the square of the length: 100
+      parameters with long names (2,730 tokens) get 52 candidates, 50-56 s, where 256 ran
+      over 6 minutes. Inputs up to 1,024 tokens keep `num_evaluations` (fewer candidates do
+      pick worse points: a 40-parameter study at 56 candidates picked 279/305/373 where
+      256 picked 260/261/268). None: no bound.
     """
 
     strategy: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "eagle", "pool")))

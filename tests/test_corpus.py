@@ -566,6 +566,12 @@ def test_build_corpus_cli(tmp_path, capsys):
     assert names[3:] == [f"hpobench-{keep}"]
     with pytest.raises(SystemExit):
         _corpus_parser().parse_args(["build-corpus", "--exclude", "mnist", str(out)])
+    sparse = tmp_path / "sparse.jsonl"
+    assert _run_cli(["build-corpus", "--synthetic", "3", "--seed", "4", "--sparse-fraction", "1", str(sparse)]) == 0
+    assert list(read_corpus(sparse)) == list(synthetic_bbob_studies(4, 3, sparse_fraction=1.0))
+    capsys.readouterr()
+    assert _run_cli(["build-corpus", "--synthetic", "3", "--sparse-fraction", "2", str(sparse)]) == 2
+    assert "--sparse-fraction must be in [0, 1]" in capsys.readouterr().err
 
 
 def test_fine_tune_from_an_exported_datastore(vizier_sqlite_datastore, tmp_path, tiny_regressor_factory):

@@ -56,6 +56,9 @@ def _build(args: argparse.Namespace) -> int:
     if args.synthetic <= 0 and not args.hpobench:
         print("error: nothing to build: give --synthetic N and/or --hpobench", file=sys.stderr)
         return 2
+    if not 0.0 <= args.sparse_fraction <= 1.0:
+        print(f"error: --sparse-fraction must be in [0, 1], not {args.sparse_fraction}", file=sys.stderr)
+        return 2
     sources: list[Iterator[StudyRecord]] = []
     if args.synthetic > 0:
         from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
@@ -66,6 +69,7 @@ def _build(args: argparse.Namespace) -> int:
                 args.synthetic,
                 trials_per_study=args.trials_per_study,
                 dims=args.dims,
+                sparse_fraction=args.sparse_fraction,
             )
         )
     if args.hpobench:
@@ -133,6 +137,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument(
         "--dims", type=_range, default=(1, 8), metavar="LOW,HIGH", help="synthetic dimensions"
+    )
+    build.add_argument(
+        "--sparse-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of synthetic studies in which only some parameters matter (default 0)",
     )
     build.add_argument(
         "--hpobench-max-trials",

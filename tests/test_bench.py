@@ -574,6 +574,37 @@ def test_regression_workers_give_the_same_cells_as_one_process(tmp_path):
         regression.validate_config(attrs.evolve(config, omnipred=regression.OmniPredOptions(ensemble_size=0)))
 
 
+def test_synthetic_suite_builds_new_studies_and_refuses_a_checkpoint_that_read_them(tmp_path):
+    # New studies of the synthetic pretraining family, never a pretraining seed of this project:
+    # enough feasible trials for the pool and the test set, reproducible, and a checkpoint whose
+    # saved pretraining config drew synthetic studies with the tasks' seed is refused.
+    from vizier_omnipred.bench import regression
+    from vizier_omnipred.pretraining import PRETRAIN_RECIPES
+
+    config = regression.RegressionConfig(suites=("synthetic",), train_sizes=(6, 10), test_size=15, models=("rf",),
+                                         synthetic_studies=3, synthetic_sparse_fraction=0.5, repeats=2,
+                                         out_dir=tmp_path / "out", threads=1)
+    tasks = regression.configured_tasks(config)
+    assert len(tasks) == 6 and len({(t.name, t.repeat) for t in tasks}) == 6
+    for t in tasks:
+        assert len(t.pool) == 10 and len(t.test) == 15 and not any(x.infeasible for x in t.pool + t.test)
+        assert 2 <= len(t.problem.search_space.parameters) <= 6
+        assert t.synthetic_seed not in (PRETRAIN_RECIPES["shipped"]["synthetic_seed"], 1)  # the shipped one, the folds
+    assert [t.pool for t in regression.configured_tasks(config)] == [t.pool for t in tasks]
+    report = regression.run_regression(config, log=lambda m: None)
+    assert {c["status"] for c in report.cells} == {"ok"} and report.rows[0]["suite"] == "synthetic"
+
+    ok, _, _ = regression.OmniPredOptions().checkpoint_for(tasks[0])  # the shipped checkpoint: seed 0
+    assert ok
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "pretrain_config.json").write_text(json.dumps({"synthetic_studies": 10, "synthetic_seed": tasks[0].synthetic_seed}))
+    ok, _, reason = regression.OmniPredOptions(pretrained_checkpoint=str(run / "final")).checkpoint_for(tasks[0])
+    assert not ok and "synthetic seed" in reason
+    with pytest.raises(regression.RegressionConfigError, match="sparse fraction"):
+        regression.validate_config(attrs.evolve(config, synthetic_sparse_fraction=2.0))
+
+
 def test_hpobench_pretrained_cells_need_a_leave_one_out_checkpoint():
     from vizier_omnipred.bench import regression
 

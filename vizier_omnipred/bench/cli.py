@@ -43,6 +43,8 @@ def _cmd_regression(args: argparse.Namespace) -> int:
         bbob_dims=args.dims,
         bbob_functions=args.functions or reg.DEFAULT_BBOB_FUNCTIONS,
         hpobench_datasets=args.datasets or None,
+        synthetic_studies=args.synthetic_studies,
+        synthetic_sparse_fraction=args.synthetic_sparse_fraction,
         omnipred=reg.OmniPredOptions(
             preset=args.preset,
             device=args.device,
@@ -388,7 +390,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
             "A failed cell is reported and the others go on; the exit status is then 1."
         ),
     )
-    r.add_argument("--suite", choices=("bbob", "hpobench", "all"), default="all")
+    r.add_argument("--suite", choices=("bbob", "hpobench", "synthetic", "all"), default="all",
+                   help="synthetic: new studies of the synthetic pretraining family (a seed no pretraining here uses)")
     r.add_argument("--train-sizes", type=_int_csv, default=(10, 30, 100), help="comma list (default 10,30,100)")
     r.add_argument("--test-size", type=int, default=200)
     r.add_argument("--models", type=_csv, default=None,
@@ -399,6 +402,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--functions", type=_csv, default=None,
                    help="BBOB functions (default Sphere,Ellipsoidal,Rastrigin,RosenbrockRotated)")
     r.add_argument("--datasets", type=_csv, default=None, help="HPOBench datasets (default: all 8)")
+    r.add_argument("--synthetic-studies", type=int, default=8, help="studies of the synthetic suite per repeat")
+    r.add_argument("--synthetic-sparse-fraction", type=float, default=0.0,
+                   help="fraction of the synthetic suite's studies where only some parameters matter")
     r.add_argument("--pretrained-checkpoint", default=None,
                    help="checkpoint for omnipred-pretrained/-finetuned on BBOB (default: the shipped one)")
     r.add_argument("--hpobench-checkpoint-pattern", default=None,

@@ -70,13 +70,19 @@ from vizier_omnipred.bench.common import (
     write_json_atomic,
 )
 
-SUITES: tuple[str, ...] = ("bbob", "hpobench")
+SUITES: tuple[str, ...] = ("bbob", "hpobench", "synthetic")
 OMNIPRED_MODELS: tuple[str, ...] = (
     "omnipred-scratch", "omnipred-pretrained", "omnipred-finetuned", "omnipred-warmstart",
 )
 MODELS: tuple[str, ...] = tuple(CLASSIC_REGRESSORS) + ("vizier-gp", "transfer") + OMNIPRED_MODELS
 DEFAULT_BBOB_DIMS: tuple[int, ...] = (2, 4, 8)
 DEFAULT_BBOB_FUNCTIONS: tuple[str, ...] = ("Sphere", "Ellipsoidal", "Rastrigin", "RosenbrockRotated")
+# The `synthetic` suite: new studies of the family the synthetic pretraining corpus draws from
+# (`corpus.bbob.synthetic_bbob_studies`: realistic names and types, any BBOB function), with a
+# synthetic seed no pretraining of this project uses (0: the shipped checkpoint, 1: the folds):
+# does what pretraining learned carry to a new study of its own family?
+SYNTHETIC_TASK_SEED = 77
+SYNTHETIC_DIMS = (2, 6)
 
 
 class RegressionConfigError(ValueError):
@@ -109,6 +115,14 @@ class OmniPredOptions:
                     "(a model pretrained without the test dataset)"
                 )
             return True, self.hpobench_checkpoint_pattern.format(dataset=task.dataset), ""
+        if task.suite == "synthetic":
+            from vizier_omnipred.pretraining import saved_pretrain_config
+            from vizier_omnipred.regressor import SHIPPED_CHECKPOINT
+
+            saved = saved_pretrain_config(self.pretrained_checkpoint or SHIPPED_CHECKPOINT) or {}
+            if saved.get("synthetic_studies") and saved.get("synthetic_seed") == task.synthetic_seed:
+                return False, None, (f"the checkpoint was pretrained on synthetic seed {task.synthetic_seed}, "
+                                     "the seed of these test studies")
         return True, self.pretrained_checkpoint, ""
 
 
@@ -130,6 +144,8 @@ class RegressionConfig:
     hpobench_datasets: tuple[str, ...] | None = attrs.field(
         default=None, converter=lambda x: None if x is None else tuple(x)
     )
+    synthetic_studies: int = 8  # studies of the `synthetic` suite per repeat
+    synthetic_sparse_fraction: float = 0.0  # of them, the fraction where only some parameters matter
     omnipred: OmniPredOptions = attrs.field(factory=OmniPredOptions)
     out_dir: Path = attrs.field(default=Path("runs/bench/regression"), converter=Path)
     plot: bool = False
@@ -155,6 +171,10 @@ def validate_config(config: RegressionConfig) -> None:
         raise RegressionConfigError(f"test size must be >= 2, got {config.test_size}")
     if config.repeats < 1:
         raise RegressionConfigError(f"repeats must be >= 1, got {config.repeats}")
+    if config.synthetic_studies < 1:
+        raise RegressionConfigError(f"synthetic studies must be >= 1, got {config.synthetic_studies}")
+    if not 0.0 <= config.synthetic_sparse_fraction <= 1.0:
+        raise RegressionConfigError(f"synthetic sparse fraction must be in [0, 1], got {config.synthetic_sparse_fraction}")
     pattern = config.omnipred.hpobench_checkpoint_pattern
     if pattern is not None and "{dataset}" not in pattern:
         raise RegressionConfigError(
@@ -182,6 +202,7 @@ class RegressionTask:
     prior_table: MeanTable | None = None  # related studies' mean table, for `transfer`
     prior_studies: tuple[tuple[vz.ProblemStatement, tuple[vz.Trial, ...]], ...] = ()  # for omnipred-warmstart
     prior_datasets: tuple[str, ...] = ()  # the related datasets behind prior_table and prior_studies
+    synthetic_seed: int | None = None  # the `synthetic` suite: the seed its study was drawn with
 
     @property
     def y_test(self) -> np.ndarray:
@@ -226,6 +247,35 @@ def bbob_tasks(config: RegressionConfig) -> list[RegressionTask]:
                         test=trials[n_pool:],
                     )
                 )
+    return tasks
+
+
+def synthetic_tasks(config: RegressionConfig) -> list[RegressionTask]:
+    """`synthetic_studies` new synthetic studies per repeat (2-6 parameters, `SYNTHETIC_TASK_SEED`
+    plus the repeat, and 100x `config.seed`), each with enough feasible trials for the largest
+    training size and the test set: its first feasible trials are the pool, the next the test.
+    A study with fewer (a large infeasible region) is passed over for the next one."""
+    from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
+
+    n_pool, needed = max(config.train_sizes), max(config.train_sizes) + config.test_size
+    tasks = []
+    for repeat in range(config.repeats):
+        seed = SYNTHETIC_TASK_SEED + repeat + 100 * config.seed
+        found = 0
+        # Studies are drawn with 1.5x the trials needed; about 15% have an infeasible region.
+        for record in synthetic_bbob_studies(seed, 50 * config.synthetic_studies, trials_per_study=(3 * needed // 2,) * 2,
+                                             dims=SYNTHETIC_DIMS, sparse_fraction=config.synthetic_sparse_fraction):
+            feasible = [t for t in record.trials if not t.infeasible and t.final_measurement.metrics]
+            if len(feasible) < needed:
+                continue
+            dim = len(record.problem.search_space.parameters)
+            tasks.append(RegressionTask(
+                suite="synthetic", name=f"{record.problem.metadata['bbob_function']}-{dim}d-{record.name.split('-')[2]}",
+                repeat=repeat, problem=record.problem, pool=feasible[:n_pool], test=feasible[n_pool:needed],
+                synthetic_seed=seed))
+            found += 1
+            if found == config.synthetic_studies:
+                break
     return tasks
 
 
@@ -507,7 +557,7 @@ def plot_predictions(cells: Sequence[dict[str, Any]], tasks: Sequence[Regression
     by each task's test range (0 = the task's smallest test value) so tasks can share a panel."""
     plt = pyplot()
     truth = {(t.suite, t.name, t.repeat): t.y_test for t in tasks}
-    colors = {"bbob": "tab:blue", "hpobench": "tab:orange"}
+    colors = {"bbob": "tab:blue", "hpobench": "tab:orange", "synthetic": "tab:green"}
     paths = []
     for n in sorted({c["train_size"] for c in cells}):
         models = [m for m in MODELS if any(c["model"] == m and c["train_size"] == n and c["status"] == "ok" for c in cells)]
@@ -534,7 +584,8 @@ def plot_predictions(cells: Sequence[dict[str, Any]], tasks: Sequence[Regression
             ax.set_ylabel("predicted (scaled)", fontsize=8)
         for ax in list(axes.flat)[len(models):]:
             ax.axis("off")
-        fig.suptitle(f"predicted vs true, {n} training trials (blue: BBOB, orange: HPOBench)", fontsize=10)
+        fig.suptitle(f"predicted vs true, {n} training trials (blue: BBOB, orange: HPOBench, green: synthetic)",
+                     fontsize=10)
         fig.tight_layout()
         path = Path(out_dir) / f"pred_vs_true_n{n}.png"
         fig.savefig(path, dpi=110)
@@ -555,7 +606,7 @@ def configured_tasks(config: RegressionConfig) -> list[RegressionTask]:
     """The tasks of the configured suites, in a fixed order (the same in every process)."""
     tasks: list[RegressionTask] = []
     for suite in config.suites:
-        tasks += bbob_tasks(config) if suite == "bbob" else hpobench_tasks(config)
+        tasks += {"bbob": bbob_tasks, "hpobench": hpobench_tasks, "synthetic": synthetic_tasks}[suite](config)
     return tasks
 
 

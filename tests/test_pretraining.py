@@ -190,7 +190,6 @@ def test_synthetic_studies_can_be_written_in_their_range_frame(tmp_path, corpus_
     import warnings
 
     from vizier_omnipred.level_map import RANGE_FRAME
-    from vizier_omnipred.pretraining import _write_config, check_resumable
     from vizier_omnipred.pretraining_data import _rank_study_examples, iter_framed_studies
     from vizier_omnipred.text import TextCodec
 
@@ -213,35 +212,33 @@ def test_synthetic_studies_can_be_written_in_their_range_frame(tmp_path, corpus_
             assert v.min() == pytest.approx(RANGE_FRAME[0], abs=0.01) and v.max() == pytest.approx(RANGE_FRAME[1], abs=0.01)
             assert [e.input_ids for e in a] == [e.input_ids for e in b]
     # a run saved before the field existed (trained raw) resumes as raw, not as framed
-    out = tmp_path / "old"
+    _assert_saved_without_field_resumes_as_before(tmp_path / "old", config, framed, "synthetic_range_frame")
+
+
+def _assert_saved_without_field_resumes_as_before(out, config, changed, field):
+    """A run saved before `field` existed resumes with `config` (the field's old value), and is
+    refused with `changed` (another value of it), naming the field."""
+    from vizier_omnipred.pretraining import _write_config, check_resumable
+
     out.mkdir()
     _write_config(config, out)
     saved = json.loads((out / "pretrain_config.json").read_text())
-    del saved["synthetic_range_frame"]
+    del saved[field]
     (out / "pretrain_config.json").write_text(json.dumps(saved))
     check_resumable(config, out)
-    with pytest.raises(ValueError, match="synthetic_range_frame"):
-        check_resumable(framed, out)
+    with pytest.raises(ValueError, match=field):
+        check_resumable(changed, out)
 
 
 def test_the_sparse_fraction_reaches_the_synthetic_studies_and_old_runs_resume_without_it(tmp_path):
     from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
-    from vizier_omnipred.pretraining import _write_config, check_resumable
     from vizier_omnipred.pretraining_data import iter_studies
 
     config = PretrainConfig(out_dir=str(tmp_path), synthetic_studies=6, synthetic_seed=2, preset="tiny")
     sparse = attrs.evolve(config, synthetic_sparse_fraction=1.0)
     assert list(iter_studies(sparse)) == list(synthetic_bbob_studies(2, 6, sparse_fraction=1.0))
     assert list(iter_studies(sparse)) != list(iter_studies(config))
-    out = tmp_path / "old"
-    out.mkdir()
-    _write_config(config, out)
-    saved = json.loads((out / "pretrain_config.json").read_text())
-    del saved["synthetic_sparse_fraction"]
-    (out / "pretrain_config.json").write_text(json.dumps(saved))
-    check_resumable(config, out)
-    with pytest.raises(ValueError, match="synthetic_sparse_fraction"):
-        check_resumable(sparse, out)
+    _assert_saved_without_field_resumes_as_before(tmp_path / "old", config, sparse, "synthetic_sparse_fraction")
 
 
 def _first_batches(config, vocab, count):

@@ -173,3 +173,23 @@ def test_study_texts_apart_are_encoded_once_per_batch_and_rows_do_not_depend_on_
             torch.testing.assert_close(hidden[i][keep], h[0][m[0].bool()], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="mixes"):
         EncoderInputs.collate([rows[0][0], rows[1][0]], torch.device("cpu"), None, [4, None])
+
+
+def test_model_inputs_of_one_metric_of_a_study_with_several(tiny_regressor_factory, problem_2d):
+    # A study with two objectives has no single input until a metric is named; naming one writes
+    # that metric's text, as the codec does.
+    reg = tiny_regressor_factory()
+    problem = vz.ProblemStatement(search_space=problem_2d.search_space, metric_information=[
+        vz.MetricInformation("loss", goal=vz.ObjectiveMetricGoal.MINIMIZE),
+        vz.MetricInformation("latency", goal=vz.ObjectiveMetricGoal.MINIMIZE)])
+    reg.set_problem(problem)
+    trials = [vz.TrialSuggestion({"x0": 0.5, "x1": -1.0})]
+    from vizier_omnipred.text import TrialTextError
+
+    with pytest.raises(TrialTextError, match="pass metric_name"):
+        reg.model_inputs(trials)
+    for name in ("loss", "latency"):
+        expected = reg.vocab.encode_trial_texts(reg.codec.trial_texts(problem, trials, metric_name=name))
+        for given in (None, problem):
+            (got,) = reg.model_inputs(trials, given, metric_name=name)
+            assert got.ids == expected[0].ids and got.study_start == expected[0].study_start

@@ -717,13 +717,14 @@ class OmniPredDesigner(vza.PartiallySerializableDesigner, vza.Predictor):
         """How long the model's input is for this study's trials: the longest of the last
         few (a conditional space's vary), or the space's center before any; 0 if neither."""
         points = [r.params for r in list(self._history.values())[-5:] if self._space.contains(r.params)]
-        if not points and self._space.center() is not None:
-            points = [self._space.center()]
+        center = self._space.center()
+        if not points and center is not None:
+            points = [center]
         if not points:
             return 0
-        texts = self._regressor.codec.trial_texts(
-            self._problem, [vz.TrialSuggestion(parameters=p) for p in points], metric_name=self._metric.name)
-        return max(len(x.ids) for x in self._regressor.vocab.encode_trial_texts(texts))
+        inputs = self._regressor.model_inputs([vz.TrialSuggestion(parameters=p) for p in points], self._problem,
+                                              metric_name=self._metric.name)
+        return max(len(x.ids) for x in inputs)
 
     def _top_records(self, k: int) -> list[Record]:
         """The best safe trials (single objective), or the Pareto front's (several)."""

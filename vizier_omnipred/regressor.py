@@ -528,10 +528,17 @@ class OmniPredRegressor(vza.Predictor):
         return self._problem, self._metric_name
 
     def model_inputs(
-        self, trials: Sequence[vz.TrialSuggestion], problem: vz.ProblemStatement | None = None
+        self, trials: Sequence[vz.TrialSuggestion], problem: vz.ProblemStatement | None = None, *,
+        metric_name: str | None = None,
     ) -> list[EncodedTrial]:
-        """Token ids, per-token number positions and study start of each trial, as the model reads them."""
-        problem, metric_name = self._resolve_problem(problem)
+        """Token ids, per-token number positions and study start of each trial, as the model reads them.
+
+        `metric_name`: the metric whose input to build (a study with several objectives needs it;
+        default: the study's single objective)."""
+        if metric_name is None:
+            problem, metric_name = self._resolve_problem(problem)
+        elif problem is None:
+            problem = self._resolve_problem(None)[0]
         texts = self.codec.trial_texts(problem, list(trials), metric_name=metric_name)
         return self.vocab.encode_trial_texts(texts)
 

@@ -254,7 +254,8 @@ def synthetic_tasks(config: RegressionConfig) -> list[RegressionTask]:
     """`synthetic_studies` new synthetic studies per repeat (2-6 parameters, `SYNTHETIC_TASK_SEED`
     plus the repeat, and 100x `config.seed`), each with enough feasible trials for the largest
     training size and the test set: its first feasible trials are the pool, the next the test.
-    A study with fewer (a large infeasible region) is passed over for the next one."""
+    A study with fewer (a large infeasible region) is passed over for the next one; a
+    RegressionConfigError if too few of the first 50x `synthetic_studies` studies have enough."""
     from vizier_omnipred.corpus.bbob import synthetic_bbob_studies
 
     n_pool, needed = max(config.train_sizes), max(config.train_sizes) + config.test_size
@@ -263,19 +264,24 @@ def synthetic_tasks(config: RegressionConfig) -> list[RegressionTask]:
         seed = SYNTHETIC_TASK_SEED + repeat + 100 * config.seed
         found = 0
         # Studies are drawn with 1.5x the trials needed; about 15% have an infeasible region.
-        for record in synthetic_bbob_studies(seed, 50 * config.synthetic_studies, trials_per_study=(3 * needed // 2,) * 2,
-                                             dims=SYNTHETIC_DIMS, sparse_fraction=config.synthetic_sparse_fraction):
+        studies = synthetic_bbob_studies(seed, 50 * config.synthetic_studies, trials_per_study=(3 * needed // 2,) * 2,
+                                         dims=SYNTHETIC_DIMS, sparse_fraction=config.synthetic_sparse_fraction)
+        for index, record in enumerate(studies):
             feasible = [t for t in record.trials if not t.infeasible and t.final_measurement.metrics]
             if len(feasible) < needed:
                 continue
             dim = len(record.problem.search_space.parameters)
             tasks.append(RegressionTask(
-                suite="synthetic", name=f"{record.problem.metadata['bbob_function']}-{dim}d-{record.name.split('-')[2]}",
+                suite="synthetic", name=f"{record.problem.metadata['bbob_function']}-{dim}d-{index:06d}",
                 repeat=repeat, problem=record.problem, pool=feasible[:n_pool], test=feasible[n_pool:needed],
                 synthetic_seed=seed))
             found += 1
             if found == config.synthetic_studies:
                 break
+        if found < config.synthetic_studies:
+            raise RegressionConfigError(
+                f"synthetic suite: only {found} of {50 * config.synthetic_studies} studies (seed {seed}) have "
+                f"{needed} feasible trials; ask for fewer --synthetic-studies or a smaller train or test size")
     return tasks
 
 
